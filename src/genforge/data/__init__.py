@@ -1,0 +1,54 @@
+"""Datasets by modality; the registry is a plain dict of name -> (modality, description)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from genforge import GenforgeError
+
+
+def registry() -> dict[str, tuple[str, str]]:
+    """Dataset name -> (modality, one-line description)."""
+    from genforge.data.text import CORPORA
+
+    out = {name: ("text", desc) for name, (desc, _) in CORPORA.items()}
+    try:
+        from genforge.data.images import IMAGE_DATASETS
+    except ImportError:
+        IMAGE_DATASETS = {}
+    out.update({name: ("image", entry[0]) for name, entry in IMAGE_DATASETS.items()})
+    return out
+
+
+def modality_of(name: str) -> str:
+    reg = registry()
+    if name in reg:
+        return reg[name][0]
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise GenforgeError(
+            f"unknown dataset '{name}': not a registered name ({', '.join(reg)}) "
+            "and no such file or folder"
+        )
+    from genforge.data.text import TEXT_SUFFIXES
+
+    if path.is_file() and path.suffix.lower() in TEXT_SUFFIXES:
+        return "text"
+    if path.is_dir() and any(p.suffix.lower() in TEXT_SUFFIXES for p in path.rglob("*")):
+        return "text"
+    return "image"
+
+
+def load_data(data_cfg, model_cfg):
+    """Build the train/val data for a run. Text needs the model's context length."""
+    modality = modality_of(data_cfg.name)
+    if modality == "text":
+        from genforge.data.text import load_text
+
+        block_size = getattr(model_cfg, "block_size", None)
+        if block_size is None:
+            raise GenforgeError(f"dataset '{data_cfg.name}' is text; use a text family such as gpt")
+        return load_text(data_cfg, block_size)
+    from genforge.data.images import load_images
+
+    return load_images(data_cfg)

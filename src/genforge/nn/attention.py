@@ -1,0 +1,90 @@
+"""Causal self-attention with rotary embeddings and a preallocated KV cache.
+
+Used unchanged by the GPT family (text and, later, SMILES). Shapes follow
+nanoGPT's notation: B batch, T new tokens, L cached length, nh heads, hs head size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def rotary_table(length: int, head_size: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (length, hs/2) for rotary position embeddings (Su et al., 2021, RoFormer)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_size, 2).float() / head_size)
+    angles = torch.outer(torch.arange(length).float(), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x1_i, x2_i) of the two halves of the head dim; x (B, nh, T, hs), cos/sin broadcastable to (B, nh, T, hs/2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+@dataclass
+class KVCache:
+    """Per-layer keys and values, preallocated: k[i], v[i] of shape (B, nh, max_len, hs).
+
+    ``length`` tokens are filled. ``key_mask`` (B, 1, 1, max_len) is None unless
+    prompts were left-padded, in which case it is False at padding positions.
+    """
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    length: int = 0
+    key_mask: torch.Tensor | None = None
+
+    @classmethod
+    def empty(cls, n_layer: int, batch: int, n_head: int, max_len: int, head_size: int,
+              device, dtype) -> KVCache:
+        shape = (batch, n_head, max_len, head_size)
+        return cls([torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layer)],
+                   [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layer)])
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].shape[2]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool):
+        super().__init__()
+        assert n_embd % n_head == 0, "n_embd must be divisible by n_head"
+        self.n_head, self.head_size = n_head, n_embd // n_head
+        self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_size).permute(2, 0, 3, 1, 4)  # 3x (B, nh, T, hs)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        mask, causal = None, True
+        if cache is not None:
+            start = cache.length
+            cache.k[layer][:, :, start : start + T] = k
+            cache.v[layer][:, :, start : start + T] = v
+            k, v = cache.k[layer][:, :, : start + T], cache.v[layer][:, :, : start + T]  # (B, nh, L, hs)
+            if cache.key_mask is not None or (start > 0 and T > 1):
+                # Explicit mask: queries at absolute rows start..start+T-1 see keys <= their row.
+                rows = torch.arange(start, start + T, device=x.device)[:, None]
+                mask = rows >= torch.arange(start + T, device=x.device)[None, :]  # (T, L)
+                if cache.key_mask is not None:
+                    mask = mask & cache.key_mask[..., : start + T]  # (B, 1, T, L)
+                causal = False
+            elif T == 1:
+                causal = False  # one new query attends to every cached key
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal and T > 1,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.proj(y))

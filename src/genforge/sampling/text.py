@@ -1,0 +1,183 @@
+"""Autoregressive decoding for token models: temperature, top-k, top-p, KV cache, stop strings.
+
+A model used here exposes ``logits(idx, cache, positions)``, ``new_cache(B)``
+and ``config.block_size`` (the GPT family does; a SMILES GPT reuses it). The
+pure pieces (``filter_logits``, ``sample_next``) take and return tensors only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+
+from genforge import GenforgeError
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None) -> torch.Tensor:
+    """Scale by temperature, keep the top-k and the top-p nucleus (Holtzman et al., 2020); (B, V) -> (B, V)."""
+    logits = logits / max(temperature, 1e-8)
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token when the mass before it already reaches top_p; the top token always stays.
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """(B, V) logits -> (B,) token ids; temperature 0 is greedy."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits.float(), temperature, top_k, top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def check_settings(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int) -> None:
+    if temperature < 0:
+        raise GenforgeError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise GenforgeError(f"top-k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise GenforgeError(f"top-p must be in (0, 1], got {top_p}")
+    if max_new_tokens < 0:
+        raise GenforgeError(f"max-new-tokens must be >= 0, got {max_new_tokens}")
+
+
+@dataclass
+class Generation:
+    tokens: list[list[int]] = field(default_factory=list)  # new tokens per prompt
+    logprobs: list[list[float]] = field(default_factory=list)  # log p(token) under the model at T=1
+
+
+def _prefill(model, history: torch.Tensor, pad: torch.Tensor):
+    """Fresh cache over ``history`` (B, T) whose row b starts with pad[b] padding columns."""
+    B, T = history.shape
+    cache = model.new_cache(B)
+    positions = None
+    if bool((pad > 0).any()):
+        cols = torch.arange(cache.max_len, device=history.device)
+        cache.key_mask = (cols[None, :] >= pad[:, None])[:, None, None, :]  # (B, 1, 1, max_len)
+        positions = (torch.arange(T, device=history.device)[None, :] - pad[:, None]).clamp(min=0)
+    logits = model.logits(history, cache, positions)[:, -1]
+    return cache, logits
+
+
+@torch.no_grad()
+def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float = 1.0,
+           top_k: int | None = None, top_p: float | None = None,
+           generator: torch.Generator | None = None, use_cache: bool = True,
+           ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (tokens (B,), logprobs (B,)) one step at a time for a batch of prompts.
+
+    Prompts of unequal length are left-padded and masked. When the context
+    fills, the cache is rebuilt from the last half-context of tokens (as
+    cropping does without a cache). ``use_cache=False`` recomputes the whole
+    context every step: the reference the cache must match.
+    """
+    check_settings(temperature, top_k, top_p, max_new_tokens)
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise GenforgeError("every prompt needs at least one token")
+    block = model.config.block_size
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    history = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        history[i, width - len(p):] = torch.as_tensor(list(p), device=device)
+    pad = torch.tensor([width - len(p) for p in prompts], device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        keep = max(block // 2, 1)  # tokens kept when a full cache is rebuilt
+        cur_pad = (pad - max(width - block, 0)).clamp(min=0)  # padding inside the current window
+        cache, logits = _prefill(model, history[:, -block:], cur_pad)
+        for _ in range(max_new_tokens):
+            token = sample_next(logits, temperature, top_k, top_p, generator)
+            logp = torch.log_softmax(logits.float(), -1).gather(-1, token[:, None]).squeeze(-1)
+            yield token, logp
+            history = torch.cat([history, token[:, None]], dim=1)
+            T = history.shape[1]
+            if use_cache and cache.length < block:
+                positions = None
+                if cache.key_mask is not None:
+                    positions = (cache.length - cur_pad)[:, None]  # (B, 1)
+                logits = model.logits(token[:, None], cache, positions)[:, -1]
+            else:
+                window = min(T, keep if use_cache else block)
+                cur_pad = (pad - (T - window)).clamp(min=0)
+                cache, logits = _prefill(model, history[:, -window:], cur_pad)
+    finally:
+        model.train(was_training)
+
+
+def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+             generator=None, use_cache=True) -> Generation:
+    out = Generation([[] for _ in prompts], [[] for _ in prompts])
+    for tokens, logps in stream(model, prompts, max_new_tokens, temperature, top_k, top_p,
+                                generator, use_cache):
+        for i, (t, lp) in enumerate(zip(tokens.tolist(), logps.tolist())):
+            out.tokens[i].append(t)
+            out.logprobs[i].append(lp)
+    return out
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    hits = [text.index(s) for s in stop if s and s in text]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+def generate_text(model, tokenizer, prompts: Sequence[str], max_new_tokens: int,
+                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                  stop: Sequence[str] = (), seed: int | None = None) -> list[str]:
+    """Continue each prompt; a row ends at the first stop string (which is not included)."""
+    generator = _generator(model, seed)
+    ids = [tokenizer.encode(p) for p in prompts]
+    new: list[list[int]] = [[] for _ in prompts]
+    texts = [""] * len(prompts)
+    done = [False] * len(prompts)
+    for tokens, _ in stream(model, ids, max_new_tokens, temperature, top_k, top_p, generator):
+        for i, t in enumerate(tokens.tolist()):
+            if done[i]:
+                continue
+            new[i].append(t)
+            if stop:
+                texts[i], done[i] = _cut_at_stop(tokenizer.decode(new[i]), stop)
+        if all(done):
+            break
+    return [texts[i] if stop else tokenizer.decode(new[i]) for i in range(len(prompts))]
+
+
+def stream_text(model, tokenizer, prompt: str, max_new_tokens: int, temperature: float = 1.0,
+                top_k: int | None = None, top_p: float | None = None, stop: Sequence[str] = (),
+                seed: int | None = None) -> Iterator[str]:
+    """Yield the continuation of one prompt piece by piece, as tokens arrive."""
+    generator = _generator(model, seed)
+    new: list[int] = []
+    emitted = ""
+    for tokens, _ in stream(model, [tokenizer.encode(prompt)], max_new_tokens, temperature,
+                            top_k, top_p, generator):
+        new.append(int(tokens[0]))
+        text = tokenizer.decode(new)
+        if text.endswith("\ufffd"):  # an unfinished multi-byte character (byte-level BPE)
+            continue
+        text, stopped = _cut_at_stop(text, stop)
+        if len(text) > len(emitted):
+            yield text[len(emitted):]
+            emitted = text
+        if stopped:
+            return
+
+
+def _generator(model, seed: int | None) -> torch.Generator | None:
+    if seed is None:
+        return None
+    device = next(model.parameters()).device
+    return torch.Generator(device=device).manual_seed(seed)

@@ -1,0 +1,22 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own data cache; GENFORGE_DATA is unset so nothing reads shared data."""
+    monkeypatch.setenv("GENFORGE_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.delenv("GENFORGE_DATA", raising=False)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A small text file with a fixed vocabulary."""
+    path = tmp_path / "corpus.txt"
+    lines = [f"the {w} sat on the mat number {i}.\n" for i, w in enumerate(["cat", "dog", "fox", "owl"] * 150)]
+    path.write_text("".join(lines))
+    return path

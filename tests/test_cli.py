@@ -1,0 +1,106 @@
+"""CLI happy paths and error paths: exit codes and one-line messages, never tracebacks."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from genforge.cli import main
+
+TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16",
+        "train.batch_size=4", "train.max_steps=4", "train.eval_every=2", "train.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    corpus = root / "c.txt"
+    corpus.write_text("to be or not to be, that is the question.\n" * 80)
+    assert main(["train", "gpt-demo", f"data.name={corpus}", *TINY, "--run-dir", str(root / "run"),
+                 "--no-progress"]) == 0
+    return root / "run"
+
+
+def test_train_prints_run_dir_and_sample_works(run_dir, capsys):
+    assert main(["sample", str(run_dir), "--prompt", "to be", "--max-new-tokens", "20", "--seed", "1",
+                 "--no-stream"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--- sample") == 1 and "to be" in out
+
+
+def test_sample_streaming_batched_and_stop(run_dir, capsys):
+    assert main(["sample", str(run_dir), "--prompt", "to", "--max-new-tokens", "30", "--seed", "3"]) == 0
+    streamed = capsys.readouterr().out
+    assert streamed.startswith("to") and len(streamed.strip()) > 2
+    assert main(["sample", str(run_dir), "--prompt", "to", "--prompt", "that", "--num-samples", "2",
+                 "--max-new-tokens", "10", "--top-k", "5", "--top-p", "0.9", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.count("--- sample") == 4
+    assert main(["sample", str(run_dir), "--prompt", "t", "--max-new-tokens", "200", "--stop", " ",
+                 "--temperature", "0", "--no-stream"]) == 0
+    body = capsys.readouterr().out.split("---\n", 1)[1]
+    assert " " not in body.strip()
+
+
+def test_seeded_samples_repeat(run_dir, capsys):
+    args = ["sample", str(run_dir), "--prompt", "to", "--max-new-tokens", "40", "--seed", "9", "--no-stream"]
+    main(args)
+    first = capsys.readouterr().out
+    main(args)
+    assert capsys.readouterr().out == first
+
+
+def test_eval_reports_loss_bpc_perplexity(run_dir, capsys):
+    assert main(["eval", str(run_dir)]) == 0
+    saved = json.loads((run_dir / "eval.json").read_text())
+    assert saved["perplexity"] == pytest.approx(2.718281828 ** saved["val_loss"], rel=1e-6)
+    assert saved["bits_per_char"] == pytest.approx(saved["val_loss"] / 0.693147, rel=1e-4)
+
+
+def test_list_shows_presets_and_datasets(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "gpt-shakespeare-char" in out and "pydoc" in out and "shakespeare" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "/no/such/run"], "does not exist"),
+    (["sample", "{run}", "--prompt", "§§ unknown ¤"], "outside the model's vocabulary"),
+    (["sample", "{run}", "--temperature", "-1"], "temperature"),
+    (["sample", "{run}", "--num-samples", "0"], "num-samples"),
+    (["train", "gpt-demo", "model.n_layerz=2"], "unknown config key 'model.n_layerz'"),
+    (["train", "nope"], "unknown preset"),
+    (["train", "gpt-demo", "data.name=/no/such/corpus"], "unknown dataset"),
+    (["train", "--resume", "/no/such/run"], "not a run directory"),
+    (["eval", "/no/such/run"], "does not exist"),
+])
+def test_user_errors_exit_2_with_one_line(run_dir, capsys, argv, message):
+    argv = [a.replace("{run}", str(run_dir)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_corrupt_checkpoint_is_a_clear_error(run_dir, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    ckpt = next((broken / "checkpoints").glob("step_*"))
+    (ckpt / "model.safetensors").write_bytes(b"not a safetensors file")
+    assert main(["sample", str(broken)]) == 2
+    assert "corrupt" in capsys.readouterr().err
+
+
+def test_real_process_has_no_traceback_and_nonzero_exit():
+    proc = subprocess.run([sys.executable, "-m", "genforge", "sample", "/no/such/run"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "does not exist" in proc.stderr
+
+
+def test_help_on_every_option():
+    for cmd in ["train", "sample", "eval"]:
+        proc = subprocess.run([sys.executable, "-m", "genforge", cmd, "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0
+        options = [line for line in proc.stdout.splitlines() if line.strip().startswith("--")]
+        assert options and all(len(line.split()) > 1 for line in options), proc.stdout

@@ -60,6 +60,8 @@ def _sample(args) -> None:
 
     run = load_run(args.run_dir, use_ema=not args.no_ema, device=args.device)
     if run.spec.modality == "text":
+        if args.num_samples is None:
+            args.num_samples = 1
         _sample_text(run, args)
     else:
         from genforge.sampling.images import sample_images_cli
@@ -96,10 +98,22 @@ def _eval(args) -> None:
 
     run = load_run(args.run_dir, use_ema=not args.no_ema, device=args.device)
     kwargs = {"max_batches": args.max_batches} if args.max_batches else {}
+    if run.spec.modality == "image":
+        image_options = {"num_samples": args.num_samples, "iwae_k": args.iwae_k,
+                         "inception_weights": args.inception_weights}
+        kwargs.update({k: v for k, v in image_options.items() if v is not None})
     result = evaluate_run(run, **kwargs)
     for k, v in result.items():
         print(f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}")
     print(f"saved to {Path(args.run_dir) / 'eval.json'}")
+
+
+def _fit_extractor(args) -> None:
+    from genforge.metrics.extractor import fit_extractor
+
+    entry = fit_extractor(args.dataset, out_dir=args.out, epochs=args.epochs, seed=args.seed)
+    print(f"test accuracy {entry['test_accuracy']:.4f} on {entry['test_images']} held-out images")
+    print(f"wrote {entry['path']} (sha256 {entry['sha256'][:12]}...)")
 
 
 def _list(args) -> None:
@@ -145,19 +159,58 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with this mass")
     s.add_argument("--stop", action="append", help="stop a sample at this string; repeatable")
     s.add_argument("--seed", type=int, default=None, help="random seed for reproducible samples")
-    s.add_argument("--num-samples", type=int, default=1, help="samples per prompt (default 1)")
+    s.add_argument("--num-samples", type=int, default=None,
+                   help="text: samples per prompt (default 1); images: images in the grid (default 64)")
     s.add_argument("--no-stream", action="store_true", help="print when done instead of token by token")
     s.add_argument("--no-ema", action="store_true", help="use raw weights even if EMA weights exist")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
+    s.add_argument("--out", metavar="PNG", help="images: where to write the grid (default RUN_DIR/samples/)")
+    s.add_argument("--class-label", metavar="CLASS",
+                   help="images, conditional models: sample this class (index or name)")
+    s.add_argument("--latent-temperature", type=float, default=1.0,
+                   help="images: scale of the prior's standard deviation (default 1.0)")
+    s.add_argument("--interpolate", nargs=2, metavar=("A", "B"),
+                   help="images: decode the latent path between two images (PNG/JPEG files or "
+                        "test:INDEX of the held-out split)")
+    s.add_argument("--steps", type=int, default=8, help="images: points on the --interpolate path (default 8)")
+    s.add_argument("--interp-method", choices=["slerp", "lerp"], default="slerp",
+                   help="images: spherical (default) or linear interpolation")
+    s.add_argument("--attribute", nargs=2, metavar=("FROM", "TO"),
+                   help="images: add the latent vector mean(TO) - mean(FROM) to held-out FROM images")
+    s.add_argument("--nearest", action="store_true",
+                   help="images: also write each sample beside its nearest training image")
     s.set_defaults(func=_sample)
 
     e = sub.add_parser("eval", help="held-out metrics of a trained run",
-                       description="Text: validation loss, bits per character and perplexity.")
+                       description="Text: validation loss, bits per character and perplexity. Images: "
+                                   "FD, KID, precision/recall, density/coverage in the dataset's fixed "
+                                   "feature space, reference floors, memorization, and the family's "
+                                   "likelihood bound.")
     e.add_argument("run_dir", help="a run directory written by `genforge train`")
     e.add_argument("--max-batches", type=int, default=None, help="evaluate on at most this many batches")
     e.add_argument("--no-ema", action="store_true", help="use raw weights even if EMA weights exist")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
+    e.add_argument("--num-samples", type=int, default=None,
+                   help="images: generated images compared with as many test images (default 10000)")
+    e.add_argument("--iwae-k", type=int, default=None,
+                   help="images, likelihood families: importance samples of the NLL bound (default 100)")
+    e.add_argument("--inception-weights", metavar="PATH", default=None,
+                   help="images: also compute standard Inception FID from this weights file "
+                        "(needs genforge[inception])")
     e.set_defaults(func=_eval)
+
+    m = sub.add_parser("metrics", help="feature extractors behind the image metrics")
+    msub = m.add_subparsers(dest="metrics_command", required=True, metavar="ACTION")
+    fe = msub.add_parser("fit-extractor", help="train the fixed domain classifier for a dataset",
+                         description="Train the small classifier whose features FD, KID and "
+                                     "precision/recall use, with a fixed seed, and record its "
+                                     "test accuracy and sha256.")
+    fe.add_argument("dataset", help="dataset name from `genforge list`, a folder of images or an .npz")
+    fe.add_argument("--epochs", type=int, default=None, help="training epochs (default: per-dataset recipe)")
+    fe.add_argument("--seed", type=int, default=0, help="random seed (default 0, as shipped)")
+    fe.add_argument("--out", metavar="DIR", default=None,
+                    help="folder for weights + manifest (default: $GENFORGE_CACHE/extractors)")
+    fe.set_defaults(func=_fit_extractor)
 
     ls = sub.add_parser("list", help="list presets, datasets and families")
     ls.set_defaults(func=_list)

@@ -1,0 +1,485 @@
+"""Image datasets -> uint8 tensors in memory -> batches scaled to ``data.pixel_range``.
+
+Sources (``IMAGE_DATASETS``, a plain dict name -> (description, loader)):
+
+- ``fashion-mnist`` and ``mnist``: the IDX files (Xiao et al. 2017; LeCun et al. 1998),
+- ``cifar10``: the python-pickle archive (Krizhevsky 2009), read with an unpickler
+  that only rebuilds numpy arrays,
+- ``digits``: scikit-learn's 8x8 UCI digits, inside its wheel: the offline default,
+- any folder of PNG/JPEG images (class labels from first-level subfolder names),
+- an ``.npz`` file of arrays (see :func:`_load_npz` for the keys it reads).
+
+Every file is found through :func:`genforge.data.locate.locate` ($GENFORGE_DATA,
+system folders, then a checksummed download). Images stay uint8 ``(N, C, H, W)``
+(60k Fashion-MNIST images are 47 MB) and are scaled per batch, so pixel range
+and horizontal flips are options, never baked into the stored data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import math
+import pickle
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from genforge import GenforgeError
+from genforge.data.locate import locate
+from genforge.data.spec import DataSpec
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+SPLIT_SEED = 20140101  # fixed: the held-out split of unsplit sources never changes between runs
+
+FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+FASHION_FILES = {
+    "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+    "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+    "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+    "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+}
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot"]
+MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
+MNIST_FILES = {
+    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
+
+
+@dataclass
+class RawImages:
+    """What a loader returns: uint8 images (N, C, H, W), int64 labels (N,) or None."""
+
+    train: np.ndarray
+    train_labels: np.ndarray | None
+    test: np.ndarray | None = None  # None: a held-out fraction of `train` is split off
+    test_labels: np.ndarray | None = None
+    class_names: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzipped or not) as a uint8 array; shape from its header.
+
+    Layout (LeCun et al.): 2 zero bytes, a type byte (0x08 = unsigned byte), the
+    number of dimensions, one big-endian int32 per dimension, then the data.
+    """
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise GenforgeError(f"{path} is corrupt or truncated ({e}); delete it and download it again") from None
+    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08 or not 1 <= raw[3] <= 4:
+        raise GenforgeError(f"{path} is not an unsigned-byte IDX file (bad header); "
+                            "delete it and download it again")
+    ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise GenforgeError(f"{path} is truncated inside its header; delete it and download it again")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
+    expected = 4 + 4 * ndim + math.prod(dims)
+    if len(raw) != expected:
+        raise GenforgeError(f"{path} is truncated or corrupt: header says {dims} "
+                            f"({expected} bytes) but the file holds {len(raw)}; download it again")
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _idx_pair(folder: str, images_name: str, labels_name: str, url: str,
+              checksums: dict[str, str], system_dirs: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    def get(name: str) -> np.ndarray:
+        return read_idx(locate(f"{folder}/{name}", url + name, checksums[name], system_dirs))
+
+    images, labels = get(images_name), get(labels_name)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise GenforgeError(f"{folder}/{images_name} holds {images.shape} and {labels_name} "
+                            f"{labels.shape}: expected (N, H, W) images and N labels")
+    return images[:, None], labels.astype(np.int64)  # (N, 1, H, W)
+
+
+def _idx_dataset(folder: str, url: str, checksums: dict[str, str], classes: list[str],
+                 system_dirs: tuple[str, ...] = ()) -> RawImages:
+    x, y = _idx_pair(folder, "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", url,
+                     checksums, system_dirs)
+    xt, yt = _idx_pair(folder, "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", url,
+                       checksums, system_dirs)
+    return RawImages(x, y, xt, yt, classes)
+
+
+def _fashion_mnist() -> RawImages:
+    # Debian's dataset-fashion-mnist package installs the same four files here.
+    return _idx_dataset("fashion-mnist", FASHION_URL, FASHION_FILES, FASHION_CLASSES,
+                        ("/usr/share/datasets/fashion-mnist",))
+
+
+def _mnist() -> RawImages:
+    return _idx_dataset("mnist", MNIST_URL, MNIST_FILES, [str(i) for i in range(10)])
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Rebuilds dicts, lists, bytes and numpy arrays only: a tampered archive cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a data archive")
+        return super().find_class(module, name)
+
+
+def _cifar10() -> RawImages:
+    path = locate("cifar10/cifar-10-python.tar.gz", CIFAR10_URL, CIFAR10_SHA256)
+    return read_cifar10(path)
+
+
+def read_cifar10(path: Path) -> RawImages:
+    """The CIFAR-10 python archive: pickled dicts with b'data' (N, 3072) uint8 and b'labels'."""
+
+    def load(tar: tarfile.TarFile, member: str) -> dict:
+        try:
+            f = tar.extractfile(f"cifar-10-batches-py/{member}")
+            return _ArrayUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+        except KeyError:
+            raise GenforgeError(f"{path} has no cifar-10-batches-py/{member}; "
+                                "it is not the CIFAR-10 python archive") from None
+        except (pickle.UnpicklingError, EOFError, ValueError) as e:
+            raise GenforgeError(f"{path}: {member} is corrupt ({e}); download it again") from None
+
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            train = [load(tar, f"data_batch_{i}") for i in range(1, 6)]
+            test = load(tar, "test_batch")
+            meta = load(tar, "batches.meta")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise GenforgeError(f"{path} is corrupt or truncated ({e}); delete it and download it again") from None
+
+    def arrays(batches: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        x = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8) for b in batches])
+        y = np.concatenate([np.asarray(b[b"labels"], dtype=np.int64) for b in batches])
+        if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or len(x) != len(y):
+            raise GenforgeError(f"{path} holds data of shape {x.shape}: expected (N, 3072) rows")
+        return x.reshape(-1, 3, 32, 32), y  # rows are R(1024) G(1024) B(1024), row-major
+
+    x, y = arrays(train)
+    xt, yt = arrays([test])
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"label_names"]]
+    return RawImages(x, y, xt, yt, names)
+
+
+def _digits() -> RawImages:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise GenforgeError("the 'digits' dataset needs scikit-learn: pip install 'genforge[images]'") from None
+    d = load_digits()
+    # Pixels are counts 0..16 of an 4x4-downsampled 32x32 bitmap; map them onto 0..255.
+    x = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8)
+    return RawImages(x, d.target.astype(np.int64), class_names=[str(i) for i in range(10)])
+
+
+def _open_image(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = "L" if im.mode in ("1", "L", "I", "I;16", "F") else "RGB"
+            return np.asarray(im.convert(mode))
+    except (UnidentifiedImageError, OSError) as e:
+        raise GenforgeError(f"cannot read image {path} ({e}); remove or replace it") from None
+
+
+def load_image_folder(root: Path) -> RawImages:
+    """Every PNG/JPEG under ``root``; labels from first-level subfolder names when all images have one."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise GenforgeError(f"folder {root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                            "point data.name at a folder of PNG or JPEG files")
+    arrays = [_open_image(p) for p in files]
+    shapes = {a.shape[:2] for a in arrays}
+    if len(shapes) > 1:
+        (h0, w0), k = arrays[0].shape[:2], next(i for i, a in enumerate(arrays) if a.shape[:2] != arrays[0].shape[:2])
+        h1, w1 = arrays[k].shape[:2]
+        raise GenforgeError(f"images in {root} have mixed sizes ({files[0].name} is {w0}x{h0}, "
+                            f"{files[k].name} is {w1}x{h1}); resize them to one size first")
+    colour = any(a.ndim == 3 for a in arrays)
+    # (H, W) grayscale or (H, W, 3) -> (C, H, W); one grayscale file among colour ones is broadcast.
+    x = np.stack([np.repeat(a[None], 3, 0) if colour and a.ndim == 2 else
+                  (a.transpose(2, 0, 1) if a.ndim == 3 else a[None]) for a in arrays]).astype(np.uint8)
+    parents = [p.relative_to(root).parts for p in files]
+    labels, names = None, []
+    if all(len(parts) >= 2 for parts in parents):
+        names = sorted({parts[0] for parts in parents})
+        labels = np.array([names.index(parts[0]) for parts in parents], dtype=np.int64)
+    return RawImages(x, labels, class_names=names)
+
+
+def _load_npz(path: Path) -> RawImages:
+    """An ``.npz`` with ``images`` (or ``x`` / ``x_train``) shaped (N,H,W), (N,H,W,C) or (N,C,H,W),
+    uint8 0..255 or floats in [0, 1]; optional ``labels`` (``y`` / ``y_train``), ``test_images``
+    (``x_test``), ``test_labels`` (``y_test``) and ``class_names``."""
+    try:
+        z = np.load(path, allow_pickle=False)
+        keys = set(z.files)
+    except (OSError, ValueError) as e:
+        raise GenforgeError(f"{path} is not a readable .npz file ({e})") from None
+
+    def pick(*names):
+        for n in names:
+            if n in keys:
+                return z[n]
+        return None
+
+    x = pick("images", "x", "x_train")
+    if x is None:
+        raise GenforgeError(f"{path} has no 'images' (or 'x', 'x_train') array; it holds: {', '.join(sorted(keys))}")
+    y = pick("labels", "y", "y_train")
+    xt, yt = pick("test_images", "x_test"), pick("test_labels", "y_test")
+    names = pick("class_names")
+
+    def to_uint8_nchw(a: np.ndarray, what: str) -> np.ndarray:
+        if a.ndim == 3:
+            a = a[:, None]
+        elif a.ndim == 4 and a.shape[-1] in (1, 3) and a.shape[1] not in (1, 3):
+            a = a.transpose(0, 3, 1, 2)
+        if a.ndim != 4 or a.shape[1] not in (1, 3):
+            raise GenforgeError(f"{path}: '{what}' has shape {a.shape}; expected (N,H,W), (N,H,W,C) or "
+                                "(N,C,H,W) with 1 or 3 channels")
+        if a.dtype == np.uint8:
+            return a
+        if np.issubdtype(a.dtype, np.floating) and a.size and (a.min() < 0 or a.max() > 1):
+            raise GenforgeError(f"{path}: '{what}' holds floats outside [0, 1]; store uint8 0..255 "
+                                "or floats in [0, 1]")
+        scale = 255.0 if np.issubdtype(a.dtype, np.floating) else 1.0
+        return np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
+
+    def labels_of(lab, imgs, what):
+        if lab is None:
+            return None
+        lab = np.asarray(lab).astype(np.int64).reshape(-1)
+        if len(lab) != len(imgs):
+            raise GenforgeError(f"{path}: {len(lab)} {what} for {len(imgs)} images")
+        return lab
+
+    x = to_uint8_nchw(x, "images")
+    raw = RawImages(x, labels_of(y, x, "labels"))
+    if xt is not None:
+        raw.test = to_uint8_nchw(xt, "test_images")
+        raw.test_labels = labels_of(yt, raw.test, "test_labels")
+        if raw.test.shape[1:] != x.shape[1:]:
+            raise GenforgeError(f"{path}: test images are {raw.test.shape[1:]} but training images "
+                                f"{x.shape[1:]}; both splits must share one shape")
+    tops = [lab.max(initial=-1) for lab in (raw.train_labels, raw.test_labels) if lab is not None]
+    n_cls = int(max(tops, default=-1)) + 1
+    raw.class_names = [str(n) for n in names] if names is not None else [str(i) for i in range(n_cls)]
+    return raw
+
+
+IMAGE_DATASETS: dict[str, tuple[str, Callable[[], RawImages]]] = {
+    "digits": ("8x8 handwritten digits from scikit-learn, 1,797 images, 10 classes, always offline", _digits),
+    "fashion-mnist": ("Fashion-MNIST, 28x28 grayscale, 60k train + 10k test, 10 classes "
+                      "($GENFORGE_DATA, /usr/share/datasets or download)", _fashion_mnist),
+    "mnist": ("MNIST handwritten digits, 28x28, 60k + 10k, 10 classes ($GENFORGE_DATA or download)", _mnist),
+    "cifar10": ("CIFAR-10, 32x32 colour, 50k + 10k, 10 classes ($GENFORGE_DATA or download)", _cifar10),
+}
+
+
+def load_raw(name: str) -> RawImages:
+    """Registry name, a folder of images or an ``.npz`` file -> :class:`RawImages`."""
+    if name in IMAGE_DATASETS:
+        return IMAGE_DATASETS[name][1]()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return load_image_folder(path)
+    if path.is_file() and path.suffix.lower() == ".npz":
+        return _load_npz(path)
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        raise GenforgeError(f"'{name}' is a single image; point data.name at the folder that holds the images")
+    raise GenforgeError(f"unknown image dataset '{name}': not one of {', '.join(IMAGE_DATASETS)}, "
+                        "a folder of PNG/JPEG images or an .npz file")
+
+
+# --------------------------------------------------------------------------- batches
+
+
+@dataclass
+class ImageSplit:
+    """One split: uint8 images (N, C, H, W) and optional labels, scaled per batch."""
+
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor | None  # (N,) int64
+    pixel_range: tuple[float, float] = (0.0, 1.0)
+    hflip: bool = False  # random horizontal flips (training split only)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def get(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{'x': (B, C, H, W) float32 in pixel_range, 'y': (B,) int64 when labelled}."""
+        x = self.images[indices]
+        if self.hflip:
+            # The global RNG: the trainer checkpoints it, so a resumed run flips identically.
+            flip = torch.rand(x.shape[0]) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        batch = {"x": to_range(x, self.pixel_range)}
+        if self.labels is not None:
+            batch["y"] = self.labels[indices]
+        return batch
+
+
+def to_range(x_uint8: torch.Tensor, pixel_range: Sequence[float]) -> torch.Tensor:
+    lo, hi = pixel_range
+    return x_uint8.float() * ((hi - lo) / 255.0) + lo
+
+
+def to_unit(x: torch.Tensor, pixel_range: Sequence[float]) -> torch.Tensor:
+    """Images in ``pixel_range`` -> [0, 1] (clamped): the canonical range of metrics and PNGs."""
+    lo, hi = pixel_range
+    return ((x.float() - lo) / (hi - lo)).clamp(0.0, 1.0)
+
+
+@dataclass
+class ImageData:
+    spec: DataSpec
+    train: ImageSplit
+    val: ImageSplit  # the official test split where a dataset has one, else a fixed held-out fraction
+    fingerprint: str  # sha256 prefix of the held-out images: eval checks the data did not change
+
+    def save(self, run_dir: Path) -> None:
+        (Path(run_dir) / "data.json").write_text(json.dumps({
+            "name": self.spec.name, "train": len(self.train), "val": len(self.val),
+            "val_fingerprint": self.fingerprint}, indent=2))
+
+
+def load_images(data_cfg) -> ImageData:
+    lo, hi = data_cfg.pixel_range
+    if not hi > lo:
+        raise GenforgeError(f"data.pixel_range {data_cfg.pixel_range} must be (low, high) with high > low")
+    raw = load_raw(data_cfg.name)
+    if raw.test is None:
+        if not 0.0 < data_cfg.val_fraction < 1.0:
+            raise GenforgeError(f"data.val_fraction must be in (0, 1) to hold out images (got {data_cfg.val_fraction})")
+        n = len(raw.train)
+        order = np.random.default_rng(SPLIT_SEED).permutation(n)
+        n_val = max(1, int(round(n * data_cfg.val_fraction)))
+        if n - n_val < 1:
+            raise GenforgeError(f"dataset '{data_cfg.name}' has {n} images: too few to hold out a "
+                                "validation split; add images")
+        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        lab = raw.train_labels
+        raw = RawImages(raw.train[train_idx], None if lab is None else lab[train_idx],
+                        raw.train[val_idx], None if lab is None else lab[val_idx], raw.class_names)
+    labelled = raw.train_labels is not None and raw.test_labels is not None
+    n_classes = len(raw.class_names) if labelled else 0
+    if labelled:
+        top = int(max(raw.train_labels.max(initial=0), raw.test_labels.max(initial=0)))
+        if raw.train_labels.min(initial=0) < 0 or top >= n_classes:
+            raise GenforgeError(f"dataset '{data_cfg.name}' has label {top} but {n_classes} class names; "
+                                "labels must be 0..K-1 with one name per class")
+
+    def split(x, y, flip):
+        return ImageSplit(torch.from_numpy(np.array(x, dtype=np.uint8, copy=True)),
+                          torch.from_numpy(y) if labelled else None, (lo, hi), flip)
+
+    spec = DataSpec(modality="image", shape=tuple(int(s) for s in raw.train.shape[1:]),
+                    num_classes=n_classes, class_names=list(raw.class_names) if labelled else [],
+                    pixel_range=(float(lo), float(hi)), name=data_cfg.name)
+    fingerprint = hashlib.sha256(np.ascontiguousarray(raw.test).tobytes()).hexdigest()[:16]
+    return ImageData(spec, split(raw.train, raw.train_labels, data_cfg.hflip),
+                     split(raw.test, raw.test_labels, False), fingerprint)
+
+
+# --------------------------------------------------------------------------- grids
+
+
+def _cells(images: torch.Tensor, spec: DataSpec, min_cell: int) -> tuple[np.ndarray, int]:
+    """(N, C, H, W) in spec.pixel_range -> (N, h, w, 3) uint8, upscaled (nearest) to >= min_cell px."""
+    if images.dim() != 4:
+        raise GenforgeError(f"a grid needs images shaped (N, C, H, W), got {tuple(images.shape)}")
+    x = to_unit(images.detach().cpu(), spec.pixel_range)
+    scale = max(1, math.ceil(min_cell / max(x.shape[-2:])))
+    x = x.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return (x.permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).astype(np.uint8), scale
+
+
+def make_grid(images: torch.Tensor, spec: DataSpec, labels: Sequence | None = None,
+              nrow: int | None = None, min_cell: int = 32, pad: int = 2):
+    """A PIL image of ``images`` (N, C, H, W) in rows of ``nrow``; each cell captioned by ``labels``.
+
+    A label is a class index (named through ``spec.class_names``) or any string.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    cells, _ = _cells(images, spec, min_cell)
+    n, h, w, _ = cells.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / nrow)
+    caption = 12 if labels is not None else 0
+    grid = Image.new("RGB", (nrow * (w + pad) + pad, rows * (h + pad + caption) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default()
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        x0, y0 = pad + c * (w + pad), pad + r * (h + pad + caption)
+        grid.paste(Image.fromarray(cells[i]), (x0, y0))
+        if labels is not None:
+            lab = labels[i]
+            if isinstance(lab, (int, np.integer)) or (torch.is_tensor(lab) and lab.dim() == 0):
+                k = int(lab)
+                lab = spec.class_names[k] if 0 <= k < len(spec.class_names) else str(k)
+            text = str(lab)[: max(1, w // 6)]  # the default bitmap font is ~6 px per character
+            draw.text((x0, y0 + h), text, fill=(0, 0, 0), font=font)
+    return grid
+
+
+def save_grid(images: torch.Tensor, path: str | Path, spec: DataSpec, labels: Sequence | None = None,
+              nrow: int | None = None) -> Path:
+    """Write ``images`` (N, C, H, W), in ``spec.pixel_range``, as one PNG grid (optionally captioned)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_grid(images, spec, labels, nrow).save(path, format="PNG")
+    return path
+
+
+@torch.no_grad()
+def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor,
+                       chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row of ``queries`` (N, D), the index and Euclidean distance of its nearest row in
+    ``reference`` (M, D), computed in chunks of the reference so memory stays O(N * chunk)."""
+    best_d = torch.full((queries.shape[0],), math.inf)
+    best_i = torch.zeros(queries.shape[0], dtype=torch.long)
+    q = queries.float()
+    for start in range(0, reference.shape[0], chunk):
+        d = torch.cdist(q, reference[start:start + chunk].float())  # (N, chunk)
+        v, i = d.min(1)
+        better = v < best_d
+        best_d, best_i = torch.where(better, v, best_d), torch.where(better, i + start, best_i)
+    return best_i, best_d
+
+
+def save_nearest_grid(samples: torch.Tensor, train: ImageSplit, path: str | Path, spec: DataSpec) -> Path:
+    """Each sample (left) beside its nearest training image in pixel space (right), one pair a row
+    pair: the visual check for memorization that the memorization metric quantifies."""
+    ref = to_unit(to_range(train.images, (0.0, 1.0)), (0.0, 1.0)).flatten(1)  # (M, C*H*W) in [0, 1]
+    idx, dist = nearest_neighbours(to_unit(samples.cpu(), spec.pixel_range).flatten(1), ref)
+    near = to_range(train.images[idx], spec.pixel_range)
+    pairs = torch.stack([samples.cpu().float(), near], 1).flatten(0, 1)  # (2N, C, H, W), interleaved
+    captions = [s for d in dist.tolist() for s in ("sample", f"d={d:.1f}")]
+    return save_grid(pairs, path, spec, captions, nrow=2 * min(4, samples.shape[0]))

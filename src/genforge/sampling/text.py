@@ -71,7 +71,7 @@ def _prefill(model, history: torch.Tensor, pad: torch.Tensor):
     return cache, logits
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None, use_cache: bool = True,

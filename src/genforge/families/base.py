@@ -34,8 +34,8 @@ class StepContext(Protocol):
     def backward(self, loss: torch.Tensor) -> None:
         """Backpropagate ``loss`` scaled for gradient accumulation."""
 
-    def step(self, optimizer: str) -> float:
-        """Clip, set the LR, step and zero one named optimizer; return the grad norm."""
+    def step(self, optimizer: str) -> torch.Tensor:
+        """Clip, set the LR, step and zero one named optimizer; return the grad norm (0-dim)."""
 
 
 class GenerativeModel(nn.Module):
@@ -61,12 +61,14 @@ class GenerativeModel(nn.Module):
         return {"main": [{"params": decay, "weight_decay": weight_decay},
                          {"params": no_decay, "weight_decay": 0.0}]}
 
-    def train_step(self, micro_batches: list[Batch], ctx: StepContext) -> dict[str, float]:
+    def train_step(self, micro_batches: list[Batch], ctx: StepContext) -> dict[str, torch.Tensor | float]:
+        """One optimizer step. Values may stay 0-dim tensors: the trainer reads them
+        (a GPU sync) only when it logs or checkpoints."""
         total = 0.0
         for batch in ctx.accumulate(micro_batches):
             out = ctx.forward(batch)
             ctx.backward(out["loss"])
-            total += out["loss"].detach().float().item()
+            total = total + out["loss"].detach().float()
         grad_norm = ctx.step("main")
         return {"loss": total / len(micro_batches), "grad_norm": grad_norm}
 

@@ -48,7 +48,7 @@ class _StepContext:
     def backward(self, loss: torch.Tensor) -> None:
         (loss / self.n_micro).backward()
 
-    def step(self, optimizer: str) -> float:
+    def step(self, optimizer: str) -> torch.Tensor:
         t = self.t
         opt = t.optimizers[optimizer]
         params = [p for g in opt.param_groups for p in g["params"]]
@@ -58,7 +58,7 @@ class _StepContext:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm.detach()
 
 
 class Trainer:
@@ -203,6 +203,17 @@ class Trainer:
 
             save_grid(sample, folder / f"step_{self.step:07d}.png", self.data.spec)
 
+    def _check_finite(self, metrics: dict) -> dict[str, float]:
+        values = {k: float(v) for k, v in metrics.items()}
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            last = ckpt.latest_checkpoint(self.run_dir)
+            raise GenforgeError(
+                f"{bad[0]} became {values[bad[0]]} at step {self.step}; training stopped. "
+                f"Last good checkpoint: {last or 'none'}. Lower train.lr or set train.grad_clip"
+            )
+        return values
+
     # -- the loop -----------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
         tc = self.tc
@@ -219,13 +230,11 @@ class Trainer:
                 micro = [self._to_device(self.data.train.get(self.sampler.next_batch()))
                          for _ in range(tc.grad_accum)]
                 metrics = self.model.train_step(micro, self.ctx)
-                if not all(math.isfinite(v) for v in metrics.values()):
-                    bad = next(k for k, v in metrics.items() if not math.isfinite(v))
-                    last = ckpt.latest_checkpoint(self.run_dir)
-                    raise GenforgeError(
-                        f"{bad} became {metrics[bad]} at step {self.step}; training stopped. "
-                        f"Last good checkpoint: {last or 'none'}. Lower train.lr or set train.grad_clip"
-                    )
+                logging_now = (self.step + 1) % tc.log_every == 0 or self.step + 1 == tc.max_steps
+                saving_now = (self.step + 1) % tc.checkpoint_every == 0
+                if logging_now or saving_now:
+                    # Reading values syncs with the GPU, so it happens only when they are needed.
+                    metrics = self._check_finite(metrics)
                 if self.ema is not None:
                     self.ema.update(self.model.ema_target())
                 n_items = sum(self._items_in(b) for b in micro) * self.dist.world
@@ -233,7 +242,7 @@ class Trainer:
                 self.step += 1
                 steps_run += 1
                 bar.update(1)
-                if self.step % tc.log_every == 0 or self.step == tc.max_steps:
+                if logging_now:
                     now = time.perf_counter()
                     rate = window_items / max(now - window_t, 1e-9)
                     window_t, window_items = now, 0

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, peak_rss_mib, write  # noqa: E402
+from common import machine, peak_rss_mib, write
 
 ANCHORS = ("Literature anchors, not directly comparable: a one-layer VAE reaches 86.76 nats on "
            "dynamically binarized MNIST with k=5000 (Burda et al. 2016); VAE Inception-FID on "

@@ -15,8 +15,15 @@ from genforge import GenforgeError
 from genforge.cli import main
 from genforge.config import DataConfig
 from genforge.data import load_data, registry
-from genforge.data.images import (IMAGE_DATASETS, load_images, nearest_neighbours, read_cifar10, read_idx,
-                                  save_grid, save_nearest_grid)
+from genforge.data.images import (
+    IMAGE_DATASETS,
+    load_images,
+    nearest_neighbours,
+    read_cifar10,
+    read_idx,
+    save_grid,
+    save_nearest_grid,
+)
 from genforge.data.spec import DataSpec
 
 

@@ -24,9 +24,9 @@ import json
 import math
 import pickle
 import tarfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -132,7 +132,7 @@ def _mnist() -> RawImages:
 class _ArrayUnpickler(pickle.Unpickler):
     """Rebuilds dicts, lists, bytes and numpy arrays only: a tampered archive cannot run code."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ALLOWED: ClassVar[set[tuple[str, str]]] = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
 
@@ -376,7 +376,7 @@ def load_images(data_cfg) -> ImageData:
             raise GenforgeError(f"data.val_fraction must be in (0, 1) to hold out images (got {data_cfg.val_fraction})")
         n = len(raw.train)
         order = np.random.default_rng(SPLIT_SEED).permutation(n)
-        n_val = max(1, int(round(n * data_cfg.val_fraction)))
+        n_val = max(1, round(n * data_cfg.val_fraction))
         if n - n_val < 1:
             raise GenforgeError(f"dataset '{data_cfg.name}' has {n} images: too few to hold out a "
                                 "validation split; add images")

@@ -51,7 +51,7 @@ class VAEConfig(Strict):
     """Nats per latent dimension below which the KL is not penalized (0 turns it off)."""
 
     @model_validator(mode="after")
-    def _check(self) -> "VAEConfig":
+    def _check(self) -> VAEConfig:
         if self.latent_dim < 1 or self.hidden < 1 or min(self.channels) < 1:
             raise ValueError("latent_dim, hidden and channels must be positive")
         if self.beta < 0 or self.free_bits < 0 or self.kl_warmup_steps < 0:
@@ -170,12 +170,13 @@ class VAE(GenerativeModel):
         x01 = self._unit(x)
         return torch.bernoulli(x01, generator=generator) if self.config.likelihood == "bernoulli" else x01
 
-    def kl_weight(self) -> float:
-        """beta, scaled by the linear warm-up while steps_done < kl_warmup_steps."""
+    def kl_weight(self) -> torch.Tensor:
+        """beta, scaled by the linear warm-up while steps_done < kl_warmup_steps (0-dim tensor,
+        computed on the model's device so that a GPU step never waits for it)."""
         c = self.config
         if c.kl_warmup_steps <= 0:
-            return c.beta
-        return c.beta * min(1.0, float(self.steps_done) / c.kl_warmup_steps)
+            return torch.tensor(c.beta, device=self.steps_done.device)
+        return c.beta * (self.steps_done.float() / c.kl_warmup_steps).clamp(max=1.0)
 
     # -- objective ---------------------------------------------------------------------
     def forward(self, batch: Batch, **kwargs) -> dict[str, torch.Tensor]:
@@ -196,13 +197,15 @@ class VAE(GenerativeModel):
         return {"loss": loss, "elbo": (log_px - kl).mean().detach(), "recon": -log_px.mean().detach(),
                 "kl": kl.mean().detach()}
 
-    def train_step(self, micro_batches: list[Batch], ctx) -> dict[str, float]:
-        sums: dict[str, float] = {}
+    def train_step(self, micro_batches: list[Batch], ctx) -> dict[str, torch.Tensor | float]:
+        """The default step, also reporting ELBO, reconstruction and KL; then count the step.
+        Values stay 0-dim tensors: the trainer reads them only when it logs."""
+        sums: dict[str, torch.Tensor] = {}
         for batch in ctx.accumulate(micro_batches):
             out = ctx.forward(batch)
             ctx.backward(out["loss"])
             for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().float().item()
+                sums[k] = sums.get(k, 0.0) + v.detach().float()
         grad_norm = ctx.step("main")
         self.steps_done += 1
         return {**{k: v / len(micro_batches) for k, v in sums.items()}, "kl_weight": self.kl_weight(),

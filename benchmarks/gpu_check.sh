@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # Every GPU check in one script, for a lent GPU machine (see benchmarks/README.md).
 # Expects: wheels for missing packages in .whl/, Tiny Shakespeare under .gpu/data.
+# Usage: bash benchmarks/gpu_check.sh [train] [generation]
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
+what=${*:-train generation}
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=src:${PYTHONPATH:-} GENFORGE_DATA=$PWD/.gpu/data GENFORGE_CACHE=/tmp/gfcache PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/device.txt"
-timeout 330 python3 benchmarks/bench_gpu_shakespeare.py 2>&1 | tee "$OUT/shakespeare.log"
-cp benchmarks/results/gpt_shakespeare_gpu.* "$OUT/" 2>/dev/null
-timeout 150 python3 benchmarks/bench_generation.py --recompute-batch16-repeats 3 2>&1 | tee "$OUT/generation.log"
-cp benchmarks/results/generation_gpu.* "$OUT/" 2>/dev/null
-python3 -m genforge sample runs/gpu-shakespeare --prompt "JULIET:" --max-new-tokens 100 --seed 0 --device cuda 2>&1 | tail -5 | tee "$OUT/sample.txt"
+if [[ $what == *train* ]]; then
+  # the preset, a lower peak LR, and nanoGPT's own layout (learned positions) as the in-run baseline
+  timeout 150 python3 benchmarks/bench_gpu_shakespeare.py --label preset --run-dir runs/gpu-preset 2>&1 | tee "$OUT/preset.log"
+  timeout 150 python3 benchmarks/bench_gpu_shakespeare.py --label lr5e-4 --run-dir runs/gpu-lr5e-4 train.lr=5e-4 2>&1 | tee "$OUT/lr.log"
+  timeout 150 python3 benchmarks/bench_gpu_shakespeare.py --label nanogpt-layout --run-dir runs/gpu-nanogpt model.pos_embedding=learned 2>&1 | tee "$OUT/nanogpt.log"
+  cp benchmarks/results/gpt_shakespeare_gpu_*.json "$OUT/" 2>/dev/null
+fi
+if [[ $what == *generation* ]]; then
+  timeout 150 python3 benchmarks/bench_generation.py --recompute-batch16-repeats 3 2>&1 | tee "$OUT/generation.log"
+  cp benchmarks/results/generation_gpu.* "$OUT/" 2>/dev/null
+fi

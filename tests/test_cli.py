@@ -86,8 +86,8 @@ def test_corrupt_checkpoint_is_a_clear_error(run_dir, tmp_path, capsys):
 
     broken = tmp_path / "broken"
     shutil.copytree(run_dir, broken)
-    ckpt = next((broken / "checkpoints").glob("step_*"))
-    (ckpt / "model.safetensors").write_bytes(b"not a safetensors file")
+    for weights in (broken / "checkpoints").glob("*/model.safetensors"):
+        weights.write_bytes(b"not a safetensors file")
     assert main(["sample", str(broken)]) == 2
     assert "corrupt" in capsys.readouterr().err
 

@@ -58,13 +58,24 @@ def test_training_writes_a_complete_run_dir(corpus, tmp_path):
     assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "ema.safetensors", "state.pt"}
     assert result["step"] == 6 and "loss" in result
     # round trip: the loaded model's weights equal the trained ones, EMA differs from raw
-    raw = load_run(run, use_ema=False).model
-    ema = load_run(run, use_ema=True).model
+    raw = load_run(run, use_ema=False, checkpoint="latest").model
+    ema = load_run(run, use_ema=True, checkpoint="latest").model
     assert not torch.equal(raw.tok_emb.weight, ema.tok_emb.weight)
     from safetensors.torch import load_file
 
     saved = load_file(str(ckpt / "ema.safetensors"))
     assert torch.equal(ema.tok_emb.weight, saved["tok_emb.weight"])
+
+
+def test_best_validation_checkpoint_is_kept(corpus, tmp_path):
+    cfg, mcfg = tiny(corpus, "train.max_steps=9", "train.eval_every=3")
+    result = Trainer(cfg, mcfg, tmp_path / "run", progress=False).fit()
+    evals = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if '"split"' in r]
+    best = min(evals, key=lambda r: r["loss"])
+    assert result["best_val_loss"] == best["loss"]
+    assert load_run(tmp_path / "run").step == best["step"]  # sample/eval default to the best
+    assert load_run(tmp_path / "run", checkpoint="latest").step == 9
 
 
 def test_resume_reproduces_the_uninterrupted_loss_curve(corpus, tmp_path):

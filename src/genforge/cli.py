@@ -58,7 +58,7 @@ def _new_run_dir(out_dir: Path, preset: str, info) -> Path:
 def _sample(args) -> None:
     from genforge.runs import load_run
 
-    run = load_run(args.run_dir, use_ema=not args.no_ema, device=args.device)
+    run = load_run(args.run_dir, use_ema=not args.no_ema, device=args.device, checkpoint=args.checkpoint)
     if run.spec.modality == "text":
         if args.num_samples is None:
             args.num_samples = 1
@@ -96,7 +96,7 @@ def _eval(args) -> None:
     from genforge.evaluate import evaluate_run
     from genforge.runs import load_run
 
-    run = load_run(args.run_dir, use_ema=not args.no_ema, device=args.device)
+    run = load_run(args.run_dir, use_ema=not args.no_ema, device=args.device, checkpoint=args.checkpoint)
     kwargs = {"max_batches": args.max_batches} if args.max_batches else {}
     if run.spec.modality == "image":
         image_options = {"num_samples": args.num_samples, "iwae_k": args.iwae_k,
@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text: samples per prompt (default 1); images: images in the grid (default 64)")
     s.add_argument("--no-stream", action="store_true", help="print when done instead of token by token")
     s.add_argument("--no-ema", action="store_true", help="use raw weights even if EMA weights exist")
+    s.add_argument("--checkpoint", default="auto", choices=["auto", "best", "latest"],
+                   help="best validation loss, latest, or auto: best if kept, else latest (default)")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
     s.add_argument("--out", metavar="PNG", help="images: where to write the grid (default RUN_DIR/samples/)")
     s.add_argument("--class-label", metavar="CLASS",
@@ -189,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", help="a run directory written by `genforge train`")
     e.add_argument("--max-batches", type=int, default=None, help="evaluate on at most this many batches")
     e.add_argument("--no-ema", action="store_true", help="use raw weights even if EMA weights exist")
+    e.add_argument("--checkpoint", default="auto", choices=["auto", "best", "latest"],
+                   help="best validation loss, latest, or auto: best if kept, else latest (default)")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
     e.add_argument("--num-samples", type=int, default=None,
                    help="images: generated images compared with as many test images (default 10000)")

@@ -66,6 +66,9 @@ class TrainConfig(Strict):
     sample_every: int = 0
     """Write samples every N steps; 0 means at every evaluation."""
     checkpoint_every: int = 500
+    keep_best: bool = True
+    """Also keep the checkpoint with the lowest validation loss (checkpoints/best); sample and
+    eval use it by default, as nanoGPT keeps only its best-validation checkpoint."""
     keep_checkpoints: int = 2
     log_every: int = 10
     compile: bool = False

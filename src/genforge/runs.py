@@ -28,11 +28,13 @@ class LoadedRun:
     used_ema: bool = False
 
 
-def load_run(run_dir: str | Path, use_ema: bool = True, device: str = "auto") -> LoadedRun:
+def load_run(run_dir: str | Path, use_ema: bool = True, device: str = "auto",
+             checkpoint: str = "auto") -> LoadedRun:
+    """checkpoint: 'auto' (best validation if kept, else latest), 'best' or 'latest'."""
     from genforge.families import family_class
 
     run_dir = Path(run_dir)
-    path = ckpt.require_checkpoint(run_dir)
+    path = ckpt.require_checkpoint(run_dir, checkpoint)
     try:
         raw = json.loads((run_dir / "config.json").read_text())
         spec = DataSpec.from_json((run_dir / "spec.json").read_text())
@@ -50,4 +52,5 @@ def load_run(run_dir: str | Path, use_ema: bool = True, device: str = "auto") ->
         from genforge.data.tokenizers import load_tokenizer
 
         tokenizer = load_tokenizer(run_dir / "tokenizer.json")
-    return LoadedRun(run_dir, cfg, model_cfg, spec, model, int(path.name.split("_")[-1]), tokenizer, ema)
+    step = int(ckpt.load_train_state(path)["step"])
+    return LoadedRun(run_dir, cfg, model_cfg, spec, model, step, tokenizer, ema)

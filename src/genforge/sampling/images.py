@@ -7,9 +7,9 @@ Images are (N, C, H, W) tensors in the run's ``spec.pixel_range``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -66,14 +66,15 @@ def interpolate(model, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 8, met
 def attribute_vector(model, images: torch.Tensor, labels: torch.Tensor, from_class: int,
                      to_class: int, batch_size: int = 500) -> torch.Tensor:
     """Mean posterior mean of class ``to_class`` minus that of ``from_class`` (White 2016): (L,)."""
-    labels = torch.as_tensor(labels).long()
+    labels = torch.as_tensor(labels).long().to(images.device)
     means = {}
     for cls in (from_class, to_class):
         sel = images[labels == cls]
         if sel.shape[0] == 0:
             raise GenforgeError(f"no images of class {cls} to compute an attribute vector from")
-        cond = model.K if hasattr(model, "K") else 0
-        zs = [model.encode(sel[s:s + batch_size], torch.full((min(batch_size, sel.shape[0] - s),), cls)
+        cond = getattr(model, "K", 0)
+        zs = [model.encode(sel[s:s + batch_size],
+                           torch.full((min(batch_size, sel.shape[0] - s),), cls, device=sel.device)
                            if cond else None)[0] for s in range(0, sel.shape[0], batch_size)]
         means[cls] = torch.cat(zs).mean(0)
     return means[to_class] - means[from_class]
@@ -181,11 +182,12 @@ def sample_images_cli(run, args) -> Path:
         a, b = (_class_index(spec, v) for v in attribute)
         all_x, all_y = data.val.get(torch.arange(len(data.val)))["x"].to(device), data.val.labels
         vec = attribute_vector(model, all_x, all_y, a, b)
-        pick = torch.nonzero(all_y == a).flatten()[: min(n, 16)]
+        pick = torch.nonzero(all_y == a).flatten()[: min(n, 16)].to(device)
         if len(pick) == 0:
             raise GenforgeError(f"no held-out images of class {spec.class_names[a]}")
         scales = (0.0, 0.5, 1.0, 1.5, 2.0)
-        out = apply_attribute(model, all_x[pick], vec, scales, all_y[pick].to(device) if model.K else None)
+        out = apply_attribute(model, all_x[pick], vec, scales,
+                              all_y.to(device)[pick] if getattr(model, "K", 0) else None)
         images = torch.cat([all_x[pick].cpu()[:, None], out.cpu()], 1).flatten(0, 1)
         labels = [s for _ in pick for s in ("input", *(f"+{s:g}v" for s in scales))]
         name, nrow = f"attribute-{a}-to-{b}-{stamp}.png", len(scales) + 1

@@ -59,10 +59,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, ema_state: dict | None,
-                    train_state: dict[str, Any], config: dict[str, Any], keep: int = 2) -> Path:
+                    train_state: dict[str, Any], config: dict[str, Any], keep: int = 2,
+                    name: str | None = None) -> Path:
+    """Write checkpoints/step_N (and point `latest` at it), or checkpoints/<name> when named."""
     folder = run_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"step_{step:07d}"
+    named, name = name is not None, name or f"step_{step:07d}"
     tmp = folder / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -75,6 +77,8 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, ema_state:
     final = folder / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    if named:
+        return final
     atomic_write_text(folder / "latest", name)
     old = sorted(p for p in folder.glob("step_*") if p.is_dir())[:-keep] if keep > 0 else []
     for path in old:
@@ -93,11 +97,18 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def require_checkpoint(run_dir: Path) -> Path:
+def require_checkpoint(run_dir: Path, which: str = "latest") -> Path:
+    """which: 'latest', 'best' (lowest validation loss), or 'auto' (best if kept, else latest)."""
     if not run_dir.is_dir():
         raise GenforgeError(f"run directory '{run_dir}' does not exist")
     if not (run_dir / "config.json").is_file():
         raise GenforgeError(f"'{run_dir}' is not a genforge run directory (no config.json)")
+    best = run_dir / "checkpoints" / "best"
+    if which == "best" and not best.is_dir():
+        raise GenforgeError(f"run '{run_dir}' has no best checkpoint (it is kept at evaluations "
+                            "when train.keep_best is on); use --checkpoint latest")
+    if which in ("best", "auto") and best.is_dir():
+        return best
     path = latest_checkpoint(run_dir)
     if path is None:
         raise GenforgeError(f"run '{run_dir}' has no checkpoint yet; train it first")

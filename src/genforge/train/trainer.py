@@ -100,6 +100,7 @@ class Trainer:
         self.sampler = EpochSampler(len(self.data.train), self.tc.batch_size, self.tc.seed,
                                     self.dist.rank, self.dist.world)
         self.step = 0
+        self.best_val = math.inf
         if resume:
             self._resume()
         else:  # dropout etc. draw differently on each rank
@@ -144,16 +145,17 @@ class Trainer:
         return x.numel() if self.data.spec.modality != "image" else x.shape[0]
 
     # -- checkpoints --------------------------------------------------------------------
-    def save(self) -> None:
+    def save(self, name: str | None = None) -> None:
         if not self.dist.is_main:
             return
         state = {
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "sampler": self.sampler.state_dict(),
             "rng": ckpt.rng_state(),
+            "best_val": self.best_val,
         }
         ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.ema.state_dict() if self.ema else None,
-                             state, self.cfg.model_dump(), keep=self.tc.keep_checkpoints)
+                             state, self.cfg.model_dump(), keep=self.tc.keep_checkpoints, name=name)
 
     def _resume(self) -> None:
         path = ckpt.require_checkpoint(self.run_dir)
@@ -169,6 +171,7 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         ckpt.set_rng_state(state["rng"])
         self.step = int(state["step"])
+        self.best_val = float(state.get("best_val", math.inf))
         # Drop log rows written after this checkpoint (a crash between checkpoints).
         log = self.run_dir / "metrics.jsonl"
         if self.dist.is_main and log.is_file():
@@ -252,7 +255,12 @@ class Trainer:
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", **{unit.split('_')[0] + "/s": f"{rate:,.0f}"})
                 if tc.eval_every and (self.step % tc.eval_every == 0 or self.step == tc.max_steps):
                     last_eval = self.evaluate()
-                    self._log({"step": self.step, "split": "val", **last_eval})
+                    improved = last_eval["loss"] < self.best_val
+                    if improved:
+                        self.best_val = last_eval["loss"]
+                        if tc.keep_best:
+                            self.save(name="best")
+                    self._log({"step": self.step, "split": "val", **last_eval, "best": improved})
                     bar.write(f"step {self.step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
                     if self.dist.is_main and (tc.sample_every == 0):
                         self.write_preview()
@@ -273,4 +281,5 @@ class Trainer:
         if self.tb is not None:
             self.tb.close()
         elapsed = time.perf_counter() - t0
-        return {"step": self.step, "items_per_s": items / max(elapsed, 1e-9), **last_eval}
+        return {"step": self.step, "items_per_s": items / max(elapsed, 1e-9), **last_eval,
+                "best_val_loss": self.best_val}

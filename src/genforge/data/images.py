@@ -27,6 +27,7 @@ import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -292,8 +293,8 @@ def _load_npz(path: Path) -> RawImages:
 
 IMAGE_DATASETS: dict[str, tuple[str, Callable[[], RawImages]]] = {
     "digits": ("8x8 handwritten digits from scikit-learn, 1,797 images, 10 classes, always offline", _digits),
-    "fashion-mnist": ("Fashion-MNIST, 28x28 grayscale, 60k train + 10k test, 10 classes "
-                      "($GENFORGE_DATA, /usr/share/datasets or download)", _fashion_mnist),
+    "fashion-mnist": (("Fashion-MNIST, 28x28 grayscale, 60k train + 10k test, 10 classes "
+                       "($GENFORGE_DATA, /usr/share/datasets or download)"), _fashion_mnist),
     "mnist": ("MNIST handwritten digits, 28x28, 60k + 10k, 10 classes ($GENFORGE_DATA or download)", _mnist),
     "cifar10": ("CIFAR-10, 32x32 colour, 50k + 10k, 10 classes ($GENFORGE_DATA or download)", _cifar10),
 }

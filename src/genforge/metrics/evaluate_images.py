@@ -16,6 +16,7 @@ Returns one flat dict of floats (also written to RUN_DIR/eval.json by the caller
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -58,6 +59,9 @@ def evaluate_images(run, max_batches: int | None = None, num_samples: int = 1000
     importance samples (IWAE on a CPU costs k decoder passes per image).
     """
     model, spec = run.model, run.spec
+    if inception_weights and not Path(inception_weights).is_file():  # fail before minutes of work
+        raise GenforgeError(f"Inception weights '{inception_weights}' not found; pass the path of "
+                            "torch-fidelity's pt_inception-2015-12-05 .pth file")
     device = next(model.parameters()).device
     data = _load_heldout(run)
     extractor = load_extractor(spec.name)

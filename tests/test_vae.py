@@ -222,3 +222,17 @@ def test_eval_refuses_changed_data_and_missing_inception_weights(trained, tmp_pa
         assert "changed since this run was trained" in err and "Traceback" not in err
     finally:
         saved.write_text(original)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "logistic"])
+def test_objective_stays_fp32_under_bf16_autocast(likelihood):
+    # The trainer autocasts to bf16 on GPUs; a 1/255-wide bin needs fp32 likelihood maths.
+    _, mcfg = load_config("vae-digits", [f"model.likelihood={likelihood}"])
+    model = VAE(mcfg, DataSpec("image", (1, 8, 8)))
+    x = torch.rand(8, 1, 8, 8)
+    torch.manual_seed(0)
+    ref = model({"x": x})["loss"].item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(0)
+        out = model({"x": x})["loss"]
+    assert out.dtype == torch.float32 and out.item() == pytest.approx(ref, rel=1e-2)

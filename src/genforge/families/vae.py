@@ -140,7 +140,8 @@ class VAE(GenerativeModel):
         onehot = self._onehot(y, x01.shape[0], x01.device)
         if onehot is not None:  # labels as K constant channels (Sohn et al. 2015)
             h = torch.cat([h, onehot[:, :, None, None].expand(-1, -1, self.Hp, self.Wp)], 1)
-        mu, logvar = self.encoder(h).chunk(2, dim=1)
+        # fp32 from here: under bf16 autocast the KL and the reparameterization lose too much.
+        mu, logvar = self.encoder(h).float().chunk(2, dim=1)
         return mu, logvar.clamp(-12.0, 8.0)
 
     def _decode_params(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -152,6 +153,7 @@ class VAE(GenerativeModel):
 
     def _log_px(self, params: torch.Tensor, target01: torch.Tensor) -> torch.Tensor:
         """log p(x|z) summed over pixels: (B,). target01 is binary (bernoulli) or k/255."""
+        params = params.float()  # a bin is 1/255 wide: bf16 (8-bit mantissa) cannot resolve it
         if self.config.likelihood == "bernoulli":
             ll = -F.binary_cross_entropy_with_logits(params, target01, reduction="none")
         else:
@@ -161,6 +163,7 @@ class VAE(GenerativeModel):
 
     def _mean01(self, params: torch.Tensor) -> torch.Tensor:
         """Decoder mean image in [0, 1]: pixel probabilities, or logistic means."""
+        params = params.float()
         if self.config.likelihood == "bernoulli":
             return torch.sigmoid(params)
         return ((params.chunk(2, dim=1)[0] + 1) / 2).clamp(0.0, 1.0)

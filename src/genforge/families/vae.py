@@ -258,12 +258,15 @@ class VAE(GenerativeModel):
     # -- likelihood ----------------------------------------------------------------------
     @torch.no_grad()
     def iwae_log_likelihood(self, target01: torch.Tensor, y: torch.Tensor | None = None, k: int = 100,
-                            chunk: int = 50, generator: torch.Generator | None = None) -> torch.Tensor:
+                            chunk: int = 50, generator: torch.Generator | None = None,
+                            with_elbo: bool = False):
         """Importance-weighted bound on log p(x) (Burda et al. 2016, eq. 8), per image: (B,).
 
         L_k = log (1/k) sum_i p(x, z_i) / q(z_i | x), z_i ~ q(z | x). L_1 is the ELBO
         (in expectation); L_k increases with k towards log p(x). ``target01`` is what
         the likelihood scores: binary for bernoulli (see :meth:`target`), k/255 otherwise.
+        ``with_elbo`` also returns the k-sample ELBO estimate mean_i log w_i from the same
+        draws, which by Jensen's inequality never exceeds L_k.
         """
         mu, logvar = self._encode01(target01, y)  # (B, L)
         std = torch.exp(0.5 * logvar)
@@ -280,25 +283,23 @@ class VAE(GenerativeModel):
             log_px = self._log_px(params, target01.repeat(m, 1, 1, 1)).reshape(m, b)
             log_w.append(log_px + log_pz - log_q)  # (m, B)
         log_w = torch.cat(log_w)  # (k, B)
-        return torch.logsumexp(log_w, 0) - math.log(k)
+        bound = torch.logsumexp(log_w, 0) - math.log(k)
+        return (bound, log_w.mean(0)) if with_elbo else bound
 
     @torch.no_grad()
     def heldout_metrics(self, batches, generator: torch.Generator, k: int = 100) -> dict[str, float]:
-        """On held-out batches: IWAE NLL (nats per image, bits per dimension), the analytic-KL
-        ELBO, and active units (Burda et al. 2016, sec. 5.1: dimensions whose posterior mean
+        """On held-out batches: IWAE NLL (nats per image, bits per dimension), the ELBO averaged
+        over the same k draws, and active units (Burda et al. 2016, sec. 5.1: dimensions whose posterior mean
         varies across images with variance > 0.01)."""
         nll, elbo, mus, n = 0.0, 0.0, [], 0
         for batch in batches:
             x = batch["x"]
             y = batch.get("y") if self.K else None
             target = self.target(x, generator)  # fixed binarization of the test set
-            nll -= float(self.iwae_log_likelihood(target, y, k, generator=generator).sum())
-            mu, logvar = self._encode01(target, y)
-            eps = torch.randn(mu.shape, generator=generator, device=mu.device)
-            log_px = self._log_px(self._decode_params(mu + torch.exp(0.5 * logvar) * eps, y), target)
-            kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
-            elbo += float((log_px - kl).sum())
-            mus.append(mu.cpu())
+            bound, elbo_k = self.iwae_log_likelihood(target, y, k, generator=generator, with_elbo=True)
+            nll -= float(bound.sum())
+            elbo += float(elbo_k.sum())
+            mus.append(self._encode01(target, y)[0].cpu())
             n += x.shape[0]
         dims = self.C * self.H * self.W
         active = int((torch.cat(mus).var(0) > 0.01).sum()) if n > 1 else 0

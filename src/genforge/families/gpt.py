@@ -55,7 +55,8 @@ class Block(nn.Module):
         hidden = cfg.mlp_ratio * cfg.n_embd
         self.mlp = nn.Sequential(
             nn.Linear(cfg.n_embd, hidden, bias=cfg.bias), nn.GELU(),
-            nn.Linear(hidden, cfg.n_embd, bias=cfg.bias), nn.Dropout(cfg.dropout),
+            nn.Linear(hidden, cfg.n_embd, bias=cfg.bias),
+            nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity(),
         )
 
     def forward(self, x, rope, cache=None, layer=0):
@@ -73,14 +74,14 @@ class GPT(GenerativeModel):
         c = config
         self.tok_emb = nn.Embedding(spec.vocab_size, c.n_embd)
         self.pos_emb = nn.Embedding(c.block_size, c.n_embd) if c.pos_embedding == "learned" else None
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()  # Identity: fewer calls per token
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias)
         self.lm_head = nn.Linear(c.n_embd, spec.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # weight tying (Press & Wolf, 2017)
         if c.pos_embedding == "rope":
             cos, sin = rotary_table(c.block_size, c.n_embd // c.n_head, c.rope_base)
-            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hs/2)
+            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hs)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
         # GPT-2: scale residual projections by 1/sqrt(2 * n_layer) at init.
@@ -123,9 +124,9 @@ class GPT(GenerativeModel):
             x = x + self.pos_emb(pos)
         else:
             if positions is None:
-                cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]  # (T, hs/2)
+                cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]  # (T, hs)
             else:
-                cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]  # (B,1,T,hs/2)
+                cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]  # (B,1,T,hs)
             rope = (cos, sin)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):

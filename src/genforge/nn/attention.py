@@ -14,16 +14,20 @@ from torch import nn
 
 
 def rotary_table(length: int, head_size: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape (length, hs/2) for rotary position embeddings (Su et al., 2021, RoFormer)."""
+    """Rotary position embeddings (Su et al., 2021, RoFormer), "rotate half" layout.
+
+    Returns cos and signed sin, each (length, hs): [cos, cos] and [-sin, sin] over the
+    two halves of the head dim, so that a rotation is two multiplies and an add.
+    """
     inv_freq = 1.0 / base ** (torch.arange(0, head_size, 2).float() / head_size)
-    angles = torch.outer(torch.arange(length).float(), inv_freq)
-    return angles.cos(), angles.sin()
+    angles = torch.outer(torch.arange(length).float(), inv_freq)  # (length, hs/2)
+    return angles.cos().repeat(1, 2), torch.cat((-angles.sin(), angles.sin()), dim=-1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x1_i, x2_i) of the two halves of the head dim; x (B, nh, T, hs), cos/sin broadcastable to (B, nh, T, hs/2)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    """(x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) per pair of halves; x (..., T, hs), cos/sin (T, hs)
+    or (B, 1, T, hs). Queries and keys are rotated together to halve the kernel launches."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
 @dataclass
@@ -59,14 +63,15 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=bias)
         self.proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.dropout = dropout
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_size).permute(2, 0, 3, 1, 4)  # 3x (B, nh, T, hs)
-        if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_size).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
+        v = qkv[2]
+        qk = apply_rotary(qkv[:2], *rope) if rope is not None else qkv[:2]  # (2, B, nh, T, hs)
+        q, k = qk[0], qk[1]
         mask, causal = None, True
         if cache is not None:
             start = cache.length

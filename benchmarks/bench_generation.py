@@ -33,12 +33,12 @@ DIMS = dict(n_layer=6, n_head=6, n_embd=384)
 VOCAB = 65
 
 
-def _time(fn, repeats: int) -> float:
-    fn()  # warm-up
+def _time(fn, new_tokens: int, repeats: int) -> float:
+    fn(8)  # warm-up: allocator, kernels, lazy imports
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        fn()
+        fn(new_tokens)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
@@ -50,15 +50,15 @@ def worker(kind: str, batch: int, new_tokens: int, repeats: int) -> dict:
         from transformers import GPT2Config, GPT2LMHeadModel
 
         model = GPT2LMHeadModel(GPT2Config(n_layer=6, n_head=6, n_embd=384, n_positions=512,
-                                           vocab_size=VOCAB)).eval().to(device)
+                                           vocab_size=VOCAB, bos_token_id=0, eos_token_id=0)).eval().to(device)
         ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
         rss_before = peak_rss_mib()
 
         @torch.no_grad()
-        def run():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                 min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-            assert out.shape[1] == new_tokens + 1
+        def run(n):
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                                 min_new_tokens=n, do_sample=False, pad_token_id=0)
+            assert out.shape[1] == n + 1
     else:
         from genforge.data.spec import DataSpec
         from genforge.families.gpt import GPT, GPTConfig
@@ -72,11 +72,11 @@ def worker(kind: str, batch: int, new_tokens: int, repeats: int) -> dict:
         prompts = [[0]] * batch
         rss_before = peak_rss_mib()
 
-        def run():
-            out = generate(model, prompts, new_tokens, temperature=0, use_cache=layout[0] == "kv")
-            assert len(out.tokens[0]) == new_tokens
+        def run(n):
+            out = generate(model, prompts, n, temperature=0, use_cache=layout[0] == "kv")
+            assert len(out.tokens[0]) == n
 
-    seconds = _time(run, repeats)
+    seconds = _time(run, new_tokens, repeats)
     return {"kind": kind, "batch": batch, "tokens_per_s": batch * new_tokens / seconds, "seconds": seconds,
             "peak_rss_mib": peak_rss_mib(), "rss_before_generation_mib": rss_before}
 

@@ -19,9 +19,14 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 install: $(BIN)/.installed
 
 demo: install
+	rm -rf runs/demo-gpt runs/demo-vae
 	$(BIN)/python -m genforge train gpt-demo --run-dir runs/demo-gpt
 	@echo "--- samples from runs/demo-gpt ---"
 	$(BIN)/python -m genforge sample runs/demo-gpt --prompt "The " --max-new-tokens 300 --seed 0 --no-stream
+	$(BIN)/python -m genforge train vae-digits model.conditional=true train.max_steps=800 --run-dir runs/demo-vae
+	$(BIN)/python -m genforge sample runs/demo-vae --num-samples 100 --out runs/demo-vae/samples-by-class.png --seed 0
+	$(BIN)/python -m genforge eval runs/demo-vae --num-samples 500 --iwae-k 20
+	@echo "runs: runs/demo-gpt (text), runs/demo-vae (images: runs/demo-vae/samples-by-class.png)"
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -108,7 +108,7 @@ def main() -> None:
     lines = [f"# Generation speed, 6x384 GPT, {args.new_tokens} new tokens, greedy "
              f"({machine()['gpu'] or 'CPU, ' + str(torch.get_num_threads()) + ' threads'})", "",
              "| configuration | batch | tokens/s | seconds | peak RSS MiB |", "|---|---|---|---|---|"]
-    for key, r in rows.items():
+    for _key, r in rows.items():
         lines.append(f"| {names[r['kind']]} | {r['batch']} | {r['tokens_per_s']:,.0f} | {r['seconds']:.2f} | "
                      f"{r['peak_rss_mib']:.0f} |")
     lines += ["", *(f"- {k}: **{v:.2f}x**" for k, v in ratio.items())]

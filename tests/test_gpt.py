@@ -23,7 +23,7 @@ def test_kv_cache_greedy_matches_full_context(pos):
     full = generate(model, prompts, max_new_tokens=20, temperature=0, use_cache=False)
     assert cached.tokens == full.tokens
     assert all(len(t) == 20 for t in cached.tokens)
-    for a, b in zip(cached.logprobs, full.logprobs):
+    for a, b in zip(cached.logprobs, full.logprobs, strict=True):
         assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4)
 
 
@@ -56,8 +56,9 @@ def test_generation_past_context_window():
 
 def test_seeded_sampling_is_reproducible_and_seeds_differ():
     model = tiny_gpt()
-    run = lambda s: generate(model, [[1]], 30, temperature=1.0,
-                             generator=torch.Generator().manual_seed(s)).tokens
+    def run(s):
+        return generate(model, [[1]], 30, temperature=1.0,
+                                 generator=torch.Generator().manual_seed(s)).tokens
     assert run(7) == run(7)
     assert run(7) != run(8)
 

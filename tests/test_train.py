@@ -133,7 +133,7 @@ def test_gradient_accumulation_matches_a_bigger_batch(corpus, tmp_path):
     batch = t1.data.train.get(torch.arange(8))
     t1.model.train_step([t1._to_device(batch)], t1.ctx)
     t2.model.train_step([t2.data.train.get(torch.arange(4)), t2.data.train.get(torch.arange(4, 8))], t2.ctx)
-    for p, q in zip(t1.model.parameters(), t2.model.parameters()):
+    for p, q in zip(t1.model.parameters(), t2.model.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6)
     assert not torch.equal(before, t1.model.tok_emb.weight)
 
@@ -142,7 +142,7 @@ def test_ddp_two_processes_match_one_process_with_the_global_batch(corpus, tmp_p
     common = [f"data.name={corpus}", *TINY, "train.max_steps=4", "train.log_every=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "genforge.cli", "train", "gpt-demo", *common, "train.batch_size=4",
          "--run-dir", str(tmp_path / "ddp"), "--no-progress"],
         capture_output=True, text=True, env=env, timeout=240)

@@ -12,7 +12,7 @@ from genforge import GenforgeError, Interrupted, __version__
 
 
 def _train(args) -> None:
-    from genforge.config import config_from_dict, load_config, apply_overrides, validate, RunConfig
+    from genforge.config import apply_overrides, config_from_dict, load_config
     from genforge.train import distributed
     from genforge.train.trainer import Trainer
 
@@ -87,7 +87,7 @@ def _sample_text(run, args) -> None:
         sys.stdout.write("\n")
         return
     outs = generate_text(run.model, run.tokenizer, prompts, **kwargs)
-    for i, (prompt, text) in enumerate(zip(prompts, outs)):
+    for i, (prompt, text) in enumerate(zip(prompts, outs, strict=True)):
         print(f"--- sample {i + 1} ---")
         print(prompt + text)
 

@@ -8,8 +8,8 @@ Both expose the same small interface: ``encode(str) -> list[int]``,
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 

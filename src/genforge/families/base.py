@@ -11,7 +11,8 @@ runs its own sample-then-update loop around the same pieces.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import torch
 from pydantic import BaseModel

@@ -35,7 +35,7 @@ class GPTConfig(Strict):
     mlp_ratio: int = 4
 
     @model_validator(mode="after")
-    def _check(self) -> "GPTConfig":
+    def _check(self) -> GPTConfig:
         if min(self.n_layer, self.n_head, self.n_embd, self.block_size) < 1:
             raise ValueError("n_layer, n_head, n_embd and block_size must be positive")
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:

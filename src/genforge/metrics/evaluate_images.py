@@ -115,7 +115,7 @@ def evaluate_images(run, max_batches: int | None = None, num_samples: int = 1000
         hist = class_histogram(p_fake)
         out["class_entropy"], out["class_entropy_norm"] = histogram_entropy(hist)
         _, out["test_class_entropy_norm"] = histogram_entropy(class_histogram(p_test))
-        for name, frac in zip(spec.class_names, hist.tolist()):
+        for name, frac in zip(spec.class_names, hist.tolist(), strict=False):
             out[f"class_frac/{name}"] = frac
         if "y" in test:
             out["extractor_test_accuracy"] = label_agreement(p_test, test["y"])

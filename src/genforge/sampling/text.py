@@ -7,8 +7,8 @@ pure pieces (``filter_logits``, ``sample_next``) take and return tensors only.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
 
@@ -123,7 +123,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
     out = Generation([[] for _ in prompts], [[] for _ in prompts])
     for tokens, logps in stream(model, prompts, max_new_tokens, temperature, top_k, top_p,
                                 generator, use_cache):
-        for i, (t, lp) in enumerate(zip(tokens.tolist(), logps.tolist())):
+        for i, (t, lp) in enumerate(zip(tokens.tolist(), logps.tolist(), strict=True)):
             out.tokens[i].append(t)
             out.logprobs[i].append(lp)
     return out

@@ -104,3 +104,15 @@ def test_help_on_every_option():
         assert proc.returncode == 0
         options = [line for line in proc.stdout.splitlines() if line.strip().startswith("--")]
         assert options and all(len(line.split()) > 1 for line in options), proc.stdout
+
+
+def test_resume_extends_a_finished_run(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "extend"
+    shutil.copytree(run_dir, copy)
+    assert main(["train", "--resume", str(copy), "train.max_steps=6", "--no-progress"]) == 0
+    steps = [json.loads(r)["step"] for r in (copy / "metrics.jsonl").read_text().splitlines()
+             if "split" not in json.loads(r)]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert json.loads((copy / "config.json").read_text())["train"]["max_steps"] == 6

@@ -49,5 +49,8 @@ def barrier() -> None:
 
 
 def teardown() -> None:
+    """Leave together: a rank that tears gloo down while another still works on
+    (rank 0 writing its checkpoint) can abort at exit."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

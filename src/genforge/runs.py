@@ -52,5 +52,4 @@ def load_run(run_dir: str | Path, use_ema: bool = True, device: str = "auto",
         from genforge.data.tokenizers import load_tokenizer
 
         tokenizer = load_tokenizer(run_dir / "tokenizer.json")
-    step = int(ckpt.load_train_state(path)["step"])
-    return LoadedRun(run_dir, cfg, model_cfg, spec, model, step, tokenizer, ema)
+    return LoadedRun(run_dir, cfg, model_cfg, spec, model, ckpt.checkpoint_step(path), tokenizer, ema)

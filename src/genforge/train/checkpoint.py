@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from genforge import GenforgeError, __version__
@@ -128,6 +128,16 @@ def load_weights(model: torch.nn.Module, ckpt: Path, ema: bool = False) -> None:
     except (SafetensorError, OSError, RuntimeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise GenforgeError(f"checkpoint {target} is corrupt or unreadable ({first}); "
+                            "delete that checkpoint folder to fall back to an earlier one") from None
+
+
+def checkpoint_step(ckpt: Path) -> int:
+    """The step a checkpoint was written at, read from the weights' metadata (no optimizer load)."""
+    try:
+        with safe_open(str(ckpt / "model.safetensors"), framework="pt") as f:
+            return int(f.metadata()["step"])
+    except (SafetensorError, OSError, KeyError, TypeError) as e:
+        raise GenforgeError(f"checkpoint {ckpt} is corrupt or unreadable ({e}); "
                             "delete that checkpoint folder to fall back to an earlier one") from None
 
 

@@ -234,7 +234,9 @@ class Trainer:
                          for _ in range(tc.grad_accum)]
                 metrics = self.model.train_step(micro, self.ctx)
                 logging_now = (self.step + 1) % tc.log_every == 0 or self.step + 1 == tc.max_steps
-                saving_now = (self.step + 1) % tc.checkpoint_every == 0
+                # Checkpoint at the interval, at the end, and before a --stop-after pause.
+                saving_now = ((self.step + 1) % tc.checkpoint_every == 0 or self.step + 1 == tc.max_steps
+                              or steps_run + 1 == self.stop_after)
                 if logging_now or saving_now:
                     # Reading values syncs with the GPU, so it happens only when they are needed.
                     metrics = self._check_finite(metrics)
@@ -266,7 +268,7 @@ class Trainer:
                         self.write_preview()
                 if self.dist.is_main and tc.sample_every and self.step % tc.sample_every == 0:
                     self.write_preview()
-                if self.step % tc.checkpoint_every == 0:
+                if saving_now:
                     self.save()
         except KeyboardInterrupt:
             bar.close()
@@ -277,7 +279,6 @@ class Trainer:
             ) from None
         finally:
             bar.close()
-        self.save()
         if self.tb is not None:
             self.tb.close()
         elapsed = time.perf_counter() - t0

@@ -6,11 +6,12 @@ import json
 import pytest
 import torch
 
+from helpers import make_trainer
 from genforge.config import load_config
 from genforge.families import FAMILIES
 from genforge.families.base import GenerativeModel
 from genforge.runs import load_run
-from genforge.train.checkpoint import latest_checkpoint
+from genforge.checkpoint import latest_checkpoint
 from genforge.train.trainer import Trainer
 
 COMMON = ["train.batch_size=8", "train.warmup_steps=2", "train.log_every=1", "train.eval_every=3",
@@ -39,7 +40,7 @@ def test_every_registered_family_has_a_contract_case():
 def train(tmp_path, family, name, *extra, **kwargs):
     preset, overrides = FAMILY_CASES[family](tmp_path)
     cfg, mcfg = load_config(preset, [*overrides, *COMMON, *extra])
-    trainer = Trainer(cfg, mcfg, tmp_path / name, progress=False, **kwargs)
+    trainer = make_trainer(cfg, mcfg, tmp_path / name, progress=False, **kwargs)
     return trainer, trainer.fit()
 
 

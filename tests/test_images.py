@@ -2,6 +2,8 @@
 
 import gzip
 import io
+import json
+import os
 import pickle
 import struct
 import tarfile
@@ -17,12 +19,14 @@ from genforge.config import DataConfig
 from genforge.data import load_data, registry
 from genforge.data.images import (
     IMAGE_DATASETS,
+    SPLIT_SEED,
     load_images,
     nearest_neighbours,
     read_cifar10,
     read_idx,
     save_grid,
     save_nearest_grid,
+    saved_test_fingerprint,
 )
 from genforge.data.spec import DataSpec
 
@@ -52,11 +56,11 @@ def test_idx_datasets_read_through_genforge_data(tmp_path, monkeypatch, name, fo
     monkeypatch.setenv("GENFORGE_DATA", str(tmp_path))
     data = load_images(DataConfig(name=name))
     assert data.spec.shape == (1, 6, 6) and data.spec.num_classes == 10
-    assert len(data.train) == 20 and len(data.val) == 10
+    assert len(data.train) == 18 and len(data.val) == 2 and len(data.test) == 10
     if name == "fashion-mnist":
         assert data.spec.class_names[0] == "T-shirt/top" and data.spec.class_names[9] == "Ankle boot"
-    batch = data.train.get(torch.tensor([0, 3]))
-    x, y = arrays["train"]
+    batch = data.test.get(torch.tensor([0, 3]))  # the shipped test split, in file order
+    x, y = arrays["t10k"]
     assert torch.allclose(batch["x"][0, 0], torch.from_numpy(x[0]).float() / 255)
     assert batch["y"].tolist() == [int(y[0]), int(y[3])]
 
@@ -93,15 +97,18 @@ def test_mismatched_idx_images_and_labels(tmp_path, monkeypatch):
 
 
 def test_missing_download_is_a_clear_offline_error(tmp_path, monkeypatch):
-    import genforge.data.locate as locate_mod
+    """Regression: the message said `$GENFORGE_DATA/<file>` while the loader reads `$GENFORGE_DATA/mnist/<file>`."""
+    import urllib.error
+    import urllib.request
 
-    def offline(url, dest, sha256):
-        raise GenforgeError(f"could not download {url}; you look offline")
+    def offline(url, timeout=None):
+        raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(locate_mod, "download", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.setenv("GENFORGE_DATA", str(tmp_path))
-    with pytest.raises(GenforgeError, match="not on this machine.*offline"):
+    with pytest.raises(GenforgeError, match="not on this machine.*offline") as e:
         load_images(DataConfig(name="mnist"))
+    assert "$GENFORGE_DATA/mnist/train-images-idx3-ubyte.gz" in str(e.value) and "\n" not in str(e.value)
 
 
 def cifar_archive(path, per_batch=3):
@@ -129,13 +136,13 @@ def test_cifar10_archive_reader(tmp_path, monkeypatch):
     monkeypatch.setenv("GENFORGE_DATA", str(tmp_path))
     data = load_images(DataConfig(name="cifar10"))
     assert data.spec.shape == (3, 32, 32) and data.spec.class_names[3] == "c3"
-    assert len(data.train) == 15 and len(data.val) == 3
-    first, labels = batches["data_batch_1"]
-    got = data.train.images[0]
+    assert len(data.train) == 13 and len(data.val) == 2 and len(data.test) == 3
+    first, labels = batches["test_batch"]
+    got = data.test.images[0]
     # Rows hold the red plane, then green, then blue, each row-major 32x32.
     assert torch.equal(got[0].flatten(), torch.from_numpy(first[0, :1024]))
     assert torch.equal(got[2].flatten(), torch.from_numpy(first[0, 2048:]))
-    assert data.train.labels[0] == labels[0]
+    assert data.test.labels[0] == labels[0]
 
 
 def test_cifar10_archive_with_code_in_its_pickle_is_refused(tmp_path):
@@ -157,8 +164,10 @@ def test_digits_is_offline_with_a_fixed_split():
     a = load_images(DataConfig(name="digits", pixel_range=(-1.0, 1.0)))
     b = load_images(DataConfig(name="digits"))
     assert a.spec.shape == (1, 8, 8) and a.spec.num_classes == 10 and a.spec.pixel_range == (-1.0, 1.0)
-    assert len(a.train) + len(a.val) == 1797 and len(a.val) == 180
+    assert len(a.train) + len(a.val) + len(a.test) == 1797 and len(a.test) == 180 and len(a.val) == 162
     assert a.fingerprint == b.fingerprint  # the held-out split never moves
+    # The same 180 held-out images as before the three-way split: old runs' fingerprints still match.
+    assert a.fingerprint == "04af1fe1cdcbedd3"
     x = a.train.get(torch.arange(64))["x"]
     assert x.min() >= -1 and x.max() <= 1 and x.min() == -1
     assert torch.allclose((x + 1) / 2, b.train.get(torch.arange(64))["x"])
@@ -166,7 +175,7 @@ def test_digits_is_offline_with_a_fixed_split():
 
 def test_hflip_is_an_option_on_the_training_split_only():
     data = load_images(DataConfig(name="digits", hflip=True))
-    assert data.train.hflip and not data.val.hflip
+    assert data.train.hflip and not data.val.hflip and not data.test.hflip
     torch.manual_seed(0)
     idx = torch.arange(200)
     x = data.train.get(idx)["x"]
@@ -188,7 +197,7 @@ def test_image_folder_with_class_subfolders(tmp_path):
             write_png(tmp_path / "pets" / cls / f"{i}.png", rng.integers(0, 256, (5, 7, 3), dtype=np.uint8))
     data = load_images(DataConfig(name=str(tmp_path / "pets"), val_fraction=0.25))
     assert data.spec.shape == (3, 5, 7) and data.spec.class_names == ["cat", "dog"]
-    assert len(data.train) == 9 and len(data.val) == 3
+    assert len(data.train) == 7 and len(data.val) == 2 and len(data.test) == 3
     assert set(data.train.labels.tolist()) == {0, 1}
 
 
@@ -221,7 +230,7 @@ def test_npz_arrays_in_either_layout(tmp_path):
     np.savez(tmp_path / "b.npz", x_train=rng.random((8, 1, 4, 4)), y_train=np.zeros(8),
              x_test=rng.random((4, 1, 4, 4)), y_test=np.ones(4))
     data = load_images(DataConfig(name=str(tmp_path / "b.npz")))
-    assert len(data.train) == 8 and len(data.val) == 4 and data.spec.shape == (1, 4, 4)
+    assert len(data.train) == 7 and len(data.val) == 1 and len(data.test) == 4 and data.spec.shape == (1, 4, 4)
     np.savez(tmp_path / "c.npz", images=rng.random((4, 4, 4)) * 255)
     with pytest.raises(GenforgeError, match="outside \\[0, 1\\]"):
         load_images(DataConfig(name=str(tmp_path / "c.npz")))
@@ -261,3 +270,61 @@ def test_save_grid_with_labels_and_nearest_neighbour_grid(tmp_path):
     assert near.is_file()
     idx, dist = nearest_neighbours(torch.eye(3), torch.tensor([[0.0, 1, 0], [1, 0, 0], [5, 5, 5]]))
     assert idx.tolist() == [1, 0, 0] and torch.allclose(dist[:2], torch.zeros(2))
+
+
+def rows(split):
+    return {bytes(r) for r in split.images.flatten(1).numpy()}
+
+
+def test_shipped_test_split_is_never_used_for_validation(tmp_path, monkeypatch):
+    """Regression: `val` was the shipped test split, so `best` was selected on test images."""
+    arrays = write_idx_dataset(tmp_path, "mnist", n_train=40, n_test=10)
+    monkeypatch.setenv("GENFORGE_DATA", str(tmp_path))
+    data = load_images(DataConfig(name="mnist", val_fraction=0.25))
+    test_rows = {bytes(r) for r in arrays["t10k"][0].reshape(10, -1)}
+    train_file = {bytes(r) for r in arrays["train"][0].reshape(40, -1)}
+    assert rows(data.test) == test_rows
+    assert len(data.val) == 10 and len(data.train) == 30
+    assert rows(data.val) <= train_file and rows(data.train) <= train_file
+    assert not rows(data.val) & rows(data.train) and not rows(data.val) & test_rows
+    again = load_images(DataConfig(name="mnist", val_fraction=0.25))  # seeded: the split never moves
+    assert torch.equal(again.val.images, data.val.images) and again.fingerprint == data.fingerprint
+
+
+def test_unsplit_sources_hold_out_test_then_val_disjointly():
+    data = load_images(DataConfig(name="digits"))
+    train, val, test = rows(data.train), rows(data.val), rows(data.test)
+    assert not train & val and not train & test and not val & test
+    assert data.fingerprint != data.val_fingerprint
+
+
+def test_data_json_records_the_split(tmp_path):
+    data = load_images(DataConfig(name="digits"))
+    data.save(tmp_path)
+    info = json.loads((tmp_path / "data.json").read_text())
+    assert info == {"name": "digits", "train": 1455, "val": 162, "test": 180, "split_seed": SPLIT_SEED,
+                    "val_fingerprint": data.val_fingerprint, "test_fingerprint": data.fingerprint}
+    assert saved_test_fingerprint(tmp_path) == data.fingerprint
+    assert [p.name for p in tmp_path.iterdir()] == ["data.json"]  # no temporary files left
+
+
+def test_data_json_is_replaced_atomically(tmp_path, monkeypatch):
+    (tmp_path / "data.json").write_text("old")
+    data = load_images(DataConfig(name="digits"))
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        data.save(tmp_path)
+    assert (tmp_path / "data.json").read_text() == "old"  # never half-written
+    assert [p.name for p in tmp_path.iterdir()] == ["data.json"]
+
+
+def test_saved_test_fingerprint_reads_runs_from_before_the_three_way_split(tmp_path):
+    # The old data.json stored the held-out (= test) images as `val_fingerprint`, with no `test`.
+    (tmp_path / "data.json").write_text(json.dumps({"name": "digits", "train": 1617, "val": 180,
+                                                    "val_fingerprint": "04af1fe1cdcbedd3"}))
+    assert saved_test_fingerprint(tmp_path) == load_images(DataConfig(name="digits")).fingerprint
+    assert saved_test_fingerprint(tmp_path / "missing") is None

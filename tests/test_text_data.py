@@ -115,3 +115,36 @@ def test_sampler_resume_is_exact():
     b = EpochSampler(50, 7, seed=1)
     b.load_state_dict(a.state_dict())
     assert all(torch.equal(a.next_batch(), b.next_batch()) for _ in range(10))
+
+
+def test_prompt_ids_without_a_newline_in_the_corpus(tmp_path):
+    """Regression: GPT's preview encoded "\\n", which a newline-free corpus has no id for."""
+    (tmp_path / "flat.txt").write_text("abcab cab " * 100)
+    data = load_data(DataConfig(name=str(tmp_path / "flat.txt")), GPTConfig(block_size=8))
+    with pytest.raises(GenforgeError, match="outside the model's vocabulary: '\\\\n'"):
+        data.tokenizer.encode("\n")  # what crashed the preview
+    assert data.prompt_ids() == [data.tokenizer.stoi["a"]]  # the corpus's first token
+    assert data.test is None  # a corpus has train and val only
+
+
+def test_prompt_ids_is_the_newline_when_the_vocabulary_has_one(corpus):
+    data = load_data(DataConfig(name=str(corpus)), GPTConfig(block_size=8))
+    assert data.prompt_ids() == [data.tokenizer.stoi["\n"]]
+    bpe = load_data(DataConfig(name=str(corpus), tokenizer="bpe", bpe_vocab_size=300), GPTConfig(block_size=8))
+    assert bpe.decode(bpe.prompt_ids()) == "\n"
+
+
+def test_prompt_outside_the_vocabulary_is_still_a_clear_error(corpus):
+    data = load_data(DataConfig(name=str(corpus)), GPTConfig(block_size=8))
+    with pytest.raises(GenforgeError, match="outside the model's vocabulary: 'Z'.*data.tokenizer=bpe"):
+        data.tokenizer.encode("Zebra")
+
+
+def test_bpe_vocab_size_below_the_byte_alphabet_is_an_error(corpus):
+    """Regression: data.bpe_vocab_size=10 silently became 256."""
+    with pytest.raises(GenforgeError, match="bpe_vocab_size=10 is too small: .*at least 256") as e:
+        load_data(DataConfig(name=str(corpus), tokenizer="bpe", bpe_vocab_size=10), GPTConfig(block_size=8))
+    assert "\n" not in str(e.value)
+    with pytest.raises(GenforgeError, match="at least 259"):
+        BPETokenizer.train(iter([TEXT]), 258, specials=("<pad>", "<bos>", "<eos>"))
+    assert BPETokenizer.train(iter([TEXT]), 256).vocab_size == 256  # the minimum itself is fine

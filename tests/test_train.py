@@ -8,11 +8,12 @@ import sys
 import pytest
 import torch
 
+from helpers import make_trainer
 from genforge import GenforgeError, Interrupted
 from genforge.config import load_config
 from genforge.families.gpt import GPT
 from genforge.runs import load_run
-from genforge.train.checkpoint import latest_checkpoint
+from genforge.checkpoint import latest_checkpoint
 from genforge.train.trainer import Trainer
 
 TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16",
@@ -49,7 +50,7 @@ def test_loss_decreases_on_a_fixed_batch(corpus):
 
 def test_training_writes_a_complete_run_dir(corpus, tmp_path):
     cfg, mcfg = tiny(corpus, "train.max_steps=6", "train.eval_every=3", "train.ema_decay=0.9")
-    result = Trainer(cfg, mcfg, tmp_path / "run", progress=False).fit()
+    result = make_trainer(cfg, mcfg, tmp_path / "run", progress=False).fit()
     run = tmp_path / "run"
     for name in ["config.json", "spec.json", "tokenizer.json", "metrics.jsonl", "samples/step_0000003.txt"]:
         assert (run / name).is_file(), name
@@ -69,7 +70,7 @@ def test_training_writes_a_complete_run_dir(corpus, tmp_path):
 
 def test_best_validation_checkpoint_is_kept(corpus, tmp_path):
     cfg, mcfg = tiny(corpus, "train.max_steps=9", "train.eval_every=3")
-    result = Trainer(cfg, mcfg, tmp_path / "run", progress=False).fit()
+    result = make_trainer(cfg, mcfg, tmp_path / "run", progress=False).fit()
     evals = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
              if '"split"' in r]
     best = min(evals, key=lambda r: r["loss"])
@@ -80,11 +81,11 @@ def test_best_validation_checkpoint_is_kept(corpus, tmp_path):
 
 def test_resume_reproduces_the_uninterrupted_loss_curve(corpus, tmp_path):
     cfg, mcfg = tiny(corpus, "train.max_steps=12", "model.dropout=0.1")
-    Trainer(cfg, mcfg, tmp_path / "a", progress=False).fit()
-    Trainer(cfg, mcfg, tmp_path / "b", stop_after=5, progress=False).fit()
+    make_trainer(cfg, mcfg, tmp_path / "a", progress=False).fit()
+    make_trainer(cfg, mcfg, tmp_path / "b", stop_after=5, progress=False).fit()
     assert latest_checkpoint(tmp_path / "b").name == "step_0000005"
     assert len(losses(tmp_path / "b")) == 5
-    Trainer(cfg, mcfg, tmp_path / "b", resume=True, progress=False).fit()
+    make_trainer(cfg, mcfg, tmp_path / "b", resume=True, progress=False).fit()
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert len(a) == 12 and a == b
 
@@ -102,10 +103,10 @@ def test_ctrl_c_saves_and_resume_continues(corpus, tmp_path, monkeypatch):
 
     monkeypatch.setattr(GPT, "train_step", interrupting)
     with pytest.raises(Interrupted, match="--resume"):
-        Trainer(cfg, mcfg, tmp_path / "r", progress=False).fit()
+        make_trainer(cfg, mcfg, tmp_path / "r", progress=False).fit()
     assert latest_checkpoint(tmp_path / "r").name == "step_0000003"
     monkeypatch.setattr(GPT, "train_step", original)
-    assert Trainer(cfg, mcfg, tmp_path / "r", resume=True, progress=False).fit()["step"] == 8
+    assert make_trainer(cfg, mcfg, tmp_path / "r", resume=True, progress=False).fit()["step"] == 8
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path, monkeypatch):
@@ -120,15 +121,15 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path, monkeyp
 
     monkeypatch.setattr(GPT, "forward", poisoned)
     with pytest.raises(GenforgeError, match="loss became nan at step 5.*step_0000004"):
-        Trainer(cfg, mcfg, tmp_path / "n", progress=False).fit()
+        make_trainer(cfg, mcfg, tmp_path / "n", progress=False).fit()
     assert latest_checkpoint(tmp_path / "n").name == "step_0000004"
 
 
 def test_gradient_accumulation_matches_a_bigger_batch(corpus, tmp_path):
     one, m1 = tiny(corpus, "train.max_steps=3", "train.batch_size=8")
     acc, m2 = tiny(corpus, "train.max_steps=3", "train.batch_size=4", "train.grad_accum=2")
-    t1 = Trainer(one, m1, tmp_path / "one", progress=False)
-    t2 = Trainer(acc, m2, tmp_path / "acc", progress=False)
+    t1 = make_trainer(one, m1, tmp_path / "one", progress=False)
+    t2 = make_trainer(acc, m2, tmp_path / "acc", progress=False)
     before = t1.model.tok_emb.weight.detach().clone()
     batch = t1.data.train.get(torch.arange(8))
     t1.model.train_step([t1._to_device(batch)], t1.ctx)
@@ -148,7 +149,7 @@ def test_ddp_two_processes_match_one_process_with_the_global_batch(corpus, tmp_p
         capture_output=True, text=True, env=env, timeout=240)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     single_cfg, single_m = load_config("gpt-demo", [*common, "train.batch_size=8"])
-    Trainer(single_cfg, single_m, tmp_path / "one", progress=False).fit()
+    make_trainer(single_cfg, single_m, tmp_path / "one", progress=False).fit()
     assert len(losses(tmp_path / "ddp")) == 4  # only rank 0 logged
     a = load_run(tmp_path / "ddp").model.state_dict()
     b = load_run(tmp_path / "one").model.state_dict()

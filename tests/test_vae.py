@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from helpers import make_trainer
 from genforge import GenforgeError
 from genforge.cli import main
 from genforge.config import load_config
@@ -23,7 +24,7 @@ FAST = ["train.eval_every=0", "train.log_every=10", "train.checkpoint_every=1000
 
 def fit(tmp_path, steps, *overrides):
     cfg, mcfg = load_config("vae-digits", [f"train.max_steps={steps}", *FAST, *overrides])
-    trainer = Trainer(cfg, mcfg, tmp_path, progress=False)
+    trainer = make_trainer(cfg, mcfg, tmp_path, progress=False)
     trainer.fit()
     return trainer
 
@@ -155,8 +156,8 @@ def test_free_bits_and_warmup_shape_the_kl_term():
 def test_warmup_step_counter_survives_resume(tmp_path):
     cfg, mcfg = load_config("vae-digits", ["train.max_steps=20", "model.kl_warmup_steps=100",
                                            "train.checkpoint_every=10", *FAST[:3]])
-    Trainer(cfg, mcfg, tmp_path, stop_after=10, progress=False).fit()
-    resumed = Trainer(cfg, mcfg, tmp_path, resume=True, progress=False)
+    make_trainer(cfg, mcfg, tmp_path, stop_after=10, progress=False).fit()
+    resumed = make_trainer(cfg, mcfg, tmp_path, resume=True, progress=False)
     assert int(resumed.model.steps_done) == 10 and float(resumed.model.kl_weight()) == pytest.approx(0.1)
     resumed.fit()
     assert int(load_run(tmp_path).model.steps_done) == 20

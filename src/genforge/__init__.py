@@ -12,7 +12,12 @@ class GenforgeError(Exception):
 
 
 class Interrupted(GenforgeError):
-    """Ctrl-C during training: the checkpoint is saved; the CLI exits with 130."""
+    """Ctrl-C or SIGTERM during training: the checkpoint is saved; the CLI exits with
+    128 + the signal number (130 for Ctrl-C, 143 for SIGTERM), as shells expect."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 from genforge.data.spec import DataSpec  # noqa: E402

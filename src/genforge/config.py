@@ -11,9 +11,9 @@ from __future__ import annotations
 import copy
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from genforge import GenforgeError
 
@@ -26,7 +26,8 @@ PRESET_DIR = Path(__file__).parent / "configs"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(),
+                              allow_inf_nan=False)
 
 
 class DataConfig(Strict):
@@ -36,46 +37,72 @@ class DataConfig(Strict):
     """Registered dataset name (see `genforge list`) or a path to a file or folder."""
     tokenizer: Literal["char", "bpe"] = "char"
     """Text only: character vocabulary, or byte-level BPE trained on the corpus."""
-    bpe_vocab_size: int = 2048
-    val_fraction: float = 0.1
-    """Text: the last fraction of the corpus is held out for validation."""
+    bpe_vocab_size: int = Field(2048, ge=1)
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    """Text: the last fraction of the corpus is held out for validation. Images: the fraction
+    of training images held out for validation (and, for datasets without a shipped test
+    split, first the fraction held out as the test split)."""
     pixel_range: tuple[float, float] = (0.0, 1.0)
     """Images: pixels are scaled linearly into this range."""
     hflip: bool = False
     """Images: random horizontal flips during training."""
 
 
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class OptimConfig(Strict):
+    """Per-optimizer overrides ([train.optim.<name>]); unset fields take the train.* value."""
+
+    lr: float | None = Field(None, gt=0.0)
+    betas: tuple[Fraction, Fraction] | None = None
+    weight_decay: float | None = Field(None, ge=0.0)
+
+
 class TrainConfig(Strict):
     """Everything the generic trainer owns."""
 
-    max_steps: int = 2000
-    batch_size: int = 12
-    grad_accum: int = 1
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
+    max_steps: int = Field(2000, ge=1)
+    batch_size: int = Field(12, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    min_lr: float = Field(1e-4, ge=0.0)
+    warmup_steps: int = Field(100, ge=0)
     lr_schedule: Literal["cosine", "constant"] = "cosine"
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.99)
-    grad_clip: float = 1.0
+    weight_decay: float = Field(0.1, ge=0.0)
+    betas: tuple[Fraction, Fraction] = (0.9, 0.99)
+    optim: dict[str, OptimConfig] = {}
+    """Per-optimizer lr, betas, weight_decay by the family's optimizer names (a GAN: g and d),
+    e.g. train.optim.d.lr=4e-4 (the two time-scale update rule)."""
+    grad_clip: float = Field(1.0, ge=0.0)
     """Clip the global gradient norm to this value; 0 turns clipping off."""
-    ema_decay: float = 0.0
+    ema_decay: Fraction = 0.0
     """Keep an exponential moving average of the weights with this decay; 0 turns EMA off."""
-    eval_every: int = 250
-    eval_batches: int = 20
-    sample_every: int = 0
+    eval_every: int = Field(250, ge=0)
+    """Evaluate on the validation split every N steps (and at the end); 0 turns it off."""
+    eval_batches: int = Field(20, ge=1)
+    sample_every: int = Field(0, ge=0)
     """Write samples every N steps; 0 means at every evaluation."""
-    checkpoint_every: int = 500
+    checkpoint_every: int = Field(500, ge=1)
     keep_best: bool = True
-    """Also keep the checkpoint with the lowest validation loss (checkpoints/best); sample and
-    eval use it by default, as nanoGPT keeps only its best-validation checkpoint."""
-    keep_checkpoints: int = 2
-    log_every: int = 10
+    """Also keep the checkpoint that scores best on the family's selection metric (the
+    validation loss for likelihood families) with the weights sampling uses; sample and eval
+    use it by default, as nanoGPT keeps only its best-validation checkpoint."""
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
     compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 autocast on CUDA, fp32 on CPU (bf16 is ~100x slower on CPUs without AVX512-BF16)."""
     seed: int = 1337
+    plot: bool = True
+    """Write loss and metric curves (PNG) into RUN/plots at the end of training."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        return self
 
 
 class RunConfig(Strict):

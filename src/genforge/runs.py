@@ -1,8 +1,12 @@
-"""Loading a trained model from its run directory alone (no training flags, no dataset)."""
+"""Loading a trained model from its run directory alone (no training flags, no dataset).
+
+Imports no trainer, so a server loads runs with ``genforge.runs`` and ``genforge.checkpoint``
+only. The model is rebuilt from the config stored *in the checkpoint it loads*, so
+``best``, ``latest`` and older checkpoints each come back with their own settings.
+"""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,9 +14,9 @@ from typing import Any
 import torch
 
 from genforge import GenforgeError
+from genforge import checkpoint as ckpt
 from genforge.config import RunConfig, config_from_dict
 from genforge.data.spec import DataSpec
-from genforge.train import checkpoint as ckpt
 from genforge.train.distributed import pick_device
 
 
@@ -24,32 +28,33 @@ class LoadedRun:
     spec: DataSpec
     model: torch.nn.Module
     step: int
-    tokenizer: Any = None  # text runs only
+    checkpoint: Path
+    tokenizer: Any = None  # token runs only
     used_ema: bool = False
 
 
 def load_run(run_dir: str | Path, use_ema: bool = True, device: str = "auto",
              checkpoint: str = "auto") -> LoadedRun:
-    """checkpoint: 'auto' (best validation if kept, else latest), 'best' or 'latest'."""
-    from genforge.families import family_class
+    """checkpoint: 'auto' (best if kept, else latest), 'best', 'latest' or a folder name."""
+    from genforge.families import build_model
 
     run_dir = Path(run_dir)
     path = ckpt.require_checkpoint(run_dir, checkpoint)
+    manifest = ckpt.verify_checkpoint(path)
+    cfg, model_cfg = config_from_dict(ckpt.checkpoint_config(path))
     try:
-        raw = json.loads((run_dir / "config.json").read_text())
         spec = DataSpec.from_json((run_dir / "spec.json").read_text())
-    except (OSError, json.JSONDecodeError, TypeError) as e:
-        raise GenforgeError(f"run '{run_dir}' has an unreadable config.json or spec.json ({e})") from None
-    cfg, model_cfg = config_from_dict(raw)
-    model = family_class(cfg.family)(model_cfg, spec)
-    ema = use_ema and (path / "ema.safetensors").is_file()
-    ckpt.load_weights(model, path, ema=False)
+    except (OSError, ValueError, TypeError) as e:
+        raise GenforgeError(f"run '{run_dir}' has an unreadable spec.json ({e})") from None
+    model = build_model(cfg.family, model_cfg, spec)
+    ckpt.load_weights(model, path)
+    ema = use_ema and (path / ckpt.EMA_WEIGHTS).is_file()
     if ema:
-        ckpt.load_weights(model, path, ema=True)
+        ckpt.load_ema_weights(model, path)
     model.to(pick_device(device)).eval()
     tokenizer = None
     if (run_dir / "tokenizer.json").is_file():
         from genforge.data.tokenizers import load_tokenizer
 
         tokenizer = load_tokenizer(run_dir / "tokenizer.json")
-    return LoadedRun(run_dir, cfg, model_cfg, spec, model, ckpt.checkpoint_step(path), tokenizer, ema)
+    return LoadedRun(run_dir, cfg, model_cfg, spec, model, int(manifest["step"]), path, tokenizer, ema)

@@ -11,11 +11,9 @@ def registry() -> dict[str, tuple[str, str]]:
     """Dataset name -> (modality, one-line description)."""
     from genforge.data.text import CORPORA
 
+    from genforge.data.images import IMAGE_DATASETS  # numpy and torch only: nothing optional
+
     out = {name: ("text", desc) for name, (desc, _) in CORPORA.items()}
-    try:
-        from genforge.data.images import IMAGE_DATASETS
-    except ImportError:
-        IMAGE_DATASETS = {}
     out.update({name: ("image", entry[0]) for name, entry in IMAGE_DATASETS.items()})
     return out
 
@@ -37,18 +35,3 @@ def modality_of(name: str) -> str:
     if path.is_dir() and any(p.suffix.lower() in TEXT_SUFFIXES for p in path.rglob("*")):
         return "text"
     return "image"
-
-
-def load_data(data_cfg, model_cfg):
-    """Build the train/val data for a run. Text needs the model's context length."""
-    modality = modality_of(data_cfg.name)
-    if modality == "text":
-        from genforge.data.text import load_text
-
-        block_size = getattr(model_cfg, "block_size", None)
-        if block_size is None:
-            raise GenforgeError(f"dataset '{data_cfg.name}' is text; use a text family such as gpt")
-        return load_text(data_cfg, block_size)
-    from genforge.data.images import load_images
-
-    return load_images(data_cfg)

@@ -22,8 +22,11 @@ import hashlib
 import io
 import json
 import math
+import os
 import pickle
 import tarfile
+import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +40,7 @@ from genforge.data.locate import locate
 from genforge.data.spec import DataSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-SPLIT_SEED = 20140101  # fixed: the held-out split of unsplit sources never changes between runs
+SPLIT_SEED = 20140101  # fixed: the held-out splits never change between runs (recorded in data.json)
 
 FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 FASHION_FILES = {
@@ -193,16 +196,48 @@ def _digits() -> RawImages:
     return RawImages(x, d.target.astype(np.int64), class_names=[str(i) for i in range(10)])
 
 
-def _open_image(path: Path) -> np.ndarray:
+def _open_image(path: Path) -> tuple[np.ndarray, set[str]]:
+    """An image file as uint8 (H, W) or (H, W, 3), and notes on what was converted:
+    ``"16bit"`` (scaled to 8 bits) and ``"alpha"`` (composited on white)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             im.load()
-            mode = "L" if im.mode in ("1", "L", "I", "I;16", "F") else "RGB"
-            return np.asarray(im.convert(mode))
+            return _to_uint8(im, path)
     except (UnidentifiedImageError, OSError) as e:
         raise GenforgeError(f"cannot read image {path} ({e}); remove or replace it") from None
+
+
+def _to_uint8(im, path: Path) -> tuple[np.ndarray, set[str]]:
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        # 16-bit PNGs open as I;16 or I: scale 0..65535 onto 0..255 (x / 257), never clip.
+        a = np.asarray(im).astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise GenforgeError(f"image {path} holds values {a.min()}..{a.max()}, outside 16 bits; "
+                                "save it as an 8- or 16-bit PNG")
+        return np.rint(a / 257.0).astype(np.uint8), {"16bit"}
+    if im.mode == "F":
+        raise GenforgeError(f"image {path} holds 32-bit floats; save it as an 8-bit PNG or JPEG")
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info
+    gray = im.mode in ("1", "L", "LA", "La")
+    if not has_alpha:
+        return np.asarray(im.convert("L" if gray else "RGB")), set()
+    a = np.asarray(im.convert("LA" if gray else "RGBA")).astype(np.float64)
+    alpha = a[..., -1:] / 255.0
+    if alpha.min() >= 1.0:  # an alpha channel that is opaque everywhere drops nothing
+        return a[..., :-1].squeeze(-1).astype(np.uint8) if gray else a[..., :-1].astype(np.uint8), set()
+    rgb = np.rint(a[..., :-1] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)  # over white
+    return (rgb[..., 0] if gray else rgb), {"alpha"}
+
+
+def _warn_conversions(root: Path, files: list[Path], notes: list[set[str]]) -> None:
+    said = {"16bit": "are 16-bit; scaled to 8 bits (value / 257)",
+            "alpha": "have transparent pixels; alpha is dropped after compositing them on white"}
+    for key, what in said.items():
+        hits = [f for f, n in zip(files, notes, strict=True) if key in n]
+        if hits:
+            warnings.warn(f"{len(hits)} images in {root} {what} (first: {hits[0].name})", stacklevel=3)
 
 
 def load_image_folder(root: Path) -> RawImages:
@@ -211,7 +246,9 @@ def load_image_folder(root: Path) -> RawImages:
     if not files:
         raise GenforgeError(f"folder {root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                             "point data.name at a folder of PNG or JPEG files")
-    arrays = [_open_image(p) for p in files]
+    opened = [_open_image(p) for p in files]
+    arrays = [a for a, _ in opened]
+    _warn_conversions(root, files, [n for _, n in opened])
     shapes = {a.shape[:2] for a in arrays}
     if len(shapes) > 1:
         (h0, w0), k = arrays[0].shape[:2], next(i for i, a in enumerate(arrays) if a.shape[:2] != arrays[0].shape[:2])
@@ -243,7 +280,12 @@ def _load_npz(path: Path) -> RawImages:
     def pick(*names):
         for n in names:
             if n in keys:
-                return z[n]
+                try:
+                    return z[n]
+                except ValueError:  # an object (pickled) array: refused, it could run code
+                    raise GenforgeError(f"{path}: '{n}' is an object array (e.g. a list of arrays of "
+                                        "different shapes); save one numeric array, e.g. "
+                                        "np.stack(images).astype(np.uint8)") from None
         return None
 
     x = pick("images", "x", "x_train")
@@ -261,13 +303,7 @@ def _load_npz(path: Path) -> RawImages:
         if a.ndim != 4 or a.shape[1] not in (1, 3):
             raise GenforgeError(f"{path}: '{what}' has shape {a.shape}; expected (N,H,W), (N,H,W,C) or "
                                 "(N,C,H,W) with 1 or 3 channels")
-        if a.dtype == np.uint8:
-            return a
-        if np.issubdtype(a.dtype, np.floating) and a.size and (a.min() < 0 or a.max() > 1):
-            raise GenforgeError(f"{path}: '{what}' holds floats outside [0, 1]; store uint8 0..255 "
-                                "or floats in [0, 1]")
-        scale = 255.0 if np.issubdtype(a.dtype, np.floating) else 1.0
-        return np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
+        return _npz_pixels(a, f"{path}: '{what}'")
 
     def labels_of(lab, imgs, what):
         if lab is None:
@@ -289,6 +325,26 @@ def _load_npz(path: Path) -> RawImages:
     n_cls = int(max(tops, default=-1)) + 1
     raw.class_names = [str(n) for n in names] if names is not None else [str(i) for i in range(n_cls)]
     return raw
+
+
+def _npz_pixels(a: np.ndarray, where: str) -> np.ndarray:
+    """uint8 as is; other integers must lie in 0..255 and floats in [0, 1] (no NaN): never clip."""
+    if a.dtype == np.uint8:
+        return a
+    if np.issubdtype(a.dtype, np.integer):
+        if a.size and (a.min() < 0 or a.max() > 255):
+            raise GenforgeError(f"{where} holds integers {a.min()}..{a.max()}, outside 0..255; "
+                                "rescale them to 0..255 (or floats in [0, 1]) first")
+        return a.astype(np.uint8)
+    if not np.issubdtype(a.dtype, np.floating):
+        raise GenforgeError(f"{where} has dtype {a.dtype}; store uint8 0..255 or floats in [0, 1]")
+    if a.size and not np.isfinite(a).all():
+        raise GenforgeError(f"{where} holds {int((~np.isfinite(a)).sum())} NaN or infinite values; "
+                            "fix or drop those images")
+    if a.size and (a.min() < 0 or a.max() > 1):
+        raise GenforgeError(f"{where} holds floats {a.min():g}..{a.max():g}, outside [0, 1]; "
+                            "store uint8 0..255 or floats in [0, 1]")
+    return np.rint(a * 255.0).astype(np.uint8)
 
 
 IMAGE_DATASETS: dict[str, tuple[str, Callable[[], RawImages]]] = {
@@ -354,17 +410,99 @@ def to_unit(x: torch.Tensor, pixel_range: Sequence[float]) -> torch.Tensor:
     return ((x.float() - lo) / (hi - lo)).clamp(0.0, 1.0)
 
 
+def fingerprint_of(images: np.ndarray | torch.Tensor) -> str:
+    """sha256 prefix of uint8 images (N, C, H, W): identifies a split's exact content."""
+    a = images.numpy() if torch.is_tensor(images) else images
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+
+
 @dataclass
 class ImageData:
+    """Three disjoint splits. ``train`` fits the weights, ``val`` selects them (``checkpoints/best``,
+    training-time evaluation) and ``test`` is only for ``genforge eval``: no model is chosen on it.
+
+    ``test`` is the dataset's shipped test split where it has one (fashion-mnist, mnist, cifar10,
+    an .npz with test images), else a seeded held-out fraction; ``val`` is always carved out of
+    the training images (see :func:`split_indices`).
+    """
+
     spec: DataSpec
     train: ImageSplit
-    val: ImageSplit  # the official test split where a dataset has one, else a fixed held-out fraction
-    fingerprint: str  # sha256 prefix of the held-out images: eval checks the data did not change
+    val: ImageSplit
+    test: ImageSplit
+    fingerprint: str  # of the TEST images: eval checks the data did not change since training
+    val_fingerprint: str = ""
+    split_seed: int = SPLIT_SEED
 
     def save(self, run_dir: Path) -> None:
-        (Path(run_dir) / "data.json").write_text(json.dumps({
-            "name": self.spec.name, "train": len(self.train), "val": len(self.val),
-            "val_fingerprint": self.fingerprint}, indent=2))
+        """Record the split in ``run_dir/data.json`` (written atomically)."""
+        info = {"name": self.spec.name, "train": len(self.train), "val": len(self.val),
+                "test": len(self.test), "split_seed": self.split_seed,
+                "val_fingerprint": self.val_fingerprint, "test_fingerprint": self.fingerprint}
+        _write_atomic(Path(run_dir) / "data.json", json.dumps(info, indent=2) + "\n")
+
+
+def saved_test_fingerprint(run_dir: Path) -> str | None:
+    """The test fingerprint recorded in ``run_dir/data.json``, or None when there is none.
+
+    Runs written before the three-way split stored the held-out (= test) images' fingerprint
+    as ``val_fingerprint`` and had no ``test`` count; those still compare correctly.
+    """
+    path = Path(run_dir) / "data.json"
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise GenforgeError(f"cannot read {path} ({e}); the run directory is damaged") from None
+    return info.get("test_fingerprint") if "test" in info else info.get("val_fingerprint")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # A crash mid-write must never leave a half-written file where a reader expects a whole one.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def split_indices(n: int, fraction: float, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held_out): sorted index arrays, ``held_out`` a seeded ``fraction`` (at least 1) of ``range(n)``.
+
+    The same (n, fraction, seed) always gives the same split, so a run's splits never move.
+    """
+    order = np.random.default_rng(seed).permutation(n)
+    n_out = max(1, round(n * fraction))
+    return np.sort(order[n_out:]), np.sort(order[:n_out])
+
+
+def _take(x: np.ndarray, y: np.ndarray | None, idx: np.ndarray):
+    return x[idx], None if y is None else y[idx]
+
+
+def _three_way(raw: RawImages, fraction: float, name: str):
+    """(train, val, test) pairs of (images, labels). ``test`` is the shipped test split, else a
+    held-out fraction of all images (the same held-out images earlier versions evaluated on);
+    ``val`` is then a fraction of what remains, drawn with the next seed."""
+    if not 0.0 < fraction < 1.0:
+        raise GenforgeError(f"data.val_fraction must be in (0, 1) to hold out images (got {fraction})")
+    x, y = raw.train, raw.train_labels
+    if raw.test is None:
+        rest, held = split_indices(len(x), fraction, SPLIT_SEED)
+        test = _take(x, y, held)
+        x, y = _take(x, y, rest)
+    else:
+        test = (raw.test, raw.test_labels)
+    keep, held = split_indices(len(x), fraction, SPLIT_SEED + 1)
+    if len(keep) < 1:
+        raise GenforgeError(f"dataset '{name}' has {len(raw.train)} training images: too few to hold "
+                            "out validation (and test) images; add images or lower data.val_fraction")
+    return _take(x, y, keep), _take(x, y, held), test
 
 
 def load_images(data_cfg) -> ImageData:
@@ -372,37 +510,26 @@ def load_images(data_cfg) -> ImageData:
     if not hi > lo:
         raise GenforgeError(f"data.pixel_range {data_cfg.pixel_range} must be (low, high) with high > low")
     raw = load_raw(data_cfg.name)
-    if raw.test is None:
-        if not 0.0 < data_cfg.val_fraction < 1.0:
-            raise GenforgeError(f"data.val_fraction must be in (0, 1) to hold out images (got {data_cfg.val_fraction})")
-        n = len(raw.train)
-        order = np.random.default_rng(SPLIT_SEED).permutation(n)
-        n_val = max(1, round(n * data_cfg.val_fraction))
-        if n - n_val < 1:
-            raise GenforgeError(f"dataset '{data_cfg.name}' has {n} images: too few to hold out a "
-                                "validation split; add images")
-        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
-        lab = raw.train_labels
-        raw = RawImages(raw.train[train_idx], None if lab is None else lab[train_idx],
-                        raw.train[val_idx], None if lab is None else lab[val_idx], raw.class_names)
-    labelled = raw.train_labels is not None and raw.test_labels is not None
+    train, val, test = _three_way(raw, data_cfg.val_fraction, data_cfg.name)
+    labelled = all(lab is not None for _, lab in (train, val, test))
     n_classes = len(raw.class_names) if labelled else 0
     if labelled:
-        top = int(max(raw.train_labels.max(initial=0), raw.test_labels.max(initial=0)))
-        if raw.train_labels.min(initial=0) < 0 or top >= n_classes:
-            raise GenforgeError(f"dataset '{data_cfg.name}' has label {top} but {n_classes} class names; "
-                                "labels must be 0..K-1 with one name per class")
+        labels = np.concatenate([train[1], val[1], test[1]])
+        if labels.min(initial=0) < 0 or labels.max(initial=0) >= n_classes:
+            raise GenforgeError(f"dataset '{data_cfg.name}' has label {int(labels.max(initial=0))} but "
+                                f"{n_classes} class names; labels must be 0..K-1 with one name per class")
 
-    def split(x, y, flip):
+    def split(pair, flip):
+        x, y = pair
         return ImageSplit(torch.from_numpy(np.array(x, dtype=np.uint8, copy=True)),
-                          torch.from_numpy(y) if labelled else None, (lo, hi), flip)
+                          torch.from_numpy(np.array(y, dtype=np.int64)) if labelled else None,
+                          (lo, hi), flip)
 
     spec = DataSpec(modality="image", shape=tuple(int(s) for s in raw.train.shape[1:]),
                     num_classes=n_classes, class_names=list(raw.class_names) if labelled else [],
                     pixel_range=(float(lo), float(hi)), name=data_cfg.name)
-    fingerprint = hashlib.sha256(np.ascontiguousarray(raw.test).tobytes()).hexdigest()[:16]
-    return ImageData(spec, split(raw.train, raw.train_labels, data_cfg.hflip),
-                     split(raw.test, raw.test_labels, False), fingerprint)
+    return ImageData(spec, split(train, data_cfg.hflip), split(val, False), split(test, False),
+                     fingerprint=fingerprint_of(test[0]), val_fingerprint=fingerprint_of(val[0]))
 
 
 # --------------------------------------------------------------------------- grids

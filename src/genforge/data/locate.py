@@ -8,12 +8,17 @@ works as long as one of the first places holds the file:
 3. the download cache ``$GENFORGE_CACHE/downloads/<relative path>``
 4. a download from the canonical URL, verified against its sha256 before it is
    moved into the cache (atomically, so an interrupted download leaves nothing).
+
+Errors tell a network failure ("you look offline") from a failure to write the
+cache (a read-only folder, a full disk): the fixes differ.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
+import socket
 import tempfile
 import urllib.error
 import urllib.request
@@ -24,10 +29,24 @@ from genforge import GenforgeError
 DATA_ENV = "GENFORGE_DATA"
 CACHE_ENV = "GENFORGE_CACHE"
 
+# What a failed connection raises. URLError and the socket errors are OSErrors too,
+# so these are caught around the network calls only, never around file writes.
+NETWORK_ERRORS = (urllib.error.URLError, TimeoutError, ConnectionError, socket.gaierror,
+                  socket.herror, http.client.HTTPException)
+
+
+def cache_write_error(path: Path, err: OSError) -> GenforgeError:
+    """The one-line error for a cache folder or file that cannot be written."""
+    reason = err.strerror or str(err)
+    return GenforgeError(f"cannot write to {path} ({reason}); set ${CACHE_ENV} to a writable folder")
+
 
 def cache_dir() -> Path:
     path = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "genforge")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise cache_write_error(path, e) from None
     return path
 
 
@@ -39,15 +58,48 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, dest: Path, sha256: str | None) -> Path:
-    """Fetch ``url`` into ``dest`` (atomically), verifying its sha256 when given."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
+def _offline_error(url: str, err: BaseException, relative: str) -> GenforgeError:
+    if isinstance(err, urllib.error.HTTPError):  # the server answered: not offline
+        what = f"the server answered HTTP {err.code} ({err.reason}); the file may have moved"
+    else:
+        reason = str(getattr(err, "reason", None) or err) or type(err).__name__
+        what = f"{reason}; you look offline"
+    return GenforgeError(f"could not download {url} ({what}): put the file at ${DATA_ENV}/{relative}")
+
+
+def _copy_url(url: str, out, relative: str) -> None:
+    """Stream ``url`` into the open file ``out``. Network errors -> the offline message;
+    write errors propagate as OSError, so the caller reports the folder that failed."""
+    try:
+        response = urllib.request.urlopen(url, timeout=30)
+    except NETWORK_ERRORS as e:
+        raise _offline_error(url, e, relative) from None
+    with response:
+        while True:
+            try:
+                block = response.read(1 << 20)
+            except NETWORK_ERRORS as e:
+                raise _offline_error(url, e, relative) from None
+            if not block:
+                return
+            out.write(block)
+
+
+def download(url: str, dest: Path, sha256: str | None, relative: str | None = None) -> Path:
+    """Fetch ``url`` into ``dest`` (atomically), verifying its sha256 when given.
+
+    ``relative`` is the path under ``$GENFORGE_DATA`` that the offline message names.
+    """
+    relative = relative or dest.name
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
+    except OSError as e:
+        raise cache_write_error(dest.parent, e) from None
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
-            while block := response.read(1 << 20):
-                out.write(block)
+        with os.fdopen(fd, "wb") as out:
+            _copy_url(url, out, relative)
         if sha256 is not None:
             got = sha256_file(tmp)
             if got != sha256:
@@ -57,11 +109,8 @@ def download(url: str, dest: Path, sha256: str | None) -> Path:
                 )
         os.replace(tmp, dest)
         return dest
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        raise GenforgeError(
-            f"could not download {url} ({getattr(e, 'reason', e)}); you look offline: "
-            f"put the file at ${DATA_ENV}/{dest.name} or under a folder ${DATA_ENV} points to"
-        ) from None
+    except OSError as e:  # network errors were turned into GenforgeError inside _copy_url
+        raise cache_write_error(dest.parent, e) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -80,9 +129,9 @@ def locate(relative: str, url: str | None = None, sha256: str | None = None,
             return path
     if url is None:
         raise GenforgeError(
-            f"dataset file '{relative}' not found; set ${DATA_ENV} to a folder that holds it"
+            f"dataset file '{relative}' not found; put it at ${DATA_ENV}/{relative}"
         )
     try:
-        return download(url, cached, sha256)
+        return download(url, cached, sha256, relative)
     except GenforgeError as e:
         raise GenforgeError(f"'{relative}' is not on this machine and {e}") from None

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import torch
 
+from genforge import GenforgeError
+
 
 class EpochSampler:
     def __init__(self, num_examples: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
         if num_examples < batch_size * world:
-            raise ValueError(
-                f"dataset has {num_examples} examples, fewer than one batch "
+            # A GenforgeError, not ValueError: the CLI prints it as one line (exit 2), not a traceback.
+            raise GenforgeError(
+                f"the training split has {num_examples} examples, fewer than one batch "
                 f"({batch_size} x {world} processes); lower train.batch_size"
             )
         self.n, self.batch_size, self.seed = num_examples, batch_size, seed

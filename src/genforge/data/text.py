@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from genforge import GenforgeError
-from genforge.data.locate import cache_dir, locate
+from genforge.data.locate import cache_dir, cache_write_error, locate
 from genforge.data.spec import DataSpec
 from genforge.data.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
 
@@ -113,8 +113,9 @@ class TextData:
     spec: DataSpec
     tokenizer: CharTokenizer | BPETokenizer
     train: TextWindows
-    val: TextWindows
+    val: TextWindows  # the last val_fraction of the corpus: selection and training-time eval
     chars_per_token: float  # measured on the validation text, for bits per character
+    test: None = None  # a corpus ships no test split; the attribute exists so every data object has one
 
     def save(self, run_dir: Path) -> None:
         self.tokenizer.save(run_dir / "tokenizer.json")
@@ -122,22 +123,23 @@ class TextData:
     def decode(self, ids) -> str:
         return self.tokenizer.decode(ids)
 
+    def prompt_ids(self) -> list[int]:
+        """A valid one-token start prompt: the newline id when the vocabulary has one, else the
+        corpus's first token (a corpus without a newline has no newline id to start from)."""
+        try:
+            ids = self.tokenizer.encode("\n")
+        except GenforgeError:  # a character vocabulary without "\n"
+            ids = []
+        return ids[:1] if len(ids) == 1 else [int(self.train.tokens[0])]
 
-def load_text(data_cfg, block_size: int) -> TextData:
-    chunks = corpus_chunks(data_cfg.name)
-    tok_key = f"{data_cfg.tokenizer}:{data_cfg.bpe_vocab_size if data_cfg.tokenizer == 'bpe' else ''}"
-    key = _corpus_hash(chunks, tok_key)
-    folder = cache_dir() / "text"
-    folder.mkdir(parents=True, exist_ok=True)
-    bin_path, tok_path, meta_path = (folder / f"{key}{s}" for s in (".bin", ".tokenizer.json", ".json"))
-    if not (bin_path.exists() and tok_path.exists() and meta_path.exists()):
-        if data_cfg.tokenizer == "char":
-            tokenizer = CharTokenizer.train(chunks())
-        else:
-            tokenizer = BPETokenizer.train(chunks(), data_cfg.bpe_vocab_size)
-        dtype = np.uint16 if tokenizer.vocab_size < 2**16 else np.uint32
-        n_chars = n_tokens = 0
-        tmp = bin_path.with_suffix(f".{os.getpid()}.tmp")
+
+def _write_cache(chunks, tokenizer, bin_path: Path, tok_path: Path, meta_path: Path) -> None:
+    """Tokenize the corpus chunk by chunk into ``bin_path`` (renamed into place last)."""
+    bin_path.parent.mkdir(parents=True, exist_ok=True)
+    dtype = np.uint16 if tokenizer.vocab_size < 2**16 else np.uint32
+    n_chars = n_tokens = 0
+    tmp = bin_path.with_suffix(f".{os.getpid()}.tmp")
+    try:
         with open(tmp, "wb") as out:  # stream: the corpus is never held whole
             for chunk in chunks():
                 ids = tokenizer.encode_array(chunk).astype(dtype)
@@ -147,6 +149,25 @@ def load_text(data_cfg, block_size: int) -> TextData:
         meta_path.write_text(json.dumps({"dtype": np.dtype(dtype).name, "chars": n_chars,
                                          "tokens": n_tokens}))
         os.replace(tmp, bin_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_text(data_cfg, block_size: int) -> TextData:
+    chunks = corpus_chunks(data_cfg.name)
+    tok_key = f"{data_cfg.tokenizer}:{data_cfg.bpe_vocab_size if data_cfg.tokenizer == 'bpe' else ''}"
+    key = _corpus_hash(chunks, tok_key)
+    folder = cache_dir() / "text"
+    bin_path, tok_path, meta_path = (folder / f"{key}{s}" for s in (".bin", ".tokenizer.json", ".json"))
+    if not (bin_path.exists() and tok_path.exists() and meta_path.exists()):
+        if data_cfg.tokenizer == "char":
+            tokenizer = CharTokenizer.train(chunks())
+        else:
+            tokenizer = BPETokenizer.train(chunks(), data_cfg.bpe_vocab_size)
+        try:
+            _write_cache(chunks, tokenizer, bin_path, tok_path, meta_path)
+        except OSError as e:  # read-only or full cache: say where and how to move it
+            raise cache_write_error(folder, e) from None
     meta = json.loads(meta_path.read_text())
     tokenizer = load_tokenizer(tok_path)
     tokens = np.memmap(bin_path, dtype=meta["dtype"], mode="r")

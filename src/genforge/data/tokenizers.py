@@ -3,41 +3,84 @@
 Both expose the same small interface: ``encode(str) -> list[int]``,
 ``encode_array(str) -> np.ndarray``, ``decode(ids) -> str``, ``vocab_size``,
 ``save(path)``, and :func:`load_tokenizer` reads either back from a run directory.
+
+Optional special tokens (``specials=("<pad>", "<bos>", "<eos>")``) take the first
+ids, 0..k-1, in the order given; ``pad_id``/``bos_id``/``eos_id`` are their ids, or
+None when the tokenizer was built without them. Specials are only ever added by id
+(e.g. by :mod:`genforge.data.sequences`): ``encode`` treats the text "<eos>" as plain
+characters, so a prompt cannot inject an end-of-sequence, and ``decode`` skips them.
+Tokenizer files written before specials existed load with none.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from genforge import GenforgeError
 
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+DEFAULT_SPECIALS = (PAD, BOS, EOS)
+BYTE_ALPHABET = 256  # byte-level BPE always holds the 256 byte symbols before any merge
 
-class CharTokenizer:
+
+def _check_specials(specials: Sequence[str]) -> tuple[str, ...]:
+    specials = tuple(specials)
+    if len(set(specials)) != len(specials) or any(not isinstance(s, str) or len(s) < 2 for s in specials):
+        raise GenforgeError(f"special tokens {specials!r} must be distinct strings of 2+ characters "
+                            "such as '<pad>', '<bos>', '<eos>'")
+    return specials
+
+
+class _Specials:
+    """Shared by both tokenizers: ids of the special tokens (first ids, 0..k-1)."""
+
+    specials: tuple[str, ...] = ()
+
+    def special_id(self, token: str) -> int | None:
+        return self.specials.index(token) if token in self.specials else None
+
+    @property
+    def pad_id(self) -> int | None:
+        return self.special_id(PAD)
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.special_id(BOS)
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.special_id(EOS)
+
+
+class CharTokenizer(_Specials):
     kind = "char"
 
-    def __init__(self, chars: list[str]):
-        self.chars = chars
-        self.stoi = {c: i for i, c in enumerate(chars)}
+    def __init__(self, chars: list[str], specials: Sequence[str] = ()):
+        self.chars = list(chars)
+        self.specials = _check_specials(specials)
+        k = len(self.specials)
+        self.itos = list(self.specials) + self.chars  # id -> string
+        self.stoi = {c: i + k for i, c in enumerate(self.chars)}
         # Lookup table from code point to id for fast vectorized encoding (-1 = unknown).
-        self._table = np.full(max(map(ord, chars), default=0) + 1, -1, dtype=np.int64)
-        self._table[[ord(c) for c in chars]] = np.arange(len(chars))
+        self._table = np.full(max(map(ord, self.chars), default=0) + 1, -1, dtype=np.int64)
+        self._table[[ord(c) for c in self.chars]] = np.arange(len(self.chars)) + k
 
     @classmethod
-    def train(cls, texts: Iterable[str]) -> CharTokenizer:
+    def train(cls, texts: Iterable[str], specials: Sequence[str] = ()) -> CharTokenizer:
         seen: set[str] = set()
         for text in texts:
             seen.update(text)
         if not seen:
             raise GenforgeError("cannot build a vocabulary: the corpus is empty")
-        return cls(sorted(seen))
+        return cls(sorted(seen), specials)
 
     @property
     def vocab_size(self) -> int:
-        return len(self.chars)
+        return len(self.itos)
 
     def encode_array(self, text: str) -> np.ndarray:
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
@@ -53,31 +96,45 @@ class CharTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.encode_array(text).tolist()
 
-    def decode(self, ids: Iterable[int]) -> str:
-        return "".join(self.chars[i] for i in ids)
+    def decode(self, ids: Iterable[int], skip_specials: bool = True) -> str:
+        k = len(self.specials) if skip_specials else 0
+        return "".join(self.itos[i] for i in map(int, ids) if i >= k)
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps({"genforge_char_vocab": self.chars}))
+        raw = {"genforge_char_vocab": self.chars}
+        if self.specials:  # written only when present: files stay identical to older versions
+            raw["specials"] = list(self.specials)
+        Path(path).write_text(json.dumps(raw))
 
 
-class BPETokenizer:
+class BPETokenizer(_Specials):
     """Byte-level BPE (GPT-2 style): every string encodes, nothing is out of vocabulary."""
 
     kind = "bpe"
 
     def __init__(self, tokenizer):
         self.tok = tokenizer
+        # Specials live in the HF JSON as added tokens marked special, in id order.
+        added = json.loads(tokenizer.to_str()).get("added_tokens") or []
+        self.specials = tuple(t["content"] for t in sorted(added, key=lambda t: t["id"]) if t.get("special"))
+        # Not persisted by HF: text that spells "<eos>" must encode as characters, not as EOS.
+        self.tok.encode_special_tokens = True
 
     @classmethod
-    def train(cls, texts: Iterator[str], vocab_size: int) -> BPETokenizer:
+    def train(cls, texts: Iterator[str], vocab_size: int, specials: Sequence[str] = ()) -> BPETokenizer:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+        specials = _check_specials(specials)
+        minimum = BYTE_ALPHABET + len(specials)
+        if vocab_size < minimum:
+            raise GenforgeError(f"data.bpe_vocab_size={vocab_size} is too small: byte-level BPE needs at "
+                                f"least {minimum} ({BYTE_ALPHABET} bytes + {len(specials)} special tokens)")
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
+            special_tokens=list(specials), show_progress=False,
         )
         tok.train_from_iterator(texts, trainer=trainer)
         return cls(tok)
@@ -92,8 +149,8 @@ class BPETokenizer:
     def encode_array(self, text: str) -> np.ndarray:
         return np.asarray(self.encode(text), dtype=np.int64)
 
-    def decode(self, ids: Iterable[int]) -> str:
-        return self.tok.decode(list(ids))
+    def decode(self, ids: Iterable[int], skip_specials: bool = True) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_specials)
 
     def save(self, path: Path) -> None:
         self.tok.save(str(path))
@@ -105,7 +162,7 @@ def load_tokenizer(path: Path) -> CharTokenizer | BPETokenizer:
     except (OSError, json.JSONDecodeError) as e:
         raise GenforgeError(f"cannot read tokenizer {path}: {e}") from None
     if "genforge_char_vocab" in raw:
-        return CharTokenizer(raw["genforge_char_vocab"])
+        return CharTokenizer(raw["genforge_char_vocab"], raw.get("specials", ()))
     from tokenizers import Tokenizer
 
     return BPETokenizer(Tokenizer.from_str(json.dumps(raw)))

@@ -1,18 +1,29 @@
-"""The contract between a family and the generic trainer.
+"""The contract between a family and the generic trainer, the run loader and the CLI.
 
 A family is an ``nn.Module`` subclass of :class:`GenerativeModel`. It owns its
 losses and the order of its optimizer steps (``train_step``); the trainer owns
 device, precision, accumulation, clipping, LR, EMA, logging, checkpoints and
-DDP, and hands those to the family through a *step context* (duck-typed: a
-family never imports the trainer). The default ``train_step`` suits any family
-with one loss and one optimizer; a GAN overrides it to step two optimizers, RL
-runs its own sample-then-update loop around the same pieces.
+DDP, and hands those to the family through a :class:`StepContext` (a family
+never imports the trainer). Everything else a family tells the rest of genforge
+is *declared* here, never probed with ``hasattr``:
+
+- ``Config``            its pydantic model config ([model] in a preset);
+- ``data_needs``        what the data layer must know from the model config (a GPT's context);
+- ``optimizer_groups``  named optimizers, each overridable by ``[train.optim.<name>]``;
+- ``frozen_parts``      pretrained pieces that are never trained, saved, EMA'd or DDP-wrapped;
+- ``ema_target``        what EMA averages (a GAN: its generator);
+- ``selection``         which evaluation metric picks ``checkpoints/best`` (None: keep none);
+- ``sample_options``    extra ``genforge sample`` options (a diffusion sampler, steps, guidance),
+                        and ``eval_options`` for ``genforge eval`` (a VAE's IWAE k);
+- ``conditioning_classes``  how many class labels the model is conditioned on (0: none).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Protocol
+import contextlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import torch
 from pydantic import BaseModel
@@ -23,8 +34,45 @@ from genforge.data.spec import DataSpec
 Batch = dict[str, torch.Tensor]
 
 
+@dataclass(frozen=True)
+class Selection:
+    """``checkpoints/best`` keeps the checkpoint whose evaluation ``metric`` is lowest (min) or
+    highest (max); evaluated with the weights sampling uses (EMA when it is on)."""
+
+    metric: str = "loss"
+    mode: Literal["min", "max"] = "min"
+
+    def better(self, new: float, old: float | None) -> bool:
+        if old is None:
+            return True
+        return new < old if self.mode == "min" else new > old
+
+
+@dataclass(frozen=True)
+class SampleOption:
+    """One ``genforge sample`` option a modality or family declares; the CLI exposes it and
+    refuses it on runs it does not apply to. ``name`` is the keyword the sampler receives."""
+
+    name: str
+    help: str
+    type: Any = str
+    default: Any = None
+    nargs: int | str | None = None
+    choices: tuple | None = None
+    flag: bool = False  # a switch: --name-with-dashes sets True
+    repeat: bool = False  # may be given several times; the value is a list
+    metavar: str | None = None
+
+    @property
+    def cli(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
 class StepContext(Protocol):
     """What the trainer offers a family inside one optimizer step."""
+
+    global_step: int
+    """Optimizer steps completed before this one (for lazy regularizers, schedules)."""
 
     def accumulate(self, micro_batches: list[Batch]) -> Iterable[Batch]:
         """Yield micro-batches; gradients are all-reduced only on the last (DDP)."""
@@ -36,31 +84,64 @@ class StepContext(Protocol):
         """Backpropagate ``loss`` scaled for gradient accumulation."""
 
     def step(self, optimizer: str) -> torch.Tensor:
-        """Clip, set the LR, step and zero one named optimizer; return the grad norm (0-dim)."""
+        """Clip, set the LR, step one named optimizer, then clear every gradient of the model
+        (so one optimizer's backward never leaks into another's step); return the grad norm."""
+
+    def frozen(self, module: nn.Module) -> contextlib.AbstractContextManager:
+        """Within the block, ``module``'s parameters take no gradient (a GAN's D while G steps)."""
 
 
 class GenerativeModel(nn.Module):
     """Base class of every family. Subclasses set ``Config`` and implement ``forward``."""
 
     Config: type[BaseModel]
+    selection: Selection | None = Selection("loss", "min")
+    sample_options: tuple[SampleOption, ...] = ()
+    eval_options: tuple[SampleOption, ...] = ()
 
     def __init__(self, config: BaseModel, spec: DataSpec):
         super().__init__()
         self.config = config
         self.spec = spec
+        self.conditioning_classes = 0
+
+    @classmethod
+    def data_needs(cls, config: BaseModel) -> dict[str, Any]:
+        """What the data layer needs from this family's config, e.g. {"block_size": 64}."""
+        return {}
+
+    # -- parts -------------------------------------------------------------------------
+    def frozen_parts(self) -> dict[str, nn.Module]:
+        """Attribute name -> pretrained sub-module that is never trained, checkpointed, EMA'd or
+        DDP-synchronized; the constructor rebuilds (reloads) it."""
+        return {}
+
+    def ema_target(self) -> nn.Module:
+        """The sub-module whose weights EMA averages (a GAN returns its generator)."""
+        return self
+
+    def train(self, mode: bool = True) -> GenerativeModel:
+        super().train(mode)
+        for part in self.frozen_parts().values():
+            part.eval()  # dropout and norm statistics of a pretrained part stay as shipped
+        return self
 
     # -- training -----------------------------------------------------------------
     def forward(self, batch: Batch, **kwargs: Any) -> dict[str, torch.Tensor]:
         """Training objective on one batch: a dict with at least ``loss`` (a scalar)."""
         raise NotImplementedError  # abstract: every family defines its objective
 
-    def optimizer_groups(self, weight_decay: float) -> dict[str, list[dict]]:
-        """Optimizer name -> parameter groups. Matrices decay; biases, norms and gains do not."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        return {"main": [{"params": decay, "weight_decay": weight_decay},
-                         {"params": no_decay, "weight_decay": 0.0}]}
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        frozen = {id(p) for part in self.frozen_parts().values() for p in part.parameters()}
+        return (p for p in self.parameters() if p.requires_grad and id(p) not in frozen)
+
+    def optimizer_groups(self) -> dict[str, list[dict]]:
+        """Optimizer name -> parameter groups. A group with ``"decay": False`` gets no weight
+        decay; the others get the optimizer's ``weight_decay``. Default: one optimizer "main"
+        where matrices decay and biases, norms and gains do not."""
+        params = list(self.trainable_parameters())
+        return {"main": [{"params": [p for p in params if p.dim() >= 2], "decay": True},
+                         {"params": [p for p in params if p.dim() < 2], "decay": False}]}
 
     def train_step(self, micro_batches: list[Batch], ctx: StepContext) -> dict[str, torch.Tensor | float]:
         """One optimizer step. Values may stay 0-dim tensors: the trainer reads them
@@ -73,14 +154,10 @@ class GenerativeModel(nn.Module):
         grad_norm = ctx.step("main")
         return {"loss": total / len(micro_batches), "grad_norm": grad_norm}
 
-    def ema_target(self) -> nn.Module:
-        """The sub-module whose weights EMA averages (a GAN returns its generator)."""
-        return self
-
     # -- evaluation and samples ------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, batches: Iterable[Batch]) -> dict[str, float]:
-        """Mean of the training objective's terms over held-out batches."""
+        """Mean of the training objective's terms over validation batches."""
         sums: dict[str, float] = {}
         n = 0
         for batch in batches:
@@ -90,6 +167,41 @@ class GenerativeModel(nn.Module):
         return {k: v / max(n, 1) for k, v in sums.items()}
 
     @torch.no_grad()
+    def heldout_metrics(self, batches: Iterable[Batch], generator: torch.Generator,
+                        **options: Any) -> dict[str, float]:
+        """Family-specific held-out numbers for ``genforge eval`` (a VAE's likelihood bound)."""
+        return {}
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator, **options: Any) -> Any:
+        """``n`` samples drawn with ``generator`` only (never the global RNG): an (n, C, H, W)
+        tensor in ``spec.pixel_range`` for images, a list of token-id lists for sequences.
+        ``options`` are the declared sample options (modality's and family's)."""
+        raise NotImplementedError  # abstract: every family can sample
+
+    @torch.no_grad()
     def preview(self, data: Any, generator: torch.Generator) -> Any:
         """A few samples for the run directory: a str for text, an (N,C,H,W) tensor for images."""
         return None
+
+
+class LatentVariableModel(GenerativeModel):
+    """A family with an encoder and a decoder (the VAE): latent paths and attribute vectors."""
+
+    sample_options = (
+        SampleOption("interpolate", "decode the latent path between two images (PNG/JPEG files, "
+                                    "test:INDEX or val:INDEX)", str, nargs=2, metavar=("A", "B")),
+        SampleOption("interp_points", "images on the --interpolate path (default 8)", int, 8, metavar="N"),
+        SampleOption("interp_method", "spherical (default) or linear interpolation", str, "slerp",
+                     choices=("slerp", "lerp")),
+        SampleOption("attribute", "add the latent vector mean(TO) - mean(FROM) to test images of "
+                                  "class FROM", str, nargs=2, metavar=("FROM", "TO")),
+    )
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, C, H, W) -> posterior mean and log-variance (B, L)."""
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (B, L) -> images (B, C, H, W) in ``spec.pixel_range``."""
+        raise NotImplementedError

@@ -140,23 +140,44 @@ class GPT(GenerativeModel):
         return KVCache.empty(c.n_layer, batch, c.n_head, max_len or c.block_size,
                              c.n_embd // c.n_head, p.device, p.dtype)
 
+    @classmethod
+    def data_needs(cls, config: GPTConfig) -> dict:
+        return {"block_size": config.block_size}
+
     # -- objective -------------------------------------------------------------------
     def forward(self, batch: Batch, **kwargs) -> dict[str, torch.Tensor]:
-        logits = self.logits(batch["x"])
-        loss = F.cross_entropy(logits.float().flatten(0, 1), batch["y"].flatten())
-        return {"loss": loss}
+        """Next-token cross-entropy. ``batch["mask"]`` (B, T) bool, when present (padded
+        sequences per example: molecules, RL prompts), keeps only real target tokens."""
+        logits = self.logits(batch["x"])  # (B, T, V)
+        losses = F.cross_entropy(logits.float().flatten(0, 1), batch["y"].flatten(), reduction="none")
+        mask = batch.get("mask")
+        if mask is None:
+            return {"loss": losses.mean()}
+        mask = mask.flatten().float()
+        return {"loss": (losses * mask).sum() / mask.sum().clamp_min(1.0)}
+
+    def token_logprobs(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(ids[:, t+1] | ids[:, :t+1]) for every t: (B, T) -> (B, T-1), with gradients
+        (policy-gradient RL differentiates it; wrap in torch.no_grad() to score only).
+        ``mask`` (B, T) bool marks real tokens; log-probs of padded targets are 0."""
+        logits = self.logits(ids[:, :-1]).float()  # (B, T-1, V)
+        logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        return logp if mask is None else logp * mask[:, 1:].to(logp.dtype)
 
     @torch.no_grad()
-    def token_logprobs(self, ids: torch.Tensor) -> torch.Tensor:
-        """log p(ids[:, t+1] | ids[:, :t+1]) for every t: (B, T) -> (B, T-1). Used by RL."""
-        logits = self.logits(ids[:, :-1]).float()
-        return torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    def sample(self, n: int, generator: torch.Generator, prompts: list[list[int]] | None = None,
+               max_new_tokens: int | None = None, temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None) -> list[list[int]]:
+        """New token ids for each of ``prompts`` (default: n prompts of token 0), drawn with
+        ``generator``; ``max_new_tokens`` defaults to one context length."""
+        from genforge.sampling.text import generate
+
+        prompts = prompts if prompts is not None else [[0]] * n
+        out = generate(self, prompts, max_new_tokens or self.config.block_size, temperature, top_k, top_p,
+                       generator=generator)
+        return out.tokens
 
     @torch.no_grad()
     def preview(self, data, generator: torch.Generator) -> str:
-        from genforge.sampling.text import generate
-
-        prompt = data.tokenizer.encode("\n")[:1] or [0]
-        out = generate(self, [prompt], max_new_tokens=200, temperature=0.8, top_k=None,
-                       generator=generator)
-        return data.decode(out.tokens[0])
+        tokens = self.sample(1, generator, [data.prompt_ids()], max_new_tokens=200, temperature=0.8)
+        return data.decode(tokens[0])

@@ -30,7 +30,7 @@ from torch import nn
 
 from genforge import GenforgeError
 from genforge.config import Strict
-from genforge.families.base import Batch, GenerativeModel
+from genforge.families.base import Batch, LatentVariableModel, SampleOption
 
 
 class VAEConfig(Strict):
@@ -80,8 +80,16 @@ def discretized_logistic_logp(x: torch.Tensor, mean: torch.Tensor, log_scale: to
     return torch.where(x < -1 + half, log_cdf_upper, torch.where(x > 1 - half, log_sf_lower, inner))
 
 
-class VAE(GenerativeModel):
+class VAE(LatentVariableModel):
     Config = VAEConfig
+    sample_options = (
+        *LatentVariableModel.sample_options,
+        SampleOption("latent_temperature", "scale of the prior's standard deviation (default 1.0)",
+                     float, 1.0, metavar="T"),
+    )
+    eval_options = (
+        SampleOption("iwae_k", "importance samples of the NLL bound (default 100)", int, metavar="K"),
+    )
 
     def __init__(self, config: VAEConfig, spec):
         super().__init__(config, spec)
@@ -95,6 +103,7 @@ class VAE(GenerativeModel):
         # Two stride-2 convolutions: pad H, W up to multiples of 4, crop the output back.
         self.Hp, self.Wp = -(-self.H // 4) * 4, -(-self.W // 4) * 4
         self.K = spec.num_classes if c.conditional else 0
+        self.conditioning_classes = self.K
         c1, c2 = c.channels
         flat = c2 * (self.Hp // 4) * (self.Wp // 4)
         out_per_channel = 1 if c.likelihood == "bernoulli" else 2  # logits | (mean, log-scale)
@@ -236,15 +245,17 @@ class VAE(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, labels: torch.Tensor | None = None,
-               temperature: float = 1.0) -> torch.Tensor:
-        """n images (n, C, H, W) in pixel_range: decoder means at z ~ N(0, temperature^2 I).
+               latent_temperature: float = 1.0) -> torch.Tensor:
+        """n images (n, C, H, W) in pixel_range: decoder means at z ~ N(0, latent_temperature^2 I).
 
         A conditional model needs ``labels`` (n,); without them it cycles through the classes.
         """
+        if not (math.isfinite(latent_temperature) and latent_temperature >= 0):
+            raise GenforgeError(f"latent temperature must be a finite number >= 0, got {latent_temperature}")
         device = self.steps_done.device
         if self.K and labels is None:
             labels = torch.arange(n, device=device) % self.K
-        z = torch.randn(n, self.config.latent_dim, generator=generator, device=device) * temperature
+        z = torch.randn(n, self.config.latent_dim, generator=generator, device=device) * latent_temperature
         return self.decode(z, labels)
 
     @torch.no_grad()

@@ -7,6 +7,7 @@ pure pieces (``filter_logits``, ``sample_next``) take and return tensors only.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -42,11 +43,11 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
 
 
 def check_settings(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int) -> None:
-    if temperature < 0:
+    if not math.isfinite(temperature) or temperature < 0:
         raise GenforgeError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise GenforgeError(f"top-k must be >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
+    if top_p is not None and not (math.isfinite(top_p) and 0 < top_p <= 1):
         raise GenforgeError(f"top-p must be in (0, 1], got {top_p}")
     if max_new_tokens < 0:
         raise GenforgeError(f"max-new-tokens must be >= 0, got {max_new_tokens}")
@@ -136,9 +137,8 @@ def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 
 def generate_text(model, tokenizer, prompts: Sequence[str], max_new_tokens: int,
                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                  stop: Sequence[str] = (), seed: int | None = None) -> list[str]:
+                  stop: Sequence[str] = (), generator: torch.Generator | None = None) -> list[str]:
     """Continue each prompt; a row ends at the first stop string (which is not included)."""
-    generator = _generator(model, seed)
     ids = [tokenizer.encode(p) for p in prompts]
     new: list[list[int]] = [[] for _ in prompts]
     texts = [""] * len(prompts)
@@ -157,9 +157,8 @@ def generate_text(model, tokenizer, prompts: Sequence[str], max_new_tokens: int,
 
 def stream_text(model, tokenizer, prompt: str, max_new_tokens: int, temperature: float = 1.0,
                 top_k: int | None = None, top_p: float | None = None, stop: Sequence[str] = (),
-                seed: int | None = None) -> Iterator[str]:
+                generator: torch.Generator | None = None) -> Iterator[str]:
     """Yield the continuation of one prompt piece by piece, as tokens arrive."""
-    generator = _generator(model, seed)
     new: list[int] = []
     emitted = ""
     for tokens, _ in stream(model, [tokenizer.encode(prompt)], max_new_tokens, temperature,
@@ -174,10 +173,3 @@ def stream_text(model, tokenizer, prompt: str, max_new_tokens: int, temperature:
             emitted = text
         if stopped:
             return
-
-
-def _generator(model, seed: int | None) -> torch.Generator | None:
-    if seed is None:
-        return None
-    device = next(model.parameters()).device
-    return torch.Generator(device=device).manual_seed(seed)

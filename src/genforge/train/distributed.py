@@ -43,6 +43,11 @@ def setup(device_preference: str) -> tuple[DistInfo, torch.device]:
     return info, device
 
 
+def is_main() -> bool:
+    """Rank 0, or the only process."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
 
 class EMA:
-    def __init__(self, module: nn.Module, decay: float):
+    """Averages the floating-point entries ``keys`` of ``module``'s state (frozen parts excluded)."""
+
+    def __init__(self, module: nn.Module, decay: float, keys: list[str]):
         self.decay = decay
-        self.shadow = {k: v.detach().float().clone() for k, v in module.state_dict().items()
-                       if v.is_floating_point()}
+        state = module.state_dict()
+        self.shadow = {k: state[k].detach().float().clone() for k in keys}
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
@@ -24,5 +28,21 @@ class EMA:
         return self.shadow
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if set(state) != set(self.shadow):
+            raise ValueError("EMA state does not match the averaged module")
         for k, v in state.items():
             self.shadow[k].copy_(v)
+
+    @contextlib.contextmanager
+    @torch.no_grad()
+    def swapped_in(self, module: nn.Module):
+        """Temporarily put the averaged weights into ``module`` (to evaluate what sampling uses)."""
+        state = module.state_dict()
+        raw = {k: state[k].detach().clone() for k in self.shadow}
+        for k, v in self.shadow.items():
+            state[k].copy_(v)
+        try:
+            yield module
+        finally:
+            for k, v in raw.items():
+                state[k].copy_(v)

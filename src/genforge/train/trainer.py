@@ -1,8 +1,10 @@
-"""The generic training loop. Nothing here knows which family it trains.
+"""The generic training loop. Nothing here knows which family or modality it trains.
 
-The family owns ``train_step`` (its losses and the order of its optimizer
-steps); this file owns device, precision, accumulation, clipping, LR, EMA,
-evaluation, previews, logging, checkpoints, resume and DDP.
+The family owns ``train_step`` (its losses and the order of its optimizer steps)
+and declares its optimizers, frozen parts, EMA target and selection metric
+(``genforge.families.base``); this file owns device, precision, accumulation,
+clipping, LR, EMA, evaluation, previews, logging, checkpoints, resume, signals,
+the run-directory lock and DDP.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,12 +24,29 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from genforge import GenforgeError, Interrupted
+from genforge import checkpoint as ckpt
 from genforge.config import RunConfig
-from genforge.data.sampler import EpochSampler
-from genforge.train import checkpoint as ckpt
+from genforge.families.base import GenerativeModel
+from genforge.modalities import load_data, modality
 from genforge.train import distributed
+from genforge.train.batches import BatchSource, DatasetBatches
 from genforge.train.ema import EMA
 from genforge.train.schedule import lr_at
+
+
+def build(cfg: RunConfig, model_cfg) -> tuple[GenerativeModel, Any]:
+    """The model and data a config describes. Under torchrun rank 0 builds any data cache
+    first; every rank seeds the same, so initial weights agree."""
+    from genforge.families import build_model, family_class
+
+    needs = family_class(cfg.family).data_needs(model_cfg)
+    if not distributed.is_main():
+        distributed.barrier()
+    data = load_data(cfg.data, needs)
+    if distributed.is_main():
+        distributed.barrier()
+    torch.manual_seed(cfg.train.seed)
+    return build_model(cfg.family, model_cfg, data.spec), data
 
 
 class _StepContext:
@@ -34,11 +56,16 @@ class _StepContext:
         self.t = trainer
         self.n_micro = 1
 
+    @property
+    def global_step(self) -> int:
+        return self.t.step
+
     def accumulate(self, micro_batches):
         self.n_micro = len(micro_batches)
+        last = len(micro_batches) - 1
         for i, batch in enumerate(micro_batches):
-            if isinstance(self.t.ddp, DDP):  # all-reduce gradients on the last micro-batch only
-                self.t.ddp.require_backward_grad_sync = i == len(micro_batches) - 1
+            if self.t.ddp is not None:  # all-reduce gradients on the last micro-batch only
+                self.t.ddp.require_backward_grad_sync = i == last
             yield batch
 
     def forward(self, batch, **kwargs):
@@ -46,67 +73,165 @@ class _StepContext:
             return self.t.wrapped(batch, **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
-        (loss / self.n_micro).backward()
+        (loss / self.n_micro if self.n_micro > 1 else loss).backward()
 
     def step(self, optimizer: str) -> torch.Tensor:
         t = self.t
-        opt = t.optimizers[optimizer]
-        params = [p for g in opt.param_groups for p in g["params"]]
-        norm = torch.nn.utils.clip_grad_norm_(params, t.tc.grad_clip if t.tc.grad_clip > 0 else math.inf)
-        lr = t.lr()
+        if optimizer not in t.optimizers:
+            raise KeyError(f"no optimizer '{optimizer}'; the family declared {list(t.optimizers)}")
+        opt, params = t.optimizers[optimizer], t.optimizer_params[optimizer]
+        norm = torch.nn.utils.clip_grad_norm_(params, t.tc.grad_clip if t.tc.grad_clip > 0 else math.inf,
+                                              foreach=True)
+        scale = t.lr_factor()
         for group in opt.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["lr"] = group["base_lr"] * scale
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        # Clear every gradient of the model, not only this optimizer's: a generator loss
+        # backpropagated through the discriminator must not reach the discriminator's next step.
+        t.model.zero_grad(set_to_none=True)
         return norm.detach()
+
+    @contextlib.contextmanager
+    def frozen(self, module: torch.nn.Module):
+        params = [p for p in module.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield module
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop stops at the next step boundary, so the saved
+    sampler, RNG and weights are those of a finished step and resume is exact. A second
+    Ctrl-C aborts at once without saving."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        tqdm.write(f"genforge: {signal.Signals(signum).name} received; stopping after this step "
+                   "(Ctrl-C again aborts without saving)")
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, model_cfg, run_dir: Path, resume: bool = False,
-                 stop_after: int | None = None, progress: bool = True):
-        from genforge.data import load_data
-        from genforge.families import family_class
+    """Trains ``model`` on ``data`` (or on any :class:`BatchSource`) into ``run_dir``.
 
+    ``resume`` continues from the run's latest checkpoint; otherwise ``run_dir`` must be
+    empty or absent, unless ``overwrite`` (which clears it). Nothing is written into the
+    folder until the model is built and any checkpoint has loaded, so a failed start leaves
+    an existing run untouched and creates no folder.
+    """
+
+    def __init__(self, cfg: RunConfig, model: GenerativeModel, data, run_dir: Path, *,
+                 resume: bool = False, overwrite: bool = False, stop_after: int | None = None,
+                 progress: bool = True, batches: BatchSource | None = None):
         self.cfg, self.tc, self.run_dir = cfg, cfg.train, Path(run_dir)
-        self.stop_after, self.progress = stop_after, progress
+        self.data, self.stop_after, self.progress = data, stop_after, progress
+        self.modality = modality(data.spec.modality)
         self.dist, self.device = distributed.setup(self.tc.device)
         use_bf16 = self.tc.precision == "bf16" or (self.tc.precision == "auto" and self.device.type == "cuda")
         self.amp_dtype = torch.bfloat16 if use_bf16 else None
+        self.lock, created = None, False
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        # Rank 0 builds any data cache first; the others then read it.
-        if not self.dist.is_main:
-            distributed.barrier()
-        self.data = load_data(cfg.data, model_cfg)
-        if self.dist.is_main:
-            distributed.barrier()
-            ckpt.atomic_write_text(self.run_dir / "config.json", json.dumps(cfg.model_dump(), indent=2))
-            ckpt.atomic_write_text(self.run_dir / "spec.json", self.data.spec.to_json())
-            self.data.save(self.run_dir)
+            created = self._claim_run_dir(resume, overwrite)
+        try:
+            self._setup(model, batches, resume)
+            if self.dist.is_main:
+                self._write_run_files()
+        except BaseException:
+            self.close()
+            if created and ckpt.is_empty_dir(self.run_dir):
+                shutil.rmtree(self.run_dir, ignore_errors=True)  # no debris from a failed start
+            raise
 
-        torch.manual_seed(self.tc.seed)  # identical initial weights on every rank
-        self.model = family_class(cfg.family)(model_cfg, self.data.spec).to(self.device)
-        self.optimizers = {
-            name: torch.optim.AdamW(groups, lr=self.tc.lr, betas=self.tc.betas,
-                                    fused=self.device.type == "cuda")
-            for name, groups in self.model.optimizer_groups(self.tc.weight_decay).items()
-        }
-        self.ema = EMA(self.model.ema_target(), self.tc.ema_decay) if self.tc.ema_decay > 0 else None
-        self.wrapped = self.ddp = self.model
+    # -- set-up -------------------------------------------------------------------------
+    def _claim_run_dir(self, resume: bool, overwrite: bool) -> bool:
+        run_dir = self.run_dir
+        if run_dir.exists() and not run_dir.is_dir():
+            raise GenforgeError(f"run directory '{run_dir}' is a file; choose another --run-dir")
+        if resume and not (run_dir / "checkpoints").is_dir():
+            raise GenforgeError(f"cannot resume: '{run_dir}' is not a run directory with checkpoints")
+        if not resume and run_dir.exists() and not ckpt.is_empty_dir(run_dir) and not overwrite:
+            raise GenforgeError(f"run directory '{run_dir}' is not empty; continue it with "
+                                f"--resume {run_dir}, replace it with --overwrite, or choose another --run-dir")
+        created = not run_dir.exists()
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise GenforgeError(f"cannot create run directory '{run_dir}' ({e.strerror})") from None
+        self.lock = ckpt.RunLock(run_dir).acquire()
+        if overwrite and not resume:  # only now: the lock proves nobody else is writing here
+            for child in run_dir.iterdir():
+                if child.name != ".lock":
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        return created
+
+    def _setup(self, model: GenerativeModel, batches: BatchSource | None, resume: bool) -> None:
+        tc = self.tc
+        self.model = model.to(self.device).train()
+        groups = model.optimizer_groups()
+        unknown = sorted(set(tc.optim) - set(groups))
+        if unknown:
+            raise GenforgeError(f"train.optim.{unknown[0]}: family '{self.cfg.family}' has no optimizer "
+                                f"'{unknown[0]}'; its optimizers are: {', '.join(groups)}")
+        self.optimizers, self.optimizer_params = {}, {}
+        for name, param_groups in groups.items():
+            o = tc.optim.get(name)
+            lr = o.lr if o and o.lr is not None else tc.lr
+            betas = o.betas if o and o.betas is not None else tc.betas
+            wd = o.weight_decay if o and o.weight_decay is not None else tc.weight_decay
+            torch_groups = [{"params": g["params"], "weight_decay": wd if g.get("decay", True) else 0.0,
+                             "base_lr": lr} for g in param_groups if g["params"]]
+            self.optimizers[name] = torch.optim.AdamW(torch_groups, lr=lr, betas=betas,
+                                                      fused=self.device.type == "cuda")
+            self.optimizer_params[name] = [p for g in torch_groups for p in g["params"]]
+        target = model.ema_target()
+        frozen = tuple(f"{n}." for n in model.frozen_parts()) if target is model else ()
+        self.ema = EMA(target, tc.ema_decay, ckpt.ema_keys(target, frozen)) if tc.ema_decay > 0 else None
+        self.ddp, self.wrapped = None, model
         if self.dist.world > 1:
-            self.ddp = self.wrapped = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if self.tc.compile:
+            # Alternating optimizers leave one part without gradients in some backward passes.
+            self.ddp = self.wrapped = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                          find_unused_parameters=len(self.optimizers) > 1)
+        if tc.compile:
             self.wrapped = torch.compile(self.wrapped)
-        self.sampler = EpochSampler(len(self.data.train), self.tc.batch_size, self.tc.seed,
-                                    self.dist.rank, self.dist.world)
+        self.batches = batches or DatasetBatches(self.data.train, tc.batch_size, tc.seed,
+                                                 self.dist.rank, self.dist.world)
         self.step = 0
-        self.best_val = math.inf
+        self.best_score: float | None = None
         if resume:
             self._resume()
         else:  # dropout etc. draw differently on each rank
-            torch.manual_seed(self.tc.seed + 1000 * self.dist.rank)
+            torch.manual_seed(tc.seed + 1000 * self.dist.rank)
         self.ctx = _StepContext(self)
         self.tb = self._tensorboard() if self.dist.is_main else None
+
+    def _write_run_files(self) -> None:
+        ckpt.atomic_write_text(self.run_dir / "config.json", json.dumps(self.cfg.model_dump(), indent=2))
+        ckpt.atomic_write_text(self.run_dir / "spec.json", self.data.spec.to_json())
+        self.data.save(self.run_dir)
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # -- helpers ------------------------------------------------------------------------
     def autocast(self):
@@ -114,11 +239,14 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def lr(self) -> float:
+    def lr_factor(self) -> float:
+        """The schedule's multiplier of each optimizer's base LR at the current step."""
         tc = self.tc
-        return lr_at(self.step, tc.lr, tc.min_lr, tc.warmup_steps, tc.max_steps, tc.lr_schedule)
+        return lr_at(self.step, 1.0, tc.min_lr / tc.lr, tc.warmup_steps, tc.max_steps, tc.lr_schedule)
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.device.type == "cpu":
+            return batch  # .to() per tensor costs a Python call for nothing on the CPU
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def _tensorboard(self):
@@ -136,42 +264,51 @@ class Trainer:
         if self.tb is not None:
             prefix = row.get("split", "train")
             for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "step":
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
                     self.tb.add_scalar(f"{prefix}/{k}", v, row["step"])
 
-    def _items_in(self, batch) -> int:
-        """Tokens for text (B*T), examples otherwise: the unit of throughput."""
-        x = batch["x"]
-        return x.numel() if self.data.spec.modality != "image" else x.shape[0]
-
     # -- checkpoints --------------------------------------------------------------------
-    def save(self, name: str | None = None) -> None:
+    def save(self, best: bool = False) -> None:
         if not self.dist.is_main:
             return
         state = {
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "sampler": self.sampler.state_dict(),
+            "batches": self.batches.state_dict(),
             "rng": ckpt.rng_state(),
-            "best_val": self.best_val,
+            "best_score": self.best_score,
         }
         ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.ema.state_dict() if self.ema else None,
-                             state, self.cfg.model_dump(), keep=self.tc.keep_checkpoints, name=name)
+                             state, self.cfg.model_dump(), keep=self.tc.keep_checkpoints, best=best)
 
     def _resume(self) -> None:
-        path = ckpt.require_checkpoint(self.run_dir)
+        path = ckpt.require_checkpoint(self.run_dir, "latest")
+        ckpt.verify_checkpoint(path)
         ckpt.load_weights(self.model, path)
         state = ckpt.load_train_state(path)
-        for name, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
+        try:
+            for name, opt in self.optimizers.items():
+                # Hyperparameters come from today's config (a resume may change them); moments
+                # and step counts from the checkpoint.
+                fresh = [{k: g[k] for k in ("base_lr", "betas", "weight_decay")} for g in opt.param_groups]
+                opt.load_state_dict(state["optimizers"][name])
+                for group, settings in zip(opt.param_groups, fresh, strict=True):
+                    group.update(settings)
+        except (KeyError, ValueError) as e:
+            raise GenforgeError(f"checkpoint {path} has no matching optimizer state ({e}); was it "
+                                "trained with another family or model settings?") from None
         if self.ema is not None:
-            from safetensors.torch import load_file
+            if (path / ckpt.EMA_WEIGHTS).is_file():
+                from safetensors.torch import load_file
 
-            if (path / "ema.safetensors").is_file():
-                self.ema.load_state_dict(load_file(str(path / "ema.safetensors")))
-        self.sampler.load_state_dict(state["sampler"])
+                try:
+                    self.ema.load_state_dict(load_file(str(path / ckpt.EMA_WEIGHTS)))
+                except ValueError:
+                    raise GenforgeError(f"checkpoint {path}: its EMA weights do not match the model") from None
+            # else: EMA switched on for a resumed run; it starts from the current weights.
+        self.batches.load_state_dict(state["batches"])
         ckpt.set_rng_state(state["rng"])
         self.step = int(state["step"])
-        self.best_val = float(state.get("best_val", math.inf))
+        self.best_score = state.get("best_score")
         # Drop log rows written after this checkpoint (a crash between checkpoints).
         log = self.run_dir / "metrics.jsonl"
         if self.dist.is_main and log.is_file():
@@ -181,30 +318,30 @@ class Trainer:
     # -- evaluation ---------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Loss on a fixed set of validation batches (same batches at every evaluation)."""
+        """The family's metrics on a fixed set of validation batches (the same batches at every
+        evaluation), with the weights sampling uses: EMA when it is on."""
         g = torch.Generator().manual_seed(12345)
         n = len(self.data.val)
         batches = (self._to_device(self.data.val.get(torch.randint(0, n, (self.tc.batch_size,), generator=g)))
                    for _ in range(self.tc.eval_batches))
+        weights = self.ema.swapped_in(self.model.ema_target()) if self.ema else contextlib.nullcontext()
         self.model.eval()
-        with self.autocast():
-            out = self.model.evaluate(batches)
-        self.model.train()
-        return out
+        try:
+            with weights, self.autocast():
+                return {k: float(v) for k, v in self.model.evaluate(batches).items()}
+        finally:
+            self.model.train()
 
     def write_preview(self) -> None:
         g = torch.Generator(device=self.device).manual_seed(self.tc.seed)
-        sample = self.model.preview(self.data, g)
+        weights = self.ema.swapped_in(self.model.ema_target()) if self.ema else contextlib.nullcontext()
+        with weights:
+            sample = self.model.preview(self.data, g)
         if sample is None:
             return
         folder = self.run_dir / "samples"
         folder.mkdir(exist_ok=True)
-        if isinstance(sample, str):
-            ckpt.atomic_write_text(folder / f"step_{self.step:07d}.txt", sample)
-        else:
-            from genforge.data.images import save_grid
-
-            save_grid(sample, folder / f"step_{self.step:07d}.png", self.data.spec)
+        self.modality.write_preview(sample, folder / f"step_{self.step:07d}", self.data)
 
     def _check_finite(self, metrics: dict) -> dict[str, float]:
         values = {k: float(v) for k, v in metrics.items()}
@@ -217,8 +354,48 @@ class Trainer:
             )
         return values
 
+    def _after_evaluation(self, bar) -> dict[str, float]:
+        result = self.evaluate()
+        selection = self.model.selection
+        improved = False
+        if selection is not None:
+            if selection.metric not in result:
+                raise GenforgeError(f"family '{self.cfg.family}' selects on '{selection.metric}', but its "
+                                    f"evaluation reported only {sorted(result)}")
+            score = result[selection.metric]
+            improved = math.isfinite(score) and selection.better(score, self.best_score)
+            if improved:
+                self.best_score = score
+                if self.tc.keep_best:
+                    self.save(best=True)
+        self._log({"step": self.step, "split": "val", **result, "best": improved,
+                   "weights": "ema" if self.ema else "raw"})
+        line = f"step {self.step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in result.items())
+        if self.dist.is_main:
+            bar.write(line) if self.progress else print(line, flush=True)
+        return result
+
+    def _stop_requested(self, flag: _StopFlag) -> bool:
+        if self.dist.world == 1:
+            return flag.signum is not None
+        # Every rank must stop at the same step, or the others wait forever in all-reduce.
+        t = torch.tensor([0 if flag.signum is None else flag.signum], device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        if t.item() and flag.signum is None:
+            flag.signum = int(t.item())
+        return bool(t.item())
+
     # -- the loop -----------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
+        try:
+            with _StopFlag() as flag:
+                return self._fit(flag)
+        finally:
+            self.close()
+            if self.tb is not None:
+                self.tb.close()
+
+    def _fit(self, flag: _StopFlag) -> dict[str, float]:
         tc = self.tc
         self.model.train()
         bar = tqdm(total=tc.max_steps, initial=self.step, disable=not (self.progress and self.dist.is_main),
@@ -226,61 +403,60 @@ class Trainer:
         last_eval: dict[str, float] = {}
         t0, items, steps_run = time.perf_counter(), 0, 0
         window_t, window_items = time.perf_counter(), 0
+        unit = f"{self.modality.unit}_per_s"
         try:
             while self.step < tc.max_steps:
                 if self.stop_after is not None and steps_run >= self.stop_after:
                     break
-                micro = [self._to_device(self.data.train.get(self.sampler.next_batch()))
-                         for _ in range(tc.grad_accum)]
+                micro = [self._to_device(self.batches.next()) for _ in range(tc.grad_accum)]
                 metrics = self.model.train_step(micro, self.ctx)
-                logging_now = (self.step + 1) % tc.log_every == 0 or self.step + 1 == tc.max_steps
-                # Checkpoint at the interval, at the end, and before a --stop-after pause.
-                saving_now = ((self.step + 1) % tc.checkpoint_every == 0 or self.step + 1 == tc.max_steps
-                              or steps_run + 1 == self.stop_after)
-                if logging_now or saving_now:
-                    # Reading values syncs with the GPU, so it happens only when they are needed.
-                    metrics = self._check_finite(metrics)
                 if self.ema is not None:
                     self.ema.update(self.model.ema_target())
-                n_items = sum(self._items_in(b) for b in micro) * self.dist.world
+                n_items = sum(self.modality.count(b) for b in micro) * self.dist.world
                 items, window_items = items + n_items, window_items + n_items
                 self.step += 1
                 steps_run += 1
                 bar.update(1)
+                stopping = self._stop_requested(flag)
+                logging_now = self.step % tc.log_every == 0 or self.step == tc.max_steps
+                # Checkpoint at the interval, at the end, before a --stop-after pause, on a signal.
+                saving_now = (self.step % tc.checkpoint_every == 0 or self.step == tc.max_steps
+                              or steps_run == self.stop_after or stopping)
+                if logging_now or saving_now:
+                    # Reading values syncs with the GPU, so it happens only when they are needed.
+                    metrics = self._check_finite(metrics)
                 if logging_now:
                     now = time.perf_counter()
                     rate = window_items / max(now - window_t, 1e-9)
                     window_t, window_items = now, 0
-                    unit = "tokens_per_s" if self.data.spec.modality != "image" else "examples_per_s"
-                    self._log({"step": self.step, **metrics, "lr": self.lr(), unit: rate,
+                    self._log({"step": self.step, **metrics, "lr": tc.lr * self.lr_factor(), unit: rate,
                                "elapsed_s": now - t0})
-                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", **{unit.split('_')[0] + "/s": f"{rate:,.0f}"})
+                    if self.progress:
+                        bar.set_postfix(loss=f"{metrics['loss']:.4f}", **{unit.split('_')[0] + "/s": f"{rate:,.0f}"})
                 if tc.eval_every and (self.step % tc.eval_every == 0 or self.step == tc.max_steps):
-                    last_eval = self.evaluate()
-                    improved = last_eval["loss"] < self.best_val
-                    if improved:
-                        self.best_val = last_eval["loss"]
-                        if tc.keep_best:
-                            self.save(name="best")
-                    self._log({"step": self.step, "split": "val", **last_eval, "best": improved})
-                    bar.write(f"step {self.step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
-                    if self.dist.is_main and (tc.sample_every == 0):
+                    last_eval = self._after_evaluation(bar)
+                    if self.dist.is_main and tc.sample_every == 0:
                         self.write_preview()
                 if self.dist.is_main and tc.sample_every and self.step % tc.sample_every == 0:
                     self.write_preview()
                 if saving_now:
                     self.save()
-        except KeyboardInterrupt:
-            bar.close()
-            self.save()
-            raise Interrupted(
-                f"interrupted at step {self.step}; checkpoint saved. Continue with: "
-                f"genforge train --resume {self.run_dir}"
-            ) from None
+                if stopping:
+                    name = signal.Signals(flag.signum).name
+                    raise Interrupted(f"{name} at step {self.step}; checkpoint saved. Continue with: "
+                                      f"genforge train --resume {self.run_dir}", 128 + flag.signum)
         finally:
             bar.close()
-        if self.tb is not None:
-            self.tb.close()
+        if self.dist.is_main and tc.plot and self.step == tc.max_steps:
+            self._plot()
         elapsed = time.perf_counter() - t0
         return {"step": self.step, "items_per_s": items / max(elapsed, 1e-9), **last_eval,
-                "best_val_loss": self.best_val}
+                "best_score": self.best_score}
+
+    def _plot(self) -> None:
+        try:
+            from genforge.plot import plot_run
+
+            plot_run(self.run_dir)
+        except GenforgeError as e:  # curves are a convenience: never fail a finished run for them
+            print(f"genforge: no loss curves ({e})", flush=True)

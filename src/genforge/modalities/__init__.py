@@ -1,0 +1,135 @@
+"""Modalities as one registry: what a sample *is* (text, image, next molecule).
+
+Each modality is one module with one :class:`Modality` object. It gives everything
+that depends on the kind of data and not on the family: loading a dataset for a
+run, the throughput unit, previews, the ``genforge sample`` options and printer,
+and ``genforge eval``. The trainer, the CLI and ``runs`` call these and never
+branch on a modality name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genforge import GenforgeError
+from genforge.families.base import SampleOption
+
+# Options every run accepts, whatever its modality and family.
+COMMON_SAMPLE_OPTIONS = (
+    SampleOption("seed", "random seed for reproducible samples (default: random, printed)", int,
+                 metavar="S"),
+    SampleOption("num_samples", "how many samples (text: per prompt, default 1; images: default 64)",
+                 int, metavar="N"),
+    SampleOption("out", "write samples to this file (text: .txt or .jsonl; images: .png grid or "
+                        ".npz array; default: print text / RUN_DIR/samples/*.png)", str, metavar="FILE"),
+    SampleOption("batch_size", "samples generated at once; large requests run in batches "
+                               "(default 64)", int, 64, metavar="B"),
+)
+
+
+COMMON_EVAL_OPTIONS = (
+    SampleOption("max_batches", "evaluate on at most this many batches", int, metavar="N"),
+)
+
+
+class Modality:
+    """The interface; one subclass instance per modality, registered in ``MODALITIES``."""
+
+    name: str
+    unit: str  # what throughput counts: "tokens" or "examples"
+    sample_options: tuple[SampleOption, ...] = ()
+    eval_options: tuple[SampleOption, ...] = ()
+
+    def load(self, data_cfg, needs: dict[str, Any]):
+        """The run's data (``.spec``, ``.train``, ``.val``, ``.test``, ``.save(run_dir)``)."""
+        raise NotImplementedError
+
+    def count(self, batch: dict[str, torch.Tensor]) -> int:
+        """Items of ``unit`` in a batch."""
+        raise NotImplementedError
+
+    def write_preview(self, sample: Any, path_stem: Path, data) -> Path:
+        raise NotImplementedError
+
+    def sample_command(self, run, generator: torch.Generator, **options: Any) -> None:
+        """`genforge sample` for this modality: draw with ``generator``, print or write."""
+        raise NotImplementedError
+
+    def evaluate(self, run, **options: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+MODALITIES = {
+    "text": "genforge.modalities.text:TEXT",
+    "image": "genforge.modalities.image:IMAGE",
+}
+
+
+def modality(name: str) -> Modality:
+    if name not in MODALITIES:
+        raise GenforgeError(f"unknown modality '{name}'; genforge knows: {', '.join(MODALITIES)}")
+    module, obj = MODALITIES[name].split(":")
+    return getattr(importlib.import_module(module), obj)
+
+
+def load_data(data_cfg, needs: dict[str, Any]):
+    """Build a run's data from its data config and what the family needs (``data_needs``)."""
+    from genforge.data import modality_of
+
+    return modality(modality_of(data_cfg.name)).load(data_cfg, needs)
+
+
+def _declared(kind: str, cls_or_obj) -> tuple[SampleOption, ...]:
+    return cls_or_obj.sample_options if kind == "sample" else cls_or_obj.eval_options
+
+
+def all_options(kind: str) -> dict[str, tuple[SampleOption, str]]:
+    """Every declared ``kind`` ("sample" or "eval") option -> (option, who declares it), for
+    building the CLI."""
+    from genforge.families import FAMILIES, family_class
+
+    common = COMMON_SAMPLE_OPTIONS if kind == "sample" else COMMON_EVAL_OPTIONS
+    out: dict[str, tuple[SampleOption, str]] = {o.name: (o, "all runs") for o in common}
+    sources = [(f"{m} runs", _declared(kind, modality(m))) for m in MODALITIES]
+    sources += [(f"{f} runs", _declared(kind, family_class(f))) for f in FAMILIES]
+    for owner, options in sources:
+        for option in options:
+            if option.name in out and out[option.name][0] != option:
+                raise RuntimeError(f"sample option {option.cli} is declared twice, differently")
+            out.setdefault(option.name, (option, owner))
+    return out
+
+
+def options_for(run, kind: str) -> tuple[SampleOption, ...]:
+    common = COMMON_SAMPLE_OPTIONS if kind == "sample" else COMMON_EVAL_OPTIONS
+    return (*common, *_declared(kind, modality(run.spec.modality)), *_declared(kind, type(run.model)))
+
+
+def check_options(run, given: dict[str, Any], kind: str = "sample") -> dict[str, Any]:
+    """Refuse ``kind`` options that do not apply to this run; fill defaults for those that do.
+    Integer counts must be positive."""
+    allowed = {o.name: o for o in options_for(run, kind)}
+    wrong = [name for name, value in given.items() if value not in (None, False) and name not in allowed]
+    if wrong:
+        flags = " ".join("--" + w.replace("_", "-") for w in wrong)
+        valid = " ".join(o.cli for o in allowed.values())
+        raise GenforgeError(f"{flags} does not apply to this {run.config.family} run "
+                            f"({run.spec.modality}); its options are: {valid}")
+    for name, value in given.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1 and name != "seed":
+            raise GenforgeError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    return {name: (given.get(name) if given.get(name) is not None else o.default)
+            for name, o in allowed.items()}
+
+
+def generator_for(device: torch.device, seed: int | None) -> tuple[torch.Generator, int]:
+    """A per-call generator (the global RNG is never touched); a random seed when none is given."""
+    if seed is None:
+        import os
+
+        seed = int.from_bytes(os.urandom(4), "little")
+    return torch.Generator(device=device).manual_seed(seed), seed

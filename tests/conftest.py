@@ -8,9 +8,11 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own data cache; GENFORGE_DATA is unset so nothing reads shared data."""
+    """Every test gets its own data cache and working folder (so nothing writes runs/ into the
+    repository); GENFORGE_DATA is unset so nothing reads shared data."""
     monkeypatch.setenv("GENFORGE_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.delenv("GENFORGE_DATA", raising=False)
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ def make_trainer(cfg, model_cfg, run_dir, **kwargs):
     from genforge.train.trainer import Trainer, build
 
     model, data = build(cfg, model_cfg)
-    return make_trainer(cfg, model, data, Path(run_dir), **kwargs)
+    return Trainer(cfg, model, data, Path(run_dir), **kwargs)
 
 
 def train_losses(run_dir) -> list[float]:

@@ -1,77 +1,116 @@
-"""Contract tests run over every family: whatever the family, the trainer, run
-directories, resume and previews behave the same. A new family joins FAMILY_CASES."""
+"""Contract tests run over every family: whatever the family, the trainer, run directories,
+EMA, the best checkpoint, seeded sampling, eval dispatch and resume behave the same.
+
+A new family joins FAMILY_CASES; ``toy`` (tests/toy_family.py) is the worked example: two
+optimizers, a frozen part and a sub-module EMA target, with nothing in train/ changed for it.
+"""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_trainer, train_losses
+from safetensors.torch import load_file
 
-from helpers import make_trainer
+from genforge.checkpoint import best_checkpoint, latest_checkpoint
 from genforge.config import load_config
+from genforge.evaluate import evaluate_run
 from genforge.families import FAMILIES
 from genforge.families.base import GenerativeModel
 from genforge.runs import load_run
-from genforge.checkpoint import latest_checkpoint
-from genforge.train.trainer import Trainer
 
 COMMON = ["train.batch_size=8", "train.warmup_steps=2", "train.log_every=1", "train.eval_every=3",
-          "train.eval_batches=2", "train.checkpoint_every=1000", "train.ema_decay=0.9"]
+          "train.eval_batches=2", "train.checkpoint_every=1000", "train.ema_decay=0.5", "train.plot=false"]
+TOY = str(Path(__file__).with_name("toy-digits.toml"))
 
 
 def gpt_case(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("all the world's a stage, and all the men and women merely players.\n" * 60)
     return "gpt-demo", [f"data.name={corpus}", "model.n_layer=1", "model.n_head=2", "model.n_embd=16",
-                        "model.block_size=16"]
+                        "model.block_size=16"], {"max_batches": 1}
 
 
 def vae_case(tmp_path):
     return "vae-digits", ["model.latent_dim=4", "model.channels=[8, 8]", "model.hidden=32",
-                          "model.kl_warmup_steps=4"]
+                          "model.kl_warmup_steps=4"], {"num_samples": 60, "iwae_k": 2}
 
 
-FAMILY_CASES = {"gpt": gpt_case, "vae": vae_case}
+def toy_case(tmp_path):
+    return TOY, [], {"num_samples": 60}
+
+
+FAMILY_CASES = {"gpt": gpt_case, "vae": vae_case, "toy": toy_case}
 
 
 def test_every_registered_family_has_a_contract_case():
-    assert set(FAMILY_CASES) == set(FAMILIES)
+    assert set(FAMILIES) <= set(FAMILY_CASES)
 
 
 def train(tmp_path, family, name, *extra, **kwargs):
-    preset, overrides = FAMILY_CASES[family](tmp_path)
+    preset, overrides, _ = FAMILY_CASES[family](tmp_path)
     cfg, mcfg = load_config(preset, [*overrides, *COMMON, *extra])
     trainer = make_trainer(cfg, mcfg, tmp_path / name, progress=False, **kwargs)
     return trainer, trainer.fit()
 
 
-def train_losses(run_dir):
-    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if "split" not in r]
+def state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_CASES))
 def test_family_contract(family, tmp_path):
     trainer, result = train(tmp_path, family, "run", "train.max_steps=6")
+    run_dir = tmp_path / "run"
     model = trainer.model
-    assert isinstance(model, GenerativeModel) and isinstance(model.Config.__name__, str)
-    # forward: a scalar training objective
-    batch = trainer._to_device(trainer.data.train.get(torch.arange(4)))
-    out = model(batch)
-    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
-    # evaluation reports the objective; the trainer logged one row per step
-    assert "loss" in model.evaluate([batch]) and len(train_losses(tmp_path / "run")) == 6
-    # previews: text for token families, an image batch in the spec's shape otherwise
-    preview = model.preview(trainer.data, torch.Generator().manual_seed(0))
-    if trainer.data.spec.modality == "text":
-        assert isinstance(preview, str) and preview
-    else:
-        assert preview.shape[1:] == trainer.data.spec.shape
-    assert any((tmp_path / "run" / "samples").iterdir())
-    # the run directory alone rebuilds the trained weights
-    loaded = load_run(tmp_path / "run", use_ema=False, checkpoint="latest").model
-    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+    assert isinstance(model, GenerativeModel)
+    # forward: a scalar training objective; evaluation reports the selection metric
+    batch = trainer.data.train.get(torch.arange(4))
+    assert model(batch)["loss"].dim() == 0
+    assert model.selection.metric in model.evaluate([batch]) and len(train_losses(run_dir)) == 6
+    assert any((run_dir / "samples").iterdir())
+
+    # the run directory alone rebuilds the trained (raw) weights, frozen parts included
+    raw = load_run(run_dir, use_ema=False, checkpoint="latest")
+    for (k, a), b in zip(model.state_dict().items(), raw.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
-    assert result["step"] == 6 and latest_checkpoint(tmp_path / "run").name == "step_0000006"
+    assert raw.step == 6 and latest_checkpoint(run_dir).name == "step_0000006"
+    saved = set(load_file(str(latest_checkpoint(run_dir) / "model.safetensors")))
+    assert not any(k.startswith(tuple(f"{p}." for p in model.frozen_parts())) for k in saved)
+
+    # EMA round trip, into the family's EMA target, strictly
+    ema = load_run(run_dir, use_ema=True, checkpoint="latest")
+    assert ema.used_ema
+    shadow = trainer.ema.state_dict()
+    target = ema.model.ema_target().state_dict()
+    assert set(shadow) <= set(target)
+    for k, v in shadow.items():
+        assert torch.equal(target[k].float(), v), k
+    assert any(not torch.equal(target[k].float(), model.ema_target().state_dict()[k].float()) for k in shadow)
+
+    # the best checkpoint is the best evaluation, scored with the EMA weights sampling uses
+    evals = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines() if '"split"' in r]
+    assert evals and all(r["weights"] == "ema" for r in evals)
+    metric, sign = model.selection.metric, (1 if model.selection.mode == "min" else -1)
+    best_row = min(evals, key=lambda r: sign * r[metric])
+    assert load_run(run_dir).step == best_row["step"] == int(best_checkpoint(run_dir).name.split("_")[-1])
+    assert result["best_score"] == best_row[metric]
+
+    # sampling: same seed, same samples; another seed, other samples
+    def draw(seed):
+        out = ema.model.sample(3, torch.Generator().manual_seed(seed))
+        return out if isinstance(out, list) else out.tolist()
+
+    assert draw(7) == draw(7) and draw(7) != draw(8)
+    before = torch.get_rng_state()
+    draw(1)
+    assert torch.equal(before, torch.get_rng_state())  # the global RNG is never touched
+
+    # eval dispatches on the modality and returns numbers
+    _, _, eval_options = FAMILY_CASES[family](tmp_path)
+    report = evaluate_run(ema, progress=False, **eval_options)
+    assert report and all(isinstance(v, (int, float, list, dict, str)) for v in report.values())
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_CASES))

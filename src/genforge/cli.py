@@ -147,6 +147,33 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
 
 
+def _metrics_images(args) -> None:
+    from genforge.metrics.evaluate_images import load_reference, load_samples, score_images
+    from genforge.report import format_report
+
+    data = load_reference(args.against)
+    samples = load_samples(args.samples, tuple(data.spec.shape))
+    result = score_images(samples, data, num_samples=args.num_samples, seed=args.seed,
+                          inception_weights=args.inception_weights)
+    print(f"{args.samples} ({len(samples)} images) against the test split of '{args.against}'")
+    print(format_report(result))  # first: an unwritable --json path still shows the numbers
+    if args.json:
+        from genforge.checkpoint import atomic_write_text
+
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+        print(f"saved to {out}")
+
+
+def _plot(args) -> None:
+    from genforge.plot import default_out, plot_runs
+
+    runs = [Path(r) for r in args.runs]
+    for path in plot_runs(runs, Path(args.out) if args.out else default_out(runs)):
+        print(f"wrote {path}")
+
+
 def build_parser(declared: bool = True) -> argparse.ArgumentParser:
     """``declared=False`` skips the options that modalities and families declare (they import
     torch); `genforge list` and `train` do not need them."""
@@ -200,6 +227,31 @@ def build_parser(declared: bool = True) -> argparse.ArgumentParser:
     fe.add_argument("--out", metavar="DIR", default=None,
                     help="folder for weights + manifest (default: $GENFORGE_CACHE/extractors)")
     fe.set_defaults(func=_fit_extractor)
+
+    mi = msub.add_parser("images", help="score images made anywhere against a dataset",
+                         description="The report of `genforge eval` for images (FD, KID, precision/"
+                                     "recall, density/coverage, floors, class histogram, memorization) "
+                                     "for samples genforge did not make.")
+    mi.add_argument("samples", help="an .npz (array 'images', 'x' or its only array; uint8 0..255 or "
+                                    "floats in [0, 1]; NCHW or NHWC) or a folder of PNG images")
+    mi.add_argument("--against", required=True, metavar="DATASET",
+                    help="reference dataset: a name from `genforge list`, a folder of images or an .npz")
+    mi.add_argument("--num-samples", type=int, default=None, metavar="N",
+                    help="compare at most N samples (default: all, up to the number of test images)")
+    mi.add_argument("--seed", type=int, default=0, help="seed of the subsets and noise floor (default 0)")
+    mi.add_argument("--json", metavar="OUT", default=None, help="also write the results to this JSON file")
+    mi.add_argument("--inception-weights", metavar="PATH", default=None,
+                    help="also compute standard Inception FID from this weights file (needs genforge[inception])")
+    mi.set_defaults(func=_metrics_images)
+
+    pl = sub.add_parser("plot", help="PNG curves of runs' losses and logged metrics",
+                        description="Training and validation loss, and one panel per other logged "
+                                    "metric, one line per run, from each run's metrics.jsonl.")
+    pl.add_argument("runs", nargs="+", metavar="RUN", help="run directories written by `genforge train`")
+    pl.add_argument("--out", metavar="DIR", default=None,
+                    help="where to write the PNGs (default: RUN/plots for one run, else plots/ "
+                         "beside the runs)")
+    pl.set_defaults(func=_plot)
 
     ls = sub.add_parser("list", help="list presets, datasets and families")
     ls.set_defaults(func=_list)

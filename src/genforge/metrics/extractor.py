@@ -264,6 +264,8 @@ def fit_extractor(dataset: str, out_dir: str | Path | None = None, epochs: int |
              "class_names": data.spec.class_names, "input_shape": list(data.spec.shape)}
     manifest = _manifest(out)
     manifest[name] = entry
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    from genforge.checkpoint import atomic_write_text
+
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return {"path": str(out / name), **entry}
 

@@ -458,5 +458,5 @@ class Trainer:
             from genforge.plot import plot_run
 
             plot_run(self.run_dir)
-        except GenforgeError as e:  # curves are a convenience: never fail a finished run for them
+        except (GenforgeError, ImportError) as e:  # curves are a convenience: never fail a finished run for them
             print(f"genforge: no loss curves ({e})", flush=True)

@@ -71,7 +71,20 @@ def test_list_shows_presets_and_datasets(capsys):
     (["train", "gpt-demo", "model.n_layerz=2"], "unknown config key 'model.n_layerz'"),
     (["train", "nope"], "unknown preset"),
     (["train", "gpt-demo", "data.name=/no/such/corpus"], "unknown dataset"),
-    (["train", "--resume", "/no/such/run"], "not a run directory"),
+    (["train", "--resume", "/no/such/run"], "does not exist"),
+    (["sample", "{run}/config.json"], "is a file, not a run directory"),
+    (["sample", "{run}", "--temperature", "nan"], "temperature"),
+    (["sample", "{run}", "--top-p", "nan"], "top-p"),
+    (["sample", "{run}", "--out", "grid.png"], ".txt or .jsonl"),
+    (["sample", "{run}", "--interpolate", "test:0", "test:1"], "--interpolate does not apply to this gpt run"),
+    (["sample", "{run}", "--class-label", "3"], "--class-label does not apply"),
+    (["eval", "{run}", "--num-samples", "10"], "--num-samples does not apply to this gpt run"),
+    (["eval", "{run}", "--iwae-k", "5"], "--iwae-k does not apply"),
+    (["eval", "{run}", "--max-batches", "-1"], "--max-batches must be at least 1"),
+    (["train", "gpt-demo", "train.max_steps=-5"], "train.max_steps"),
+    (["train", "gpt-demo", "data.val_fraction=1.5"], "data.val_fraction"),
+    (["train", "gpt-demo", "train.lr=nan"], "train.lr"),
+    (["train", "gpt-demo", "train.optim.main.betas=[1.5, 0.9]"], "train.optim.main.betas"),
     (["eval", "/no/such/run"], "does not exist"),
 ])
 def test_user_errors_exit_2_with_one_line(run_dir, capsys, argv, message):
@@ -116,3 +129,41 @@ def test_resume_extends_a_finished_run(run_dir, tmp_path, capsys):
              if "split" not in json.loads(r)]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert json.loads((copy / "config.json").read_text())["train"]["max_steps"] == 6
+
+
+def test_many_text_samples_go_to_a_file_in_batches(run_dir, tmp_path, capsys):
+    out = tmp_path / "many.jsonl"
+    assert main(["sample", str(run_dir), "--prompt", "to", "--num-samples", "150", "--batch-size", "64",
+                 "--max-new-tokens", "5", "--seed", "0", "--out", str(out)]) == 0
+    rows = [json.loads(r) for r in out.read_text().splitlines()]
+    assert len(rows) == 150 and all(r["prompt"] == "to" for r in rows)
+    # batching does not change what a seed gives: the first batch equals a run of 64 alone
+    first = tmp_path / "first.jsonl"
+    assert main(["sample", str(run_dir), "--prompt", "to", "--num-samples", "64", "--max-new-tokens", "5",
+                 "--seed", "0", "--out", str(first)]) == 0
+    assert [json.loads(r) for r in first.read_text().splitlines()] == rows[:64]
+
+
+def test_a_read_only_run_gives_one_line_errors_and_eval_still_prints(run_dir, tmp_path, capsys,
+                                                                     monkeypatch):
+    import errno
+    import os
+
+    import genforge.checkpoint as ckpt
+
+    real_replace = os.replace
+
+    def read_only(src, dst):  # what a read-only folder does to our atomic writes (tests run as root)
+        if str(dst).startswith(str(run_dir)):
+            raise PermissionError(errno.EACCES, "Permission denied", str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", read_only)
+    assert main(["eval", str(run_dir), "--max-batches", "1"]) == 2
+    captured = capsys.readouterr()
+    assert "val_loss" in captured.out  # the numbers came first
+    errors = [line for line in captured.err.splitlines() if line.startswith("genforge:")]
+    assert len(errors) == 1 and "cannot write" in errors[0] and "Traceback" not in captured.err
+    assert main(["sample", str(run_dir), "--prompt", "to", "--max-new-tokens", "3", "--seed", "0",
+                 "--num-samples", "2", "--out", str(run_dir / "s.txt")]) == 2
+    assert "cannot write" in capsys.readouterr().err

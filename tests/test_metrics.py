@@ -138,7 +138,7 @@ def test_shipped_extractors_are_hashed_and_accurate():
         assert manifest["fashion-mnist-extractor-v1.safetensors"]["test_accuracy"] >= 0.90
     ext = load_extractor("digits")
     data = load_images(DataConfig(name="digits"))
-    batch = data.val.get(torch.arange(len(data.val)))
+    batch = data.test.get(torch.arange(len(data.test)))
     feats, probs = ext.run(batch["x"])
     assert feats.shape == (180, 128) and probs.shape == (180, 10)
     assert label_agreement(probs, batch["y"]) >= 0.95
@@ -167,8 +167,41 @@ def test_extractor_needs_labels_and_exists(tmp_path):
     np.savez(tmp_path / "unlabelled.npz", images=np.zeros((20, 4, 4), dtype=np.uint8))
     with pytest.raises(GenforgeError, match="no class labels"):
         fit_extractor(str(tmp_path / "unlabelled.npz"), out_dir=tmp_path)
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "unknown.npz", images=rng.integers(0, 256, (40, 8, 8), dtype=np.uint8),
+             labels=np.arange(40) % 2)
     with pytest.raises(GenforgeError, match="fit-extractor"):
-        load_extractor("cifar10")
+        load_extractor(str(tmp_path / "unknown.npz"))
+
+
+def test_extractors_are_found_by_the_content_of_the_test_images(tmp_path):
+    import dataclasses
+
+    from genforge.data.images import load_raw
+    from genforge.metrics import extractor as extractor_module
+
+    shipped = SHIPPED_DIR / "digits-extractor-v1.safetensors"
+    # The same images under another path find the shipped digits extractor ...
+    raw = load_raw("digits")
+    copy = tmp_path / "some" / "digits-copy.npz"
+    copy.parent.mkdir()
+    np.savez(copy, images=raw.train, labels=raw.train_labels)
+    ext = load_extractor(str(copy))
+    assert ext.path == shipped and ext.meta["test_fingerprint"] == "04af1fe1cdcbedd3"
+    # ... and so does a copy that ships its test split separately.
+    digits = load_images(DataConfig(name="digits"))
+    rest = torch.cat([digits.train.images, digits.val.images])
+    labels = torch.cat([digits.train.labels, digits.val.labels])
+    np.savez(tmp_path / "split.npz", images=rest.numpy(), labels=labels.numpy(),
+             test_images=digits.test.images.numpy(), test_labels=digits.test.labels.numpy())
+    assert load_extractor(str(tmp_path / "split.npz")).path == shipped
+    # A different dataset called "digits" does not get the digits extractor.
+    np.savez(tmp_path / "other.npz", images=raw.train[::-1].copy(), labels=raw.train_labels[::-1].copy())
+    data = load_images(DataConfig(name=str(tmp_path / "other.npz")))
+    impostor = dataclasses.replace(data, spec=dataclasses.replace(data.spec, name="digits"))
+    with pytest.raises(GenforgeError, match="no feature extractor was fitted on the test images of 'digits'"):
+        load_extractor(impostor)
+    assert not hasattr(extractor_module, "weights_digest")  # dead code removed
 
 
 def test_inception_fid_needs_a_weights_file(tmp_path):

@@ -10,7 +10,7 @@ from helpers import make_trainer
 from genforge import GenforgeError
 from genforge.cli import main
 from genforge.config import load_config
-from genforge.data import load_data
+from genforge.modalities import load_data
 from genforge.data.spec import DataSpec
 from genforge.families.vae import VAE, discretized_logistic_logp
 from genforge.metrics.classes import label_agreement
@@ -40,7 +40,7 @@ def trained(tmp_path_factory):
 
 def test_loss_decreases_on_digits(tmp_path):
     cfg, mcfg = load_config("vae-digits", [])
-    data = load_data(cfg.data, mcfg)
+    data = load_data(cfg.data, {})
     torch.manual_seed(0)
     model = VAE(mcfg, data.spec)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -95,7 +95,7 @@ def test_interpolation_endpoints_reconstruct_the_inputs(trained):
     batch = trainer.data.val.get(torch.tensor([0, 1]))
     xa, xb, ya, yb = batch["x"][0], batch["x"][1], batch["y"][0], batch["y"][1]
     for method in ("lerp", "slerp"):
-        path = interpolate(model, xa, xb, steps=5, method=method, y_a=ya, y_b=yb)
+        path = interpolate(model, xa, xb, points=5, method=method, y_a=ya, y_b=yb)
         assert path.shape == (5, 1, 8, 8)
         assert torch.allclose(path[0], model.reconstruct(xa[None], ya[None])[0], atol=1e-5)
         assert torch.allclose(path[-1], model.reconstruct(xb[None], yb[None])[0], atol=1e-5)
@@ -109,11 +109,16 @@ def test_slerp_keeps_the_norm_and_lerp_is_straight():
     assert torch.allclose(slerp(a, a, t), a.expand(7, 2))  # parallel: falls back to the line
 
 
-def test_attribute_vector_moves_images_towards_the_target_class(tmp_path):
+@pytest.fixture(scope="module")
+def unconditional(tmp_path_factory):
+    """An unconditional VAE on digits, shared by the tests that need one."""
     torch.manual_seed(0)
-    trainer = fit(tmp_path, 300)
-    model, data = trainer.model.eval(), trainer.data
-    everything = data.val.get(torch.arange(len(data.val)))
+    return fit(tmp_path_factory.mktemp("vae"), 300)
+
+
+def test_attribute_vector_moves_images_towards_the_target_class(unconditional):
+    model, data = unconditional.model.eval(), unconditional.data
+    everything = data.test.get(torch.arange(len(data.test)))
     vector = attribute_vector(model, everything["x"], everything["y"], 0, 1)
     zeros = everything["x"][everything["y"] == 0][:10]
     out = apply_attribute(model, zeros, vector, scales=(0.0, 1.0))
@@ -217,7 +222,7 @@ def test_eval_refuses_changed_data_and_missing_inception_weights(trained, tmp_pa
     saved = run_dir / "data.json"
     original = saved.read_text()
     try:
-        saved.write_text(json.dumps({**json.loads(original), "val_fingerprint": "0" * 16}))
+        saved.write_text(json.dumps({**json.loads(original), "test_fingerprint": "0" * 16}))
         assert main(["eval", str(run_dir), "--num-samples", "50"]) == 2
         err = capsys.readouterr().err
         assert "changed since this run was trained" in err and "Traceback" not in err

@@ -81,9 +81,9 @@ def _sample(args) -> None:
     run = load_run(args.run_dir, use_ema=not args.no_ema, device=args.device, checkpoint=args.checkpoint)
     options = check_options(run, _declared_options(args, "sample"), "sample")
     generator, seed = generator_for(next(run.model.parameters()).device, options["seed"])
+    modality(run.spec.modality).sample_command(run, generator, **options)
     if options["seed"] is None:
         print(f"seed {seed} (pass --seed {seed} to repeat these samples)", file=sys.stderr)
-    modality(run.spec.modality).sample_command(run, generator, **options)
 
 
 def _eval(args) -> None:

@@ -28,7 +28,6 @@ import io
 import os
 import pstats
 import statistics
-import sys
 import tempfile
 import time
 import timeit
@@ -86,7 +85,7 @@ def profile_fit(steps: int, progress: bool) -> tuple[object, float, str]:
         out = io.StringIO()
         st = pstats.Stats(prof, stream=out)
         rows = []
-        for (file, line, name), (cc, nc, tt, ct, _) in st.stats.items():
+        for (file, line, name), (_cc, nc, tt, ct, _) in st.stats.items():
             rows.append((ct, tt, nc, f"{Path(file).name}:{line}({name})"))
         rows.sort(reverse=True)
         lines = [f"{'calls/step':>10} {'cum us/step':>12} {'own us/step':>12}  function"]
@@ -118,9 +117,8 @@ def fit_wall(steps: int, progress: bool) -> float:
 
 def pieces(trainer) -> list[tuple[str, float, str]]:
     """(what, microseconds per step, what a bare loop does instead)."""
-    from tqdm.auto import tqdm
-
     import numpy as np
+    from tqdm.auto import tqdm
 
     t, model = trainer, trainer.model
     opt = next(iter(t.optimizers.values()))

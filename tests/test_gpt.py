@@ -47,11 +47,36 @@ def test_left_padded_batch_matches_single_prompts(pos):
     assert batched.tokens == singles
 
 
-def test_generation_past_context_window():
-    model = tiny_gpt(block=8)
-    out = generate(model, [[1, 2, 3]], max_new_tokens=30, temperature=0)
-    assert len(out.tokens[0]) == 30
-    assert all(0 <= t < 23 for t in out.tokens[0])
+@pytest.mark.parametrize("pos", ["rope", "learned"])
+def test_kv_cache_matches_recompute_past_the_window_with_left_padding(pos):
+    model = tiny_gpt(pos, block=8)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [7]]  # one longer than the window
+    cached = generate(model, prompts, max_new_tokens=30, temperature=0, use_cache=True)
+    full = generate(model, prompts, max_new_tokens=30, temperature=0, use_cache=False)
+    assert cached.tokens == full.tokens and all(len(t) == 30 for t in cached.tokens)
+    # and sampled (not greedy) tokens agree too, draw for draw
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a = generate(model, prompts, 25, temperature=1.0, generator=g1, use_cache=True)
+    b = generate(model, prompts, 25, temperature=1.0, generator=g2, use_cache=False)
+    assert a.tokens == b.tokens
+
+
+def test_masked_loss_and_token_logprobs_carry_gradients():
+    model = tiny_gpt()
+    ids = torch.tensor([[1, 2, 3, 4, 0, 0], [5, 6, 7, 8, 9, 10]])
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    logp = model.token_logprobs(ids, mask)  # (2, 5)
+    assert logp.shape == (2, 5) and logp.requires_grad
+    assert torch.all(logp[0, 3:] == 0)  # padded targets contribute nothing
+    (-logp.sum()).backward()
+    assert model.tok_emb.weight.grad is not None and model.tok_emb.weight.grad.abs().sum() > 0
+    # the masked loss equals the mean over real targets only
+    batch = {"x": ids[:, :-1], "y": ids[:, 1:], "mask": mask[:, 1:]}
+    expected = -(logp.detach().sum() / mask[:, 1:].sum())
+    assert model(batch)["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    # padding content does not change the loss when masked
+    other = {**batch, "y": batch["y"].masked_fill(~batch["mask"], 11)}
+    assert model(other)["loss"].item() == pytest.approx(model(batch)["loss"].item(), rel=1e-6)
 
 
 def test_seeded_sampling_is_reproducible_and_seeds_differ():

@@ -242,3 +242,45 @@ def test_objective_stays_fp32_under_bf16_autocast(likelihood):
         torch.manual_seed(0)
         out = model({"x": x})["loss"]
     assert out.dtype == torch.float32 and out.item() == pytest.approx(ref, rel=1e-2)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prompt", "hello"], "--prompt does not apply to this vae run"),
+    (["--max-new-tokens", "5"], "--max-new-tokens does not apply"),
+    (["--latent-temperature", "nan"], "latent temperature must be a finite number"),
+    (["--interpolate", "test:0", "test:1", "--nearest"], "--nearest applies to samples"),
+    (["--num-samples", "1000", "--out", "big.png"], "write them with --out FILE.npz"),
+    (["--out", "samples.txt"], ".png grid or an .npz"),
+])
+def test_image_sample_mistakes_are_one_line_errors(trained, capsys, argv, message):
+    _, run_dir = trained
+    assert main(["sample", str(run_dir), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--iwae-k", "0"], "--iwae-k must be at least 1"),
+    (["--max-batches", "-1"], "--max-batches must be at least 1"),
+    (["--num-samples", "0"], "--num-samples must be at least 1"),
+])
+def test_image_eval_mistakes_are_one_line_errors(trained, capsys, argv, message):
+    _, run_dir = trained
+    assert main(["eval", str(run_dir), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_many_images_are_sampled_in_batches_into_an_npz(trained, tmp_path):
+    import numpy as np
+
+    _, run_dir = trained
+    out = tmp_path / "many.npz"
+    assert main(["sample", str(run_dir), "--num-samples", "1000", "--batch-size", "256", "--seed", "1",
+                 "--out", str(out)]) == 0
+    saved = np.load(out)
+    assert saved["images"].shape == (1000, 1, 8, 8) and saved["images"].dtype == np.uint8
+    assert saved["labels"].tolist()[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    again = tmp_path / "again.npz"
+    assert main(["sample", str(run_dir), "--num-samples", "1000", "--batch-size", "256", "--seed", "1",
+                 "--out", str(again)]) == 0
+    assert np.array_equal(np.load(again)["images"], saved["images"])  # same seed, same images

@@ -72,6 +72,9 @@ class ImageModality(Modality):
         n = 64 if num_samples is None else num_samples
         if n < 1 or batch_size < 1:
             raise GenforgeError("--num-samples and --batch-size must be at least 1")
+        if out is not None and Path(out).suffix.lower() == ".png" and n > MAX_GRID:
+            raise GenforgeError(f"{n} images do not fit one PNG grid (at most {MAX_GRID}); "
+                                "write them with --out FILE.npz")
         y = class_labels(model, spec, class_label, n)
         chunks = []
         starts = range(0, n, batch_size)
@@ -86,9 +89,6 @@ class ImageModality(Modality):
         if path.suffix.lower() == ".npz":
             _save_npz(path, images, y, spec)
         else:
-            if n > MAX_GRID:
-                raise GenforgeError(f"{n} images do not fit one PNG grid (at most {MAX_GRID}); "
-                                    "write them with --out FILE.npz")
             _save_png(_from_uint8(images, spec), path, spec, None if y is None else y.tolist(), None)
         if nearest:
             from genforge.data.images import save_nearest_grid

@@ -79,10 +79,13 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (tokens (B,), logprobs (B,)) one step at a time for a batch of prompts.
 
-    Prompts of unequal length are left-padded and masked. When the context
-    fills, the cache is rebuilt from the last half-context of tokens (as
-    cropping does without a cache). ``use_cache=False`` recomputes the whole
-    context every step: the reference the cache must match.
+    Prompts of unequal length are left-padded and masked. Within the context
+    window each new token costs one cached step. Past it, every step re-reads
+    the last ``block_size`` tokens (nanoGPT's crop), so the tokens are exactly
+    those of ``use_cache=False``, which recomputes the cropped context every
+    step: the reference the cache must match (tested past the window, with
+    left-padded batches). A rolling cache would be faster there but would see
+    a different context than the model was trained on.
     """
     check_settings(temperature, top_k, top_p, max_new_tokens)
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -97,7 +100,6 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
     was_training = model.training
     model.eval()
     try:
-        keep = max(block // 2, 1)  # tokens kept when a full cache is rebuilt
         cur_pad = (pad - max(width - block, 0)).clamp(min=0)  # padding inside the current window
         cache, logits = _prefill(model, history[:, -block:], cur_pad)
         for _ in range(max_new_tokens):
@@ -112,7 +114,7 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
                     positions = (cache.length - cur_pad)[:, None]  # (B, 1)
                 logits = model.logits(token[:, None], cache, positions)[:, -1]
             else:
-                window = min(T, keep if use_cache else block)
+                window = min(T, block)
                 cur_pad = (pad - (T - window)).clamp(min=0)
                 cache, logits = _prefill(model, history[:, -window:], cur_pad)
     finally:

@@ -46,13 +46,13 @@ def main() -> None:
     from genforge.evaluate import evaluate_text
     from genforge.runs import load_run
     from genforge.sampling.text import generate_text
-    from genforge.train.trainer import Trainer
+    from genforge.train.trainer import Trainer, build
 
     # Without a GPU this only smoke-tests the script (use small overrides).
     peak = bf16_peak_tflops() if torch.cuda.is_available() else float("nan")
     cfg, mcfg = load_config("gpt-shakespeare-char-gpu", ["train.log_every=100", *args.overrides])
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, mcfg, Path(args.run_dir), progress=False)
+    trainer = Trainer(cfg, *build(cfg, mcfg), Path(args.run_dir), progress=False)
     result = trainer.fit()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -67,7 +67,8 @@ def main() -> None:
     tps = steady_steps * tokens_per_step / steady_s
     run = load_run(args.run_dir)  # the best-validation checkpoint, as nanoGPT keeps
     ev = evaluate_text(run, progress=False)
-    sample = generate_text(run.model, run.tokenizer, ["ROMEO:"], 200, temperature=0.8, seed=0)[0]
+    sample = generate_text(run.model, run.tokenizer, ["ROMEO:"], 200, temperature=0.8,
+                           generator=torch.Generator(device=run.model.tok_emb.weight.device).manual_seed(0))[0]
     out = {
         "benchmark": "nanoGPT GPU recipe, gpt-shakespeare-char-gpu", "machine": machine(),
         "val_loss_full_split": ev["val_loss"], "bits_per_char": ev["bits_per_char"],

@@ -38,12 +38,12 @@ def calibrate(overrides: list[str], steps: int = 40) -> float:
     """Seconds per optimizer step of the preset through the genforge trainer itself (data,
     step, bookkeeping), after 5 warm-up steps, in a throwaway run directory."""
     from genforge.config import load_config
-    from genforge.train.trainer import Trainer
+    from genforge.train.trainer import Trainer, build
 
     cfg, model_cfg = load_config("vae-fashion-mnist", [*overrides, "train.max_steps=1000000",
                                                        "train.eval_every=0", "train.checkpoint_every=1000000"])
     with tempfile.TemporaryDirectory(prefix="bench-vae-calibrate-") as tmp:
-        trainer = Trainer(cfg, model_cfg, Path(tmp), stop_after=5, progress=False)
+        trainer = Trainer(cfg, *build(cfg, model_cfg), Path(tmp), stop_after=5, progress=False)
         trainer.fit()
         trainer.stop_after = steps
         t0 = time.perf_counter()
@@ -103,7 +103,7 @@ def main() -> None:
     from genforge.config import load_config
     from genforge.metrics.evaluate_images import evaluate_images
     from genforge.runs import load_run
-    from genforge.train.trainer import Trainer
+    from genforge.train.trainer import Trainer, build
 
     step_s = calibrate([])
     # The final evaluation and checkpoint cost a few seconds more: leave room.
@@ -115,7 +115,7 @@ def main() -> None:
     print(f"calibrated {step_s * 1000:.1f} ms/step -> {steps} steps for a {args.budget_s:.0f} s budget; "
           f"run in {run_dir}", flush=True)
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, model_cfg, run_dir, progress=False)
+    trainer = Trainer(cfg, *build(cfg, model_cfg), run_dir, progress=False)
     fit = trainer.fit()
     train_s = time.perf_counter() - t0
     n_params = sum(p.numel() for p in trainer.model.parameters())

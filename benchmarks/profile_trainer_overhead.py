@@ -59,7 +59,7 @@ def make_trainer(overrides: list[str], run_dir: Path, progress: bool):
             fn = getattr(mod, fn_name, None)
             if fn is None:
                 continue
-            built = fn(cfg)
+            built = fn(cfg, mcfg) if len(inspect.signature(fn).parameters) >= 2 else fn(cfg)
             model, data = (built.model, built.data) if hasattr(built, "model") else built
             if not isinstance(model, torch.nn.Module):
                 data, model = model, data
@@ -125,9 +125,10 @@ def pieces(trainer) -> list[tuple[str, float, str]]:
     data = t.data.train
     n = len(data)
     rows = []
-    rows.append(("sampler.next_batch()", us(t.sampler.next_batch, 2000), "torch.randint(0, n, (12,))"))
+    sampler = getattr(t, "sampler", None) or t.batches.sampler
+    rows.append(("sampler.next_batch()", us(sampler.next_batch, 2000), "torch.randint(0, n, (12,))"))
     rows.append(("  torch.randint(0, n, (12,))", us(lambda: torch.randint(0, n, (12,)), 2000), ""))
-    idx = t.sampler.next_batch()
+    idx = sampler.next_batch()
     rows.append(("data.train.get(idx) -> {'x','y'} views", us(lambda: data.get(idx), 2000), ""))
     mm = data.tokens
 
@@ -161,10 +162,15 @@ def pieces(trainer) -> list[tuple[str, float, str]]:
                  us(lambda: torch.nn.utils.clip_grad_norm_(params, float("inf")), 500), ""))
 
     def lr_loop():
-        lr = t.lr()
-        for group in opt.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-    rows.append(("t.lr() + param_group lr loop", us(lr_loop, 5000), "nanoGPT: same loop"))
+        if hasattr(t, "lr_factor"):
+            scale = t.lr_factor()
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * scale
+        else:
+            lr = t.lr()
+            for group in opt.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+    rows.append(("LR schedule + param_group lr loop", us(lr_loop, 5000), "nanoGPT: same loop"))
     # optimizer variants on a copy so the trainer's state is untouched
     import copy
 
@@ -181,6 +187,8 @@ def pieces(trainer) -> list[tuple[str, float, str]]:
     restore()
     rows.append(("opt.zero_grad(set_to_none=True)", us(lambda: (opt.zero_grad(set_to_none=True), restore())[0], 200)
                  - us(restore, 200), "same call"))
+    rows.append(("model.zero_grad(set_to_none=True)", us(lambda: (model.zero_grad(set_to_none=True), restore())[0], 200)
+                 - us(restore, 200), "opt.zero_grad"))
     with open(os.devnull, "w") as devnull:
         bar = tqdm(total=10**9, file=devnull, dynamic_ncols=True, unit="step")
         rows.append(("tqdm bar.update(1) (progress on)", us(lambda: bar.update(1), 5000), "nothing / print"))
@@ -190,8 +198,14 @@ def pieces(trainer) -> list[tuple[str, float, str]]:
                  "nothing"))
     rows.append(("norm.detach() return", us(lambda: lv.detach(), 5000), ""))
     micro = [batch]
-    rows.append(("sum(_items_in(b) for b in micro) * world", us(lambda: sum(t._items_in(b) for b in micro) * 1, 5000),
+    count = t.modality.count if hasattr(t, "modality") else t._items_in
+    rows.append(("sum(count(b) for b in micro) * world", us(lambda: sum(count(b) for b in micro) * 1, 5000),
                  "constant"))
+    if hasattr(t, "_stop_requested"):
+        from genforge.train.trainer import _StopFlag
+
+        flag = _StopFlag()
+        rows.append(("_stop_requested(flag) per step", us(lambda: t._stop_requested(flag), 5000), "nothing"))
     rows.append(("float(loss) (sync; done only on log steps)", us(lambda: float(lv), 5000), "loss.item() per step"))
     rows.append(("_check_finite(metrics) (log steps only)", us(lambda: t._check_finite({"loss": lv, "grad_norm": lv}),
                                                                2000), ""))

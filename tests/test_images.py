@@ -16,7 +16,7 @@ from PIL import Image
 from genforge import GenforgeError
 from genforge.cli import main
 from genforge.config import DataConfig
-from genforge.data import load_data, registry
+from genforge.data import registry
 from genforge.data.images import (
     IMAGE_DATASETS,
     SPLIT_SEED,
@@ -29,6 +29,7 @@ from genforge.data.images import (
     saved_test_fingerprint,
 )
 from genforge.data.spec import DataSpec
+from genforge.modalities import load_data
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -241,7 +242,7 @@ def test_npz_arrays_in_either_layout(tmp_path):
 
 def test_unknown_dataset_name_is_a_one_line_error(tmp_path):
     with pytest.raises(GenforgeError, match="unknown dataset 'no-such-set'"):
-        load_data(DataConfig(name="no-such-set"), None)
+        load_data(DataConfig(name="no-such-set"), {})
     rc = main(["train", "vae-digits", "data.name=no-such-set", "--no-progress",
                "--run-dir", str(tmp_path / "run")])
     assert rc == 2

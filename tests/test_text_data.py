@@ -4,11 +4,11 @@ import torch
 
 from genforge import GenforgeError
 from genforge.config import DataConfig
-from genforge.data import load_data, modality_of
+from genforge.data import modality_of
 from genforge.data.locate import download, locate, sha256_file
 from genforge.data.sampler import EpochSampler
 from genforge.data.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
-from genforge.families.gpt import GPTConfig
+from genforge.modalities import load_data
 
 TEXT = "Hello, world!\nThe quick brown fox — naïve café.\n" * 20
 
@@ -39,7 +39,7 @@ def test_bpe_tokenizer_round_trip_and_compresses(tmp_path):
 
 def test_text_file_is_cached_as_memmap_and_split(corpus):
     cfg = DataConfig(name=str(corpus))
-    data = load_data(cfg, GPTConfig(block_size=16))
+    data = load_data(cfg, {"block_size": 16})
     assert isinstance(data.train.tokens, np.memmap)
     total = len(data.train.tokens) + len(data.val.tokens)
     assert total == len(corpus.read_text())
@@ -47,7 +47,7 @@ def test_text_file_is_cached_as_memmap_and_split(corpus):
     batch = data.train.get(torch.tensor([0, 5]))
     assert batch["x"].shape == (2, 16) and torch.equal(batch["x"][:, 1:], batch["y"][:, :-1])
     assert data.decode(batch["x"][0].tolist()) == corpus.read_text()[:16]
-    again = load_data(cfg, GPTConfig(block_size=16))  # second load reads the cache
+    again = load_data(cfg, {"block_size": 16})  # second load reads the cache
     assert np.array_equal(np.asarray(again.train.tokens), np.asarray(data.train.tokens))
 
 
@@ -55,12 +55,12 @@ def test_folder_of_text_files(tmp_path):
     (tmp_path / "a.txt").write_text("alpha " * 200)
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.md").write_text("beta " * 200)
-    data = load_data(DataConfig(name=str(tmp_path)), GPTConfig(block_size=8))
+    data = load_data(DataConfig(name=str(tmp_path)), {"block_size": 8})
     assert set(data.tokenizer.chars) == set("alphbet ")
 
 
 def test_offline_default_corpus_needs_no_files():
-    data = load_data(DataConfig(name="pydoc"), GPTConfig(block_size=32))
+    data = load_data(DataConfig(name="pydoc"), {"block_size": 32})
     assert data.spec.vocab_size > 50 and len(data.train) > 100_000
 
 
@@ -70,10 +70,10 @@ def test_bad_datasets_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "x.txt").write_text("")
     with pytest.raises(GenforgeError, match="empty"):
-        load_data(DataConfig(name=str(tmp_path / "empty")), GPTConfig(block_size=8))
+        load_data(DataConfig(name=str(tmp_path / "empty")), {"block_size": 8})
     (tmp_path / "small.txt").write_text("tiny")
     with pytest.raises(GenforgeError, match="too few"):
-        load_data(DataConfig(name=str(tmp_path / "small.txt")), GPTConfig(block_size=64))
+        load_data(DataConfig(name=str(tmp_path / "small.txt")), {"block_size": 64})
 
 
 def test_download_verifies_checksum_and_reports_offline(tmp_path, monkeypatch):
@@ -120,7 +120,7 @@ def test_sampler_resume_is_exact():
 def test_prompt_ids_without_a_newline_in_the_corpus(tmp_path):
     """Regression: GPT's preview encoded "\\n", which a newline-free corpus has no id for."""
     (tmp_path / "flat.txt").write_text("abcab cab " * 100)
-    data = load_data(DataConfig(name=str(tmp_path / "flat.txt")), GPTConfig(block_size=8))
+    data = load_data(DataConfig(name=str(tmp_path / "flat.txt")), {"block_size": 8})
     with pytest.raises(GenforgeError, match="outside the model's vocabulary: '\\\\n'"):
         data.tokenizer.encode("\n")  # what crashed the preview
     assert data.prompt_ids() == [data.tokenizer.stoi["a"]]  # the corpus's first token
@@ -128,14 +128,14 @@ def test_prompt_ids_without_a_newline_in_the_corpus(tmp_path):
 
 
 def test_prompt_ids_is_the_newline_when_the_vocabulary_has_one(corpus):
-    data = load_data(DataConfig(name=str(corpus)), GPTConfig(block_size=8))
+    data = load_data(DataConfig(name=str(corpus)), {"block_size": 8})
     assert data.prompt_ids() == [data.tokenizer.stoi["\n"]]
-    bpe = load_data(DataConfig(name=str(corpus), tokenizer="bpe", bpe_vocab_size=300), GPTConfig(block_size=8))
+    bpe = load_data(DataConfig(name=str(corpus), tokenizer="bpe", bpe_vocab_size=300), {"block_size": 8})
     assert bpe.decode(bpe.prompt_ids()) == "\n"
 
 
 def test_prompt_outside_the_vocabulary_is_still_a_clear_error(corpus):
-    data = load_data(DataConfig(name=str(corpus)), GPTConfig(block_size=8))
+    data = load_data(DataConfig(name=str(corpus)), {"block_size": 8})
     with pytest.raises(GenforgeError, match="outside the model's vocabulary: 'Z'.*data.tokenizer=bpe"):
         data.tokenizer.encode("Zebra")
 
@@ -143,7 +143,7 @@ def test_prompt_outside_the_vocabulary_is_still_a_clear_error(corpus):
 def test_bpe_vocab_size_below_the_byte_alphabet_is_an_error(corpus):
     """Regression: data.bpe_vocab_size=10 silently became 256."""
     with pytest.raises(GenforgeError, match="bpe_vocab_size=10 is too small: .*at least 256") as e:
-        load_data(DataConfig(name=str(corpus), tokenizer="bpe", bpe_vocab_size=10), GPTConfig(block_size=8))
+        load_data(DataConfig(name=str(corpus), tokenizer="bpe", bpe_vocab_size=10), {"block_size": 8})
     assert "\n" not in str(e.value)
     with pytest.raises(GenforgeError, match="at least 259"):
         BPETokenizer.train(iter([TEXT]), 258, specials=("<pad>", "<bos>", "<eos>"))

@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import make_trainer
+
 from genforge import GenforgeError
+from genforge.checkpoint import latest_checkpoint
 from genforge.cli import main
 from genforge.config import load_config
 from genforge.families.gpt import GPT
 from genforge.runs import load_run
-from genforge.checkpoint import latest_checkpoint
-from genforge.train.trainer import Trainer
 
 TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16",
         "train.batch_size=4", "train.warmup_steps=2", "train.eval_every=0", "train.log_every=1",

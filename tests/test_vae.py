@@ -5,19 +5,18 @@ import math
 
 import pytest
 import torch
-
 from helpers import make_trainer
+
 from genforge import GenforgeError
 from genforge.cli import main
 from genforge.config import load_config
-from genforge.modalities import load_data
 from genforge.data.spec import DataSpec
 from genforge.families.vae import VAE, discretized_logistic_logp
 from genforge.metrics.classes import label_agreement
 from genforge.metrics.extractor import load_extractor
+from genforge.modalities import load_data
 from genforge.runs import load_run
 from genforge.sampling.images import apply_attribute, attribute_vector, interpolate, lerp, slerp
-from genforge.train.trainer import Trainer
 
 FAST = ["train.eval_every=0", "train.log_every=10", "train.checkpoint_every=100000", "train.warmup_steps=10"]
 

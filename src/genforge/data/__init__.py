@@ -9,9 +9,8 @@ from genforge import GenforgeError
 
 def registry() -> dict[str, tuple[str, str]]:
     """Dataset name -> (modality, one-line description)."""
-    from genforge.data.text import CORPORA
-
     from genforge.data.images import IMAGE_DATASETS  # numpy and torch only: nothing optional
+    from genforge.data.text import CORPORA
 
     out = {name: ("text", desc) for name, (desc, _) in CORPORA.items()}
     out.update({name: ("image", entry[0]) for name, entry in IMAGE_DATASETS.items()})

@@ -154,7 +154,7 @@ def pieces(trainer) -> list[tuple[str, float, str]]:
     def restore():
         for p, g in zip(params, grads_keep, strict=True):
             p.grad = g.clone()
-    rows.append(("clip_grad_norm_(params, 1.0) (default foreach)", us(lambda: torch.nn.utils.clip_grad_norm_(params, 1.0),
+    rows.append(("clip_grad_norm_(params, 1.0), as the trainer calls it", us(lambda: torch.nn.utils.clip_grad_norm_(params, 1.0),
                                                                       500), "same call"))
     rows.append(("  clip_grad_norm_(model.parameters(), 1.0)",
                  us(lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0), 500), ""))
@@ -174,13 +174,16 @@ def pieces(trainer) -> list[tuple[str, float, str]]:
     # optimizer variants on a copy so the trainer's state is untouched
     import copy
 
-    for label, kwargs in (("AdamW default (foreach) .step()", {}), ("AdamW fused=True .step() (CPU)", {"fused": True}),
+    for label, kwargs in (("AdamW default .step() (CPU: per-tensor loop, as nanoGPT)", {}),
+                          ("AdamW foreach=True .step()", {"foreach": True}), ("AdamW fused=True .step() (CPU)", {"fused": True}),
                           ("AdamW foreach=False .step()", {"foreach": False})):
         m2 = copy.deepcopy(model)
         for p2, g in zip(m2.parameters(), [p.grad for p in model.parameters()], strict=True):
             p2.grad = g.clone()
         try:
-            o2 = torch.optim.AdamW(m2.optimizer_groups(0.1)["main"], lr=1e-3, betas=(0.9, 0.99), **kwargs)
+            groups = [{"params": [p for p in m2.parameters() if p.dim() >= 2], "weight_decay": 0.1},
+                      {"params": [p for p in m2.parameters() if p.dim() < 2], "weight_decay": 0.0}]
+            o2 = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), **kwargs)
             rows.append((label, us(o2.step, 50), ""))
         except (RuntimeError, TypeError) as e:
             rows.append((label, float("nan"), f"unavailable: {e}"))

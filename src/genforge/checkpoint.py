@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import random
@@ -43,6 +42,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from genforge import GenforgeError, __version__
+from genforge.data.locate import sha256_file
 
 WEIGHTS, EMA_WEIGHTS, STATE, CONFIG, MANIFEST = (
     "model.safetensors", "ema.safetensors", "state.pt", "config.json", "manifest.json")
@@ -74,14 +74,6 @@ def atomic_write_text(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
         raise GenforgeError(f"cannot write {path} ({e.strerror or e}); check that the folder is "
                             "writable and the disk is not full") from None
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- the one writer
@@ -188,7 +180,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, ema_state:
         save_file({k: v.contiguous() for k, v in ema_state.items()}, str(tmp / EMA_WEIGHTS), metadata=meta)
     torch.save({"step": step, **train_state}, tmp / STATE)
     (tmp / CONFIG).write_text(json.dumps(config, indent=2))
-    files = {p.name: sha256_of(p) for p in sorted(tmp.iterdir())}
+    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
     (tmp / MANIFEST).write_text(json.dumps({"step": step, "genforge_version": __version__,
                                             "sha256": files}, indent=2))
     for path in tmp.iterdir():  # data on disk before the rename makes the folder visible
@@ -285,7 +277,7 @@ def verify_checkpoint(ckpt: Path) -> dict[str, Any]:
         path = ckpt / name
         if not path.is_file():
             raise _corrupt(ckpt, f"{name} is missing")
-        if sha256_of(path) != digest:
+        if sha256_file(path) != digest:
             raise _corrupt(ckpt, f"{name} does not match its sha256 in {MANIFEST}")
     return manifest
 

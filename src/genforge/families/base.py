@@ -146,13 +146,14 @@ class GenerativeModel(nn.Module):
     def train_step(self, micro_batches: list[Batch], ctx: StepContext) -> dict[str, torch.Tensor | float]:
         """One optimizer step. Values may stay 0-dim tensors: the trainer reads them
         (a GPU sync) only when it logs or checkpoints."""
-        total = 0.0
+        losses = []
         for batch in ctx.accumulate(micro_batches):
             out = ctx.forward(batch)
             ctx.backward(out["loss"])
-            total = total + out["loss"].detach().float()
+            losses.append(out["loss"].detach())
         grad_norm = ctx.step("main")
-        return {"loss": total / len(micro_batches), "grad_norm": grad_norm}
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).float().mean()
+        return {"loss": loss, "grad_norm": grad_norm}
 
     # -- evaluation and samples ------------------------------------------------------
     @torch.no_grad()

@@ -80,15 +80,21 @@ class _StepContext:
         if optimizer not in t.optimizers:
             raise KeyError(f"no optimizer '{optimizer}'; the family declared {list(t.optimizers)}")
         opt, params = t.optimizers[optimizer], t.optimizer_params[optimizer]
-        norm = torch.nn.utils.clip_grad_norm_(params, t.tc.grad_clip if t.tc.grad_clip > 0 else math.inf,
-                                              foreach=True)
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        if t.tc.grad_clip > 0:
+            # On the CPU reading the norm is free, so scale only when it is over the limit
+            # (clip_grad_norm_ multiplies every gradient every step); on a GPU, stay sync-free.
+            if t.device.type != "cpu" or float(norm) > t.tc.grad_clip:
+                torch.nn.utils.clip_grads_with_norm_(params, t.tc.grad_clip, norm, foreach=True)
         scale = t.lr_factor()
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * scale
         opt.step()
         # Clear every gradient of the model, not only this optimizer's: a generator loss
         # backpropagated through the discriminator must not reach the discriminator's next step.
-        t.model.zero_grad(set_to_none=True)
+        for p in t.all_params:
+            p.grad = None
         return norm.detach()
 
     @contextlib.contextmanager
@@ -199,11 +205,14 @@ class Trainer:
             wd = o.weight_decay if o and o.weight_decay is not None else tc.weight_decay
             torch_groups = [{"params": g["params"], "weight_decay": wd if g.get("decay", True) else 0.0,
                              "base_lr": lr} for g in param_groups if g["params"]]
+            # Fused AdamW on CPU too: one kernel instead of a loop over tensors (456 vs 1445 us
+            # per step at 4x128, benchmarks/profile_trainer_overhead.py).
             self.optimizers[name] = torch.optim.AdamW(torch_groups, lr=lr, betas=betas,
-                                                      fused=self.device.type == "cuda")
+                                                      fused=self.device.type in ("cuda", "cpu"))
             self.optimizer_params[name] = [p for g in torch_groups for p in g["params"]]
         target = model.ema_target()
         frozen = tuple(f"{n}." for n in model.frozen_parts()) if target is model else ()
+        self.all_params = [p for p in model.parameters() if p.requires_grad]
         self.ema = EMA(target, tc.ema_decay, ckpt.ema_keys(target, frozen)) if tc.ema_decay > 0 else None
         self.ddp, self.wrapped = None, model
         if self.dist.world > 1:

@@ -317,6 +317,10 @@ class Trainer:
         self.batches.load_state_dict(state["batches"])
         ckpt.set_rng_state(state["rng"])
         self.step = int(state["step"])
+        if self.step >= self.tc.max_steps:
+            raise GenforgeError(f"run '{self.run_dir}' is already at step {self.step} "
+                                f"(train.max_steps={self.tc.max_steps}); resume with a larger "
+                                "train.max_steps to continue it")
         self.best_score = state.get("best_score")
         # Drop log rows written after this checkpoint (a crash between checkpoints).
         log = self.run_dir / "metrics.jsonl"

@@ -23,7 +23,7 @@ nanoGPT's own ``iter N: ... time T ms`` lines; for genforge, the time between co
 training batch draws (the whole step, bookkeeping included).
 
 Validation loss is one metric for every row: mean cross-entropy over every non-overlapping
-64-token window of the held-out 10% (genforge's ``evaluate_text``, via ``genforge eval
+64-token window of the held-out 10% (genforge's text modality ``evaluate``, via ``genforge eval
 --checkpoint latest``; nanoGPT's final ``ckpt.pt`` is scored the same way on its own
 val.bin, which holds the same 90/10 split, with nanoGPT's model.py in a separate process).
 

@@ -43,7 +43,7 @@ def main() -> None:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     from genforge.config import load_config
-    from genforge.evaluate import evaluate_text
+    from genforge.evaluate import evaluate_run
     from genforge.runs import load_run
     from genforge.sampling.text import generate_text
     from genforge.train.trainer import Trainer, build
@@ -66,7 +66,7 @@ def main() -> None:
     tokens_per_step = cfg.train.batch_size * mcfg.block_size
     tps = steady_steps * tokens_per_step / steady_s
     run = load_run(args.run_dir)  # the best-validation checkpoint, as nanoGPT keeps
-    ev = evaluate_text(run, progress=False)
+    ev = evaluate_run(run, progress=False)
     sample = generate_text(run.model, run.tokenizer, ["ROMEO:"], 200, temperature=0.8,
                            generator=torch.Generator(device=run.model.tok_emb.weight.device).manual_seed(0))[0]
     out = {

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import make_trainer
+from helpers import train_losses as losses
 
 from genforge import GenforgeError
 from genforge.checkpoint import latest_checkpoint
@@ -27,10 +28,6 @@ TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_siz
 def tiny(corpus, *extra):
     return load_config("gpt-demo", [f"data.name={corpus}", *TINY, *extra])
 
-
-def losses(run_dir):
-    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if "split" not in r]
 
 
 def test_loss_decreases_on_a_fixed_batch(corpus):

@@ -117,6 +117,32 @@ def is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(p.name != ".lock" for p in path.iterdir())
 
 
+def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> tuple[RunLock, bool]:
+    """Lock ``run_dir`` for one training process: (the held lock, whether the folder was created).
+
+    A new run needs an absent or empty folder unless ``overwrite``, which clears it only
+    once the lock proves nobody else is writing there; a resumed run needs checkpoints."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise GenforgeError(f"run directory '{run_dir}' is a file; choose another --run-dir")
+    if resume and not (run_dir / "checkpoints").is_dir():
+        raise GenforgeError(f"cannot resume: '{run_dir}' is not a run directory with checkpoints")
+    if not resume and run_dir.exists() and not is_empty_dir(run_dir) and not overwrite:
+        raise GenforgeError(f"run directory '{run_dir}' is not empty; continue it with "
+                            f"--resume {run_dir}, replace it with --overwrite, or choose another --run-dir")
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GenforgeError(f"cannot create run directory '{run_dir}' ({e.strerror})") from None
+    lock = RunLock(run_dir).acquire()
+    if overwrite and not resume:
+        for child in run_dir.iterdir():
+            if child.name != ".lock":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    return lock, created
+
+
 # --------------------------------------------------------------------------- RNG state
 
 
@@ -289,10 +315,6 @@ def checkpoint_config(ckpt: Path) -> dict[str, Any]:
         raise _corrupt(ckpt, f"{CONFIG}: {e}") from None
 
 
-def checkpoint_step(ckpt: Path) -> int:
-    return int(verify_checkpoint(ckpt)["step"])
-
-
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
@@ -331,6 +353,11 @@ def load_ema_weights(model: torch.nn.Module, ckpt: Path) -> None:
     target = model.ema_target()
     frozen = _frozen_prefixes(model) if target is model else ()
     _load_strict(target, _read_tensors(ckpt / EMA_WEIGHTS), set(ema_keys(target, frozen)), ckpt / EMA_WEIGHTS)
+
+
+def read_ema_state(ckpt: Path) -> dict[str, torch.Tensor] | None:
+    """The raw EMA shadow of a checkpoint (None when it was trained without EMA)."""
+    return _read_tensors(ckpt / EMA_WEIGHTS) if (ckpt / EMA_WEIGHTS).is_file() else None
 
 
 def load_train_state(ckpt: Path) -> dict[str, Any]:

@@ -61,6 +61,7 @@ class SampleOption:
     choices: tuple | None = None
     flag: bool = False  # a switch: --name-with-dashes sets True
     repeat: bool = False  # may be given several times; the value is a list
+    minimum: int | None = None  # the smallest value a number may take
     metavar: str | None = None
 
     @property
@@ -192,7 +193,8 @@ class LatentVariableModel(GenerativeModel):
     sample_options = (
         SampleOption("interpolate", "decode the latent path between two images (PNG/JPEG files, "
                                     "test:INDEX or val:INDEX)", str, nargs=2, metavar=("A", "B")),
-        SampleOption("interp_points", "images on the --interpolate path (default 8)", int, 8, metavar="N"),
+        SampleOption("interp_points", "images on the --interpolate path (default 8)", int, 8, metavar="N",
+                     minimum=2),
         SampleOption("interp_method", "spherical (default) or linear interpolation", str, "slerp",
                      choices=("slerp", "lerp")),
         SampleOption("attribute", "add the latent vector mean(TO) - mean(FROM) to test images of "

@@ -88,7 +88,8 @@ class VAE(LatentVariableModel):
                      float, 1.0, metavar="T"),
     )
     eval_options = (
-        SampleOption("iwae_k", "importance samples of the NLL bound (default 100)", int, metavar="K"),
+        SampleOption("iwae_k", "importance samples of the NLL bound (default 100)", int, metavar="K",
+                     minimum=1),
     )
 
     def __init__(self, config: VAEConfig, spec):

@@ -10,6 +10,7 @@ branch on a modality name.
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +24,20 @@ COMMON_SAMPLE_OPTIONS = (
     SampleOption("seed", "random seed for reproducible samples (default: random, printed)", int,
                  metavar="S"),
     SampleOption("num_samples", "how many samples (text: per prompt, default 1; images: default 64)",
-                 int, metavar="N"),
+                 int, metavar="N", minimum=1),
     SampleOption("out", "write samples to this file (text: .txt or .jsonl; images: .png grid or "
                         ".npz array; default: print text / RUN_DIR/samples/*.png)", str, metavar="FILE"),
     SampleOption("batch_size", "samples generated at once; large requests run in batches "
-                               "(default 64)", int, 64, metavar="B"),
+                               "(default 64)", int, 64, metavar="B", minimum=1),
 )
 
 
 COMMON_EVAL_OPTIONS = (
-    SampleOption("max_batches", "evaluate on at most this many batches", int, metavar="N"),
+    SampleOption("max_batches", "evaluate on at most this many batches", int, metavar="N", minimum=1),
 )
 
 
-class Modality:
+class Modality(ABC):
     """The interface; one subclass instance per modality, registered in ``MODALITIES``."""
 
     name: str
@@ -44,23 +45,25 @@ class Modality:
     sample_options: tuple[SampleOption, ...] = ()
     eval_options: tuple[SampleOption, ...] = ()
 
+    @abstractmethod
     def load(self, data_cfg, needs: dict[str, Any]):
         """The run's data (``.spec``, ``.train``, ``.val``, ``.test``, ``.save(run_dir)``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         """Items of ``unit`` in a batch."""
-        raise NotImplementedError
 
+    @abstractmethod
     def write_preview(self, sample: Any, path_stem: Path, data) -> Path:
-        raise NotImplementedError
+        """Write a training preview next to ``path_stem`` (suffix chosen here); return the path."""
 
+    @abstractmethod
     def sample_command(self, run, generator: torch.Generator, **options: Any) -> None:
         """`genforge sample` for this modality: draw with ``generator``, print or write."""
-        raise NotImplementedError
 
+    @abstractmethod
     def evaluate(self, run, **options: Any) -> dict[str, Any]:
-        raise NotImplementedError
+        """The `genforge eval` report of ``run`` on its held-out data."""
 
 
 MODALITIES = {
@@ -110,8 +113,8 @@ def options_for(run, kind: str) -> tuple[SampleOption, ...]:
 
 
 def check_options(run, given: dict[str, Any], kind: str = "sample") -> dict[str, Any]:
-    """Refuse ``kind`` options that do not apply to this run; fill defaults for those that do.
-    Integer counts must be positive."""
+    """Refuse ``kind`` options that do not apply to this run, or below their minimum; fill
+    defaults for those that do."""
     allowed = {o.name: o for o in options_for(run, kind)}
     wrong = [name for name, value in given.items() if value not in (None, False) and name not in allowed]
     if wrong:
@@ -120,8 +123,9 @@ def check_options(run, given: dict[str, Any], kind: str = "sample") -> dict[str,
         raise GenforgeError(f"{flags} does not apply to this {run.config.family} run "
                             f"({run.spec.modality}); its options are: {valid}")
     for name, value in given.items():
-        if isinstance(value, int) and not isinstance(value, bool) and value < 1 and name != "seed":
-            raise GenforgeError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        minimum = allowed[name].minimum if name in allowed else None
+        if minimum is not None and value is not None and value < minimum:
+            raise GenforgeError(f"{allowed[name].cli} must be at least {minimum}, got {value}")
     return {name: (given.get(name) if given.get(name) is not None else o.default)
             for name, o in allowed.items()}
 

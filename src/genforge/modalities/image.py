@@ -29,7 +29,7 @@ class ImageModality(Modality):
     )
     eval_options = (
         SampleOption("num_samples", "generated images compared with as many test images "
-                                    "(default 10000)", int, metavar="N"),
+                                    "(default 10000)", int, metavar="N", minimum=1),
         SampleOption("inception_weights", "also compute standard Inception FID from this weights "
                                           "file (needs genforge[inception])", str, metavar="PATH"),
     )
@@ -70,8 +70,6 @@ class ImageModality(Modality):
             _save_png(images, path, spec, labels, nrow)
             return
         n = 64 if num_samples is None else num_samples
-        if n < 1 or batch_size < 1:
-            raise GenforgeError("--num-samples and --batch-size must be at least 1")
         if out is not None and Path(out).suffix.lower() == ".png" and n > MAX_GRID:
             raise GenforgeError(f"{n} images do not fit one PNG grid (at most {MAX_GRID}); "
                                 "write them with --out FILE.npz")

@@ -27,9 +27,10 @@ class TextModality(Modality):
     sample_options = (
         SampleOption("prompt", "text to continue; repeat for several prompts (default: a newline)",
                      str, metavar="TEXT", repeat=True),
-        SampleOption("max_new_tokens", "tokens to generate per sample (default 500)", int, 500, metavar="N"),
+        SampleOption("max_new_tokens", "tokens to generate per sample (default 500)", int, 500, metavar="N",
+                     minimum=0),
         SampleOption("temperature", "softmax temperature; 0 is greedy (default 0.8)", float, 0.8, metavar="T"),
-        SampleOption("top_k", "sample only from the k most likely tokens", int, metavar="K"),
+        SampleOption("top_k", "sample only from the k most likely tokens", int, metavar="K", minimum=1),
         SampleOption("top_p", "nucleus sampling: the smallest set of tokens with this mass", float,
                      metavar="P"),
         SampleOption("stop", "end a sample at this string; repeatable", str, metavar="S", repeat=True),
@@ -60,8 +61,6 @@ class TextModality(Modality):
 
         check_settings(temperature, top_k, top_p, max_new_tokens)
         n = 1 if num_samples is None else num_samples
-        if n < 1 or batch_size < 1:
-            raise GenforgeError("--num-samples and --batch-size must be at least 1")
         prompts = [p for p in (prompt or ["\n"]) for _ in range(n)]
         settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                         top_p=top_p, stop=stop or ())

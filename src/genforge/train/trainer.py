@@ -14,7 +14,6 @@ import json
 import math
 import shutil
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from genforge.train import distributed
 from genforge.train.batches import BatchSource, DatasetBatches
 from genforge.train.ema import EMA
 from genforge.train.schedule import lr_at
+from genforge.train.signals import StopFlag
 
 
 def build(cfg: RunConfig, model_cfg) -> tuple[GenerativeModel, Any]:
@@ -109,33 +109,6 @@ class _StepContext:
                 p.requires_grad_(True)
 
 
-class _StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop stops at the next step boundary, so the saved
-    sampler, RNG and weights are those of a finished step and resume is exact. A second
-    Ctrl-C aborts at once without saving."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        tqdm.write(f"genforge: {signal.Signals(signum).name} received; stopping after this step "
-                   "(Ctrl-C again aborts without saving)")
-
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-
 class Trainer:
     """Trains ``model`` on ``data`` (or on any :class:`BatchSource`) into ``run_dir``.
 
@@ -156,7 +129,7 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if use_bf16 else None
         self.lock, created = None, False
         if self.dist.is_main:
-            created = self._claim_run_dir(resume, overwrite)
+            self.lock, created = ckpt.claim_run_dir(self.run_dir, resume, overwrite)
         try:
             self._setup(model, batches, resume)
             if self.dist.is_main:
@@ -168,27 +141,6 @@ class Trainer:
             raise
 
     # -- set-up -------------------------------------------------------------------------
-    def _claim_run_dir(self, resume: bool, overwrite: bool) -> bool:
-        run_dir = self.run_dir
-        if run_dir.exists() and not run_dir.is_dir():
-            raise GenforgeError(f"run directory '{run_dir}' is a file; choose another --run-dir")
-        if resume and not (run_dir / "checkpoints").is_dir():
-            raise GenforgeError(f"cannot resume: '{run_dir}' is not a run directory with checkpoints")
-        if not resume and run_dir.exists() and not ckpt.is_empty_dir(run_dir) and not overwrite:
-            raise GenforgeError(f"run directory '{run_dir}' is not empty; continue it with "
-                                f"--resume {run_dir}, replace it with --overwrite, or choose another --run-dir")
-        created = not run_dir.exists()
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise GenforgeError(f"cannot create run directory '{run_dir}' ({e.strerror})") from None
-        self.lock = ckpt.RunLock(run_dir).acquire()
-        if overwrite and not resume:  # only now: the lock proves nobody else is writing here
-            for child in run_dir.iterdir():
-                if child.name != ".lock":
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-        return created
-
     def _setup(self, model: GenerativeModel, batches: BatchSource | None, resume: bool) -> None:
         tc = self.tc
         self.model = model.to(self.device).train()
@@ -305,15 +257,12 @@ class Trainer:
         except (KeyError, ValueError) as e:
             raise GenforgeError(f"checkpoint {path} has no matching optimizer state ({e}); was it "
                                 "trained with another family or model settings?") from None
-        if self.ema is not None:
-            if (path / ckpt.EMA_WEIGHTS).is_file():
-                from safetensors.torch import load_file
-
-                try:
-                    self.ema.load_state_dict(load_file(str(path / ckpt.EMA_WEIGHTS)))
-                except ValueError:
-                    raise GenforgeError(f"checkpoint {path}: its EMA weights do not match the model") from None
-            # else: EMA switched on for a resumed run; it starts from the current weights.
+        shadow = ckpt.read_ema_state(path) if self.ema is not None else None
+        if shadow is not None:  # None: EMA switched on for a resumed run starts from the weights
+            try:
+                self.ema.load_state_dict(shadow)
+            except ValueError:
+                raise GenforgeError(f"checkpoint {path}: its EMA weights do not match the model") from None
         self.batches.load_state_dict(state["batches"])
         ckpt.set_rng_state(state["rng"])
         self.step = int(state["step"])
@@ -388,7 +337,7 @@ class Trainer:
             bar.write(line) if self.progress else print(line, flush=True)
         return result
 
-    def _stop_requested(self, flag: _StopFlag) -> bool:
+    def _stop_requested(self, flag: StopFlag) -> bool:
         if self.dist.world == 1:
             return flag.signum is not None
         # Every rank must stop at the same step, or the others wait forever in all-reduce.
@@ -401,14 +350,14 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
         try:
-            with _StopFlag() as flag:
+            with StopFlag() as flag:
                 return self._fit(flag)
         finally:
             self.close()
             if self.tb is not None:
                 self.tb.close()
 
-    def _fit(self, flag: _StopFlag) -> dict[str, float]:
+    def _fit(self, flag: StopFlag) -> dict[str, float]:
         tc = self.tc
         self.model.train()
         bar = tqdm(total=tc.max_steps, initial=self.step, disable=not (self.progress and self.dist.is_main),

@@ -17,15 +17,13 @@ from genforge import GenforgeError
 from genforge.cli import main
 from genforge.config import DataConfig
 from genforge.data import registry
+from genforge.data.grids import nearest_neighbours, save_grid, save_nearest_grid
 from genforge.data.images import (
     IMAGE_DATASETS,
     SPLIT_SEED,
     load_images,
-    nearest_neighbours,
     read_cifar10,
     read_idx,
-    save_grid,
-    save_nearest_grid,
     saved_test_fingerprint,
 )
 from genforge.data.spec import DataSpec

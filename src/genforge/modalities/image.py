@@ -43,7 +43,7 @@ class ImageModality(Modality):
         return batch["x"].shape[0]
 
     def write_preview(self, sample: torch.Tensor, path_stem: Path, data) -> Path:
-        from genforge.data.images import save_grid
+        from genforge.data.grids import save_grid
 
         return save_grid(sample, path_stem.with_suffix(".png"), data.spec)
 
@@ -89,7 +89,7 @@ class ImageModality(Modality):
         else:
             _save_png(_from_uint8(images, spec), path, spec, None if y is None else y.tolist(), None)
         if nearest:
-            from genforge.data.images import save_nearest_grid
+            from genforge.data.grids import save_nearest_grid
 
             near = path.with_name(path.stem + "-nearest.png")
             save_nearest_grid(_from_uint8(images[:32], spec), _heldout(run).train, near, spec)
@@ -136,7 +136,7 @@ def _from_uint8(x: torch.Tensor, spec) -> torch.Tensor:
 
 
 def _save_png(images: torch.Tensor, path: Path, spec, labels, nrow) -> None:
-    from genforge.data.images import save_grid
+    from genforge.data.grids import save_grid
 
     save_grid(images.cpu(), path, spec, labels, nrow)
     print(f"wrote {path}")

@@ -37,11 +37,16 @@ def vae_case(tmp_path):
                           "model.kl_warmup_steps=4"], {"num_samples": 60, "iwae_k": 2}
 
 
+def diffusion_case(tmp_path):
+    return "diffusion-digits", ["model.channels=[8, 16]", "model.heads=2", "model.sampling_steps=3"], \
+        {"num_samples": 60, "sampling_steps": 2, "bpd_steps": 2, "bpd_images": 8}
+
+
 def toy_case(tmp_path):
     return TOY, [], {"num_samples": 60}
 
 
-FAMILY_CASES = {"gpt": gpt_case, "vae": vae_case, "toy": toy_case}
+FAMILY_CASES = {"gpt": gpt_case, "vae": vae_case, "diffusion": diffusion_case, "toy": toy_case}
 
 
 def test_every_registered_family_has_a_contract_case():

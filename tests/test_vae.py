@@ -73,7 +73,7 @@ def test_heldout_metrics_report_nats_bits_and_active_units(trained):
     trainer, _ = trained
     model = trainer.model.eval()
     batches = [trainer.data.val.get(torch.arange(s, s + 60)) for s in (0, 60)]
-    out = model.heldout_metrics(batches, torch.Generator().manual_seed(0), k=20)
+    out = model.heldout_metrics(batches, torch.Generator().manual_seed(0), iwae_k=20)
     assert out["nll_iwae_nats"] < -out["elbo_nats"]  # same draws: Jensen's inequality, exactly
     assert out["nll_bits_per_dim"] == pytest.approx(out["nll_iwae_nats"] / (64 * math.log(2)))
     assert 1 <= out["active_units"] <= 8

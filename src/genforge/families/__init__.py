@@ -14,6 +14,7 @@ from genforge import GenforgeError
 FAMILIES = {
     "gpt": "genforge.families.gpt:GPT",
     "vae": "genforge.families.vae:VAE",
+    "diffusion": "genforge.families.diffusion:Diffusion",
 }
 
 

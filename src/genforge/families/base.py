@@ -69,6 +69,13 @@ class SampleOption:
         return "--" + self.name.replace("_", "-")
 
 
+# One --prompt for every kind of run: text to continue (text runs) or a caption to draw
+# (text-to-image runs). Declared once so the CLI has one definition.
+PROMPT = SampleOption("prompt", "text runs: text to continue (default: a newline); text-to-image runs: "
+                                "the caption to draw. Repeat for several prompts", str, metavar="TEXT",
+                      repeat=True)
+
+
 class StepContext(Protocol):
     """What the trainer offers a family inside one optimizer step."""
 

@@ -300,7 +300,7 @@ class VAE(LatentVariableModel):
         return (bound, log_w.mean(0)) if with_elbo else bound
 
     @torch.no_grad()
-    def heldout_metrics(self, batches, generator: torch.Generator, k: int = 100) -> dict[str, float]:
+    def heldout_metrics(self, batches, generator: torch.Generator, iwae_k: int = 100) -> dict[str, float]:
         """On held-out batches: IWAE NLL (nats per image, bits per dimension), the ELBO averaged
         over the same k draws, and active units (Burda et al. 2016, sec. 5.1: dimensions whose posterior mean
         varies across images with variance > 0.01)."""
@@ -309,7 +309,7 @@ class VAE(LatentVariableModel):
             x = batch["x"]
             y = batch.get("y") if self.K else None
             target = self.target(x, generator)  # fixed binarization of the test set
-            bound, elbo_k = self.iwae_log_likelihood(target, y, k, generator=generator, with_elbo=True)
+            bound, elbo_k = self.iwae_log_likelihood(target, y, iwae_k, generator=generator, with_elbo=True)
             nll -= float(bound.sum())
             elbo += float(elbo_k.sum())
             mus.append(self._encode01(target, y)[0].cpu())
@@ -317,5 +317,5 @@ class VAE(LatentVariableModel):
         dims = self.C * self.H * self.W
         active = int((torch.cat(mus).var(0) > 0.01).sum()) if n > 1 else 0
         return {"nll_iwae_nats": nll / n, "nll_bits_per_dim": nll / n / (dims * math.log(2)),
-                "elbo_nats": elbo / n, "iwae_k": float(k), "active_units": float(active),
+                "elbo_nats": elbo / n, "iwae_k": float(iwae_k), "active_units": float(active),
                 "latent_dim": float(self.config.latent_dim)}

@@ -148,16 +148,21 @@ def _check_inception(inception_weights: str | None) -> None:
 
 @torch.no_grad()
 def evaluate_images(run, max_batches: int | None = None, num_samples: int = 10000, batch_size: int = 250,
-                    iwae_k: int = 100, nll_images: int = 1000, seed: int = 0, progress: bool = True,
-                    inception_weights: str | None = None) -> dict:
+                    nll_images: int = 1000, seed: int = 0, progress: bool = True,
+                    inception_weights: str | None = None, **family_options) -> dict:
     """Feature-space metrics of ``run``'s samples against its dataset's test split.
 
     ``num_samples`` generated images are compared with as many test images (all of
     them when fewer); ``max_batches`` caps that at ``max_batches * batch_size``.
-    The family's held-out numbers (a VAE's likelihood bound) use the first
-    ``nll_images`` test images with ``iwae_k`` importance samples.
+    The family's held-out numbers (a VAE's likelihood bound) use the first ``nll_images``
+    test images. ``family_options`` are the family's declared eval options: those it also
+    declares for sampling (a diffusion sampler and step count) go to ``model.sample``, the
+    rest (a VAE's ``iwae_k``) to ``model.heldout_metrics``.
     """
     model, spec = run.model, run.spec
+    sampling = {o.name for o in type(model).sample_options}
+    sample_kw = {k: v for k, v in family_options.items() if k in sampling}
+    heldout_kw = {k: v for k, v in family_options.items() if k not in sampling}
     _check_inception(inception_weights)
     device = next(model.parameters()).device
     data = _load_heldout(run)
@@ -176,7 +181,7 @@ def evaluate_images(run, max_batches: int | None = None, num_samples: int = 1000
     for s in tqdm(range(0, n, batch_size), desc="sample", disable=not progress, unit="batch"):
         m = min(batch_size, n - s)
         y = requested[s:s + m].to(device) if k else None
-        samples.append(model.sample(m, g, labels=y).float().cpu())
+        samples.append(model.sample(m, g, labels=y, **sample_kw).float().cpu())
     fake = to_unit(torch.cat(samples), spec.pixel_range)  # (n, C, H, W) in [0, 1]
 
     out: dict = {"step": int(run.step)}
@@ -186,7 +191,7 @@ def evaluate_images(run, max_batches: int | None = None, num_samples: int = 1000
         bs = max(1, min(batch_size, 100))
         batches = ({k: v.to(device) for k, v in data.test.get(torch.arange(s, min(s + bs, m))).items()}
                    for s in range(0, m, bs))
-        heldout = model.heldout_metrics(batches, g, k=iwae_k)
+        heldout = model.heldout_metrics(batches, g, **heldout_kw)
         if heldout:
             out.update(heldout)
             out["nll_images"] = m

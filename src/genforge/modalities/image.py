@@ -73,7 +73,11 @@ class ImageModality(Modality):
         if out is not None and Path(out).suffix.lower() == ".png" and n > MAX_GRID:
             raise GenforgeError(f"{n} images do not fit one PNG grid (at most {MAX_GRID}); "
                                 "write them with --out FILE.npz")
-        y = class_labels(model, spec, class_label, n)
+        prompts = family_options.get("prompt")
+        if prompts and class_label is not None:
+            raise GenforgeError("give either --prompt or --class-label, not both")
+        y = None if prompts else class_labels(model, spec, class_label, n)
+        _resolve_edit_images(run, family_options)
         chunks = []
         starts = range(0, n, batch_size)
         for s in tqdm(starts, desc="sample", unit="batch", disable=len(starts) < 2):
@@ -87,7 +91,8 @@ class ImageModality(Modality):
         if path.suffix.lower() == ".npz":
             _save_npz(path, images, y, spec)
         else:
-            _save_png(_from_uint8(images, spec), path, spec, None if y is None else y.tolist(), None)
+            captions = [prompts[i % len(prompts)] for i in range(n)] if prompts else None
+            _save_png(_from_uint8(images, spec), path, spec, captions or (None if y is None else y.tolist()), None)
         if nearest:
             from genforge.data.grids import save_nearest_grid
 
@@ -199,6 +204,50 @@ def _load_image(run, ref: str, cache: dict) -> tuple[torch.Tensor, int | None]:
     except OSError as e:
         raise GenforgeError(f"cannot read image {path} ({e})") from None
     return _from_uint8(arr, run.spec), None
+
+
+MASK_SHAPES = ("left", "right", "top", "bottom", "center")
+
+
+def _resolve_edit_images(run, options: dict) -> None:
+    """--init and --mask name files (or test:INDEX); the family receives tensors."""
+    if options.get("init") is not None:
+        options["init"] = _load_image(run, options["init"], {})[0]
+    if options.get("mask") is not None:
+        options["mask"] = load_mask(options["mask"], run.spec.shape)
+
+
+def load_mask(ref: str, shape) -> torch.Tensor:
+    """An inpainting mask (1, H, W) in {0, 1}, 1 = regenerate: a named half or centre square,
+    or an image file whose bright pixels (> 50% grey) mark the region."""
+    _, h, w = shape
+    mask = torch.zeros(1, h, w)
+    if ref in MASK_SHAPES:
+        if ref == "left":
+            mask[..., : w // 2] = 1
+        elif ref == "right":
+            mask[..., w // 2:] = 1
+        elif ref == "top":
+            mask[:, : h // 2] = 1
+        elif ref == "bottom":
+            mask[:, h // 2:] = 1
+        else:
+            mask[:, h // 4: h - h // 4, w // 4: w - w // 4] = 1
+        return mask
+    from PIL import Image
+
+    path = Path(ref)
+    if not path.is_file():
+        raise GenforgeError(f"--mask {ref}: not an image file nor one of {', '.join(MASK_SHAPES)}")
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("L").resize((w, h), Image.NEAREST), dtype=np.float32)
+    except OSError as e:
+        raise GenforgeError(f"cannot read mask {path} ({e})") from None
+    mask = torch.from_numpy(arr > 127.5).float()[None]
+    if mask.sum() == 0:
+        raise GenforgeError(f"--mask {path} has no white pixels: nothing to inpaint")
+    return mask
 
 
 def _latent_tool(run, class_label, num_samples, interpolate=None, interp_points=8, interp_method="slerp",

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from genforge import GenforgeError
 from genforge.checkpoint import atomic_write_text
-from genforge.families.base import SampleOption
+from genforge.families.base import PROMPT, SampleOption
 from genforge.modalities import Modality
 
 
@@ -25,8 +25,7 @@ class TextModality(Modality):
     name = "text"
     unit = "tokens"
     sample_options = (
-        SampleOption("prompt", "text to continue; repeat for several prompts (default: a newline)",
-                     str, metavar="TEXT", repeat=True),
+        PROMPT,
         SampleOption("max_new_tokens", "tokens to generate per sample (default 500)", int, 500, metavar="N",
                      minimum=0),
         SampleOption("temperature", "softmax temperature; 0 is greedy (default 0.8)", float, 0.8, metavar="T"),

@@ -1,0 +1,161 @@
+"""Samplers: plain functions with one signature,
+
+    sampler(denoiser, x, sigmas, *, cond=None, guidance=1.0, generator=None, callback=None) -> x0
+
+- ``denoiser(x, sigma, cond) -> x0_hat``: x (B, C, H, W) at noise level sigma (B,), in the
+  VE picture x = x0 + sigma * noise; ``cond`` is a dict of batch-first tensors or None.
+- ``x``: the starting point at ``sigmas[0]`` (pure noise ``sigma_max * randn``, or a noised
+  image for SDEdit); ``sigmas``: (n+1,) descending, ending at 0 (``schedules.py``).
+- ``guidance``: classifier-free guidance scale, applied by :func:`guided` (1 = conditional).
+- ``generator``: the only source of randomness (ancestral samplers' fresh noise).
+- ``callback(info)``: called after every step with ``{"step", "steps", "sigma", "x",
+  "denoised"}`` (progress bars, intermediate images).
+
+They never touch the model, so any sampler drives any parameterization, and guidance or
+inpainting are wrappers around the denoiser, not sampler features.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor, dict | None], torch.Tensor]
+
+
+def guided(denoiser: Denoiser, cond: dict | None, guidance: float) -> Callable:
+    """Classifier-free guidance (Ho & Salimans 2021, eq. 6) in x0 space:
+    D = D(x | none) + w (D(x | cond) - D(x | none)), both halves in one batched call.
+
+    ``cond["uncond"]`` (B,) bool marks rows the network must treat as unconditional. At
+    w = 1, or without a condition, this is the plain conditional denoiser (one call).
+    """
+    if cond is None or guidance == 1.0:
+        return lambda x, sigma: denoiser(x, sigma, cond)
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        both = {k: torch.cat([v, v]) for k, v in cond.items() if k != "uncond"}
+        drop = cond.get("uncond", torch.zeros(b, dtype=torch.bool, device=x.device))
+        both["uncond"] = torch.cat([drop, torch.ones_like(drop)])
+        d_cond, d_uncond = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), both).chunk(2)
+        return d_uncond + guidance * (d_cond - d_uncond)
+
+    return denoise
+
+
+def _level(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), float(sigma), device=x.device, dtype=x.dtype)
+
+
+def _report(callback, i, n, sigma, x, denoised):
+    if callback is not None:
+        callback({"step": i, "steps": n, "sigma": float(sigma), "x": x, "denoised": denoised})
+
+
+@torch.no_grad()
+def sample_euler(denoiser, x, sigmas, *, cond=None, guidance=1.0, generator=None, callback=None):
+    """Euler on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al.
+    2022, eq. 3 with sigma(t) = t). One network evaluation per step."""
+    d_fn, n = guided(denoiser, cond, guidance), len(sigmas) - 1
+    for i in range(n):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        denoised = d_fn(x, _level(s, x))
+        x = x + (x - denoised) / float(s) * float(s_next - s)
+        _report(callback, i, n, s, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_heun(denoiser, x, sigmas, *, cond=None, guidance=1.0, generator=None, callback=None):
+    """Heun's second-order method (Karras et al. 2022, algorithm 1): an Euler step, then the
+    trapezoidal correction with the slope at the new point; the last step (to sigma = 0) is
+    Euler. Two network evaluations per step, one on the last."""
+    d_fn, n = guided(denoiser, cond, guidance), len(sigmas) - 1
+    for i in range(n):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        denoised = d_fn(x, _level(s, x))
+        slope = (x - denoised) / s
+        x_euler = x + slope * (s_next - s)
+        if s_next == 0:
+            x = x_euler
+        else:
+            slope_next = (x_euler - d_fn(x_euler, _level(s_next, x))) / s_next
+            x = x + (slope + slope_next) / 2 * (s_next - s)
+        _report(callback, i, n, s, x, denoised)
+    return x
+
+
+def _ddim(denoiser, x, sigmas, eta, cond, guidance, generator, callback):
+    """DDIM (Song et al. 2021, eq. 12) rewritten for x = x0 + sigma * eps. With
+    eps = (x - x0_hat) / s, the update is x' = x0_hat + sqrt(s'^2 - up^2) eps + up z,
+    up = eta * s' * sqrt(s^2 - s'^2) / s. The VP scale factors cancel; eta = 0 is the
+    deterministic DDIM step (identical to Euler in these units), eta = 1 samples the DDPM
+    posterior q(x_{t-1} | x_t, x0) (Ho et al. 2020, eq. 7): ancestral DDPM."""
+    d_fn, n = guided(denoiser, cond, guidance), len(sigmas) - 1
+    for i in range(n):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        denoised = d_fn(x, _level(s, x))
+        eps = (x - denoised) / s
+        up = eta * s_next * math.sqrt(max(s * s - s_next * s_next, 0.0)) / s
+        down = math.sqrt(max(s_next * s_next - up * up, 0.0))
+        x = denoised + down * eps
+        if up > 0:
+            x = x + up * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        _report(callback, i, n, s, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(denoiser, x, sigmas, *, cond=None, guidance=1.0, generator=None, callback=None,
+                eta: float = 0.0):
+    """DDIM with stochasticity ``eta`` in [0, 1] (0: deterministic)."""
+    return _ddim(denoiser, x, sigmas, eta, cond, guidance, generator, callback)
+
+
+@torch.no_grad()
+def sample_ddpm(denoiser, x, sigmas, *, cond=None, guidance=1.0, generator=None, callback=None):
+    """Ancestral DDPM sampling (Ho et al. 2020, algorithm 2, posterior variance beta-tilde):
+    DDIM at eta = 1 on any step count."""
+    return _ddim(denoiser, x, sigmas, 1.0, cond, guidance, generator, callback)
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(denoiser, x, sigmas, *, cond=None, guidance=1.0, generator=None, callback=None):
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", algorithm 2): a multistep second-order
+    solver of the data-prediction ODE in lambda = -log sigma. With h = lambda' - lambda and
+    r = h_prev / h, x' = (s'/s) x - expm1(-h) D', D' = (1 + 1/2r) D_i - (1/2r) D_{i-1}
+    (D' = D_i on the first step). The step to sigma = 0 returns D_i. One evaluation per step."""
+    d_fn, n = guided(denoiser, cond, guidance), len(sigmas) - 1
+    previous, h_prev = None, None
+    for i in range(n):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        denoised = d_fn(x, _level(s, x))
+        if s_next == 0:
+            x = denoised
+        else:
+            h = math.log(s) - math.log(s_next)
+            d_eff = denoised
+            if previous is not None:
+                r = h_prev / h
+                d_eff = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * previous
+            x = (s_next / s) * x - math.expm1(-h) * d_eff
+            previous, h_prev = denoised, h
+        _report(callback, i, n, s, x, denoised)
+    return x
+
+
+SAMPLERS: dict[str, Callable] = {
+    "ddpm": sample_ddpm,
+    "ddim": sample_ddim,
+    "euler": sample_euler,
+    "heun": sample_heun,
+    "dpmpp-2m": sample_dpmpp_2m,
+}
+
+
+def evaluations(sampler: str, steps: int) -> int:
+    """Network evaluations (NFE) of ``steps`` steps of ``sampler`` (before the x2 of guidance)."""
+    return 2 * steps - 1 if sampler == "heun" else steps

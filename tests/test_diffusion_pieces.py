@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from genforge.diffusion import schedules
-from genforge.diffusion.denoisers import PARAMETERIZATIONS, coefficients, denoise, diffusion_loss, x0_weight
+from genforge.diffusion.denoisers import (
+    PARAMETERIZATIONS,
+    coefficients,
+    denoise,
+    diffusion_loss,
+    x0_weight,
+)
 from genforge.diffusion.likelihood import ode_bits_per_dim
 from genforge.diffusion.samplers import SAMPLERS, guided
 

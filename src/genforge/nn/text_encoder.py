@@ -54,14 +54,21 @@ class SentenceEncoder(nn.Module):
             self.model = SentenceTransformer(str(path), device="cpu")
         except (OSError, ValueError) as e:
             raise GenforgeError(f"cannot load the sentence encoder from {path}: {e}") from None
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or \
+            self.model.get_sentence_embedding_dimension  # renamed in sentence-transformers 6
+        self.dim = int(get_dim())
         self.requires_grad_(False)
         self.eval()
 
     @torch.no_grad()
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         device = next(self.model.parameters()).device
-        features = {k: v.to(device) for k, v in self.model.tokenize(list(captions)).items()}
-        out = self.model(features)
-        return (out["token_embeddings"].float(), out["attention_mask"].bool(),
-                out["sentence_embedding"].float())
+        # encode(output_value=None) gives every output per caption, trimmed to its own tokens;
+        # it is the interface stable across sentence-transformers 2..6.
+        outs = self.model.encode(list(captions), output_value=None, device=str(device), batch_size=256,
+                                 show_progress_bar=False)
+        tokens = torch.nn.utils.rnn.pad_sequence([o["token_embeddings"].float() for o in outs], batch_first=True)
+        lengths = torch.tensor([len(o["token_embeddings"]) for o in outs], device=tokens.device)
+        mask = torch.arange(tokens.shape[1], device=tokens.device)[None] < lengths[:, None]
+        pooled = torch.stack([o["sentence_embedding"].float() for o in outs])
+        return tokens.to(device), mask.to(device), pooled.to(device)

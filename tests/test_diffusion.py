@@ -181,3 +181,19 @@ def test_missing_text_encoder_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("GENFORGE_TEXT_ENCODER", str(tmp_path))
     with pytest.raises(Exception, match="not a sentence-transformers model folder"):
         trained(tmp_path, "model.conditioning=text", steps=1)
+
+
+def test_cli_prompt_trajectory_and_masks(tmp_path, capsys):
+    from genforge.modalities.image import load_mask
+
+    assert load_mask("left", (1, 8, 8))[0, :, :4].eq(1).all() and load_mask("left", (1, 8, 8))[0, :, 4:].eq(0).all()
+    assert load_mask("center", (1, 8, 8)).sum() == 16
+    run = tmp_path / "run"
+    assert main(["train", "diffusion-digits", *TINY, "train.max_steps=1", "--run-dir", str(run), "--no-progress"]) == 0
+    out = tmp_path / "t.png"
+    assert main(["sample", str(run), "--trajectory", "--sampling-steps", "3", "--num-samples", "2",
+                 "--out", str(out)]) == 0
+    assert out.is_file() and (tmp_path / "t-trajectory.png").is_file()
+    capsys.readouterr()
+    assert main(["sample", str(run), "--class-label", "3"]) == 2
+    assert "class-conditional" in capsys.readouterr().err

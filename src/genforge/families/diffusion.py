@@ -100,6 +100,8 @@ class Diffusion(GenerativeModel):
                                  "the image); default 0.6", float, metavar="S"),
         SampleOption("mask", "diffusion --init: inpaint where this mask is white (PNG), or "
                              "left|right|top|bottom|center", str, metavar="MASK"),
+        SampleOption("trajectory", "diffusion: also write each step's denoised estimate of the first "
+                                   "8 samples (rows) as FILE-trajectory.png", flag=True),
     )
     eval_options = (
         *STEP_OPTIONS,
@@ -168,7 +170,7 @@ class Diffusion(GenerativeModel):
         lo, hi = self.spec.pixel_range
         return ((x.float() - lo) / (hi - lo)).clamp(0, 1) * 2 - 1
 
-    def _from_model(self, x: torch.Tensor) -> torch.Tensor:
+    def from_model_units(self, x: torch.Tensor) -> torch.Tensor:
         lo, hi = self.spec.pixel_range
         return ((x.float().clamp(-1, 1) + 1) / 2) * (hi - lo) + lo
 
@@ -259,13 +261,15 @@ class Diffusion(GenerativeModel):
                sampler: str | None = None, sampling_steps: int | None = None, schedule: str | None = None,
                guidance: float | None = None, eta: float | None = None, prompt: list[str] | None = None,
                init: torch.Tensor | None = None, strength: float | None = None,
-               mask: torch.Tensor | None = None, callback=None) -> torch.Tensor:
+               mask: torch.Tensor | None = None, trajectory: bool = False, callback=None) -> torch.Tensor:
         """n images (n, C, H, W) in pixel_range.
 
         ``labels`` (n,) condition a class or text model (text: the class's first caption);
         ``prompt`` (captions, cycled over the n images) conditions a text model. ``init`` (C, H, W) in pixel_range
         starts from that image noised to ``strength`` (SDEdit); ``mask`` (1, H, W) in {0, 1}
         regenerates only where it is 1 (inpainting). Both work with every sampler.
+        ``callback(info)`` sees every step (``samplers.py``); ``trajectory`` is the CLI's
+        switch for it and is handled by the image modality, which passes a callback.
         """
         sampler, steps, schedule, guidance, eta = self._resolve(sampler, sampling_steps, schedule, guidance, eta)
         device = next(self.net.parameters()).device
@@ -302,7 +306,7 @@ class Diffusion(GenerativeModel):
                                   generator=generator, callback=report, **extra)
         finally:
             bar.close()
-        return self._from_model(x)
+        return self.from_model_units(x)
 
     def _sampling_condition(self, n: int, labels, prompt: list[str] | None, device) -> dict | None:
         if prompt:

@@ -78,7 +78,15 @@ class ImageModality(Modality):
             raise GenforgeError("give either --prompt or --class-label, not both")
         y = None if prompts else class_labels(model, spec, class_label, n)
         _resolve_edit_images(run, family_options)
-        chunks = []
+        steps: list[torch.Tensor] = []
+        chunks: list[torch.Tensor] = []
+        if family_options.pop("trajectory", False):
+
+            def keep_step(info):  # the first batch's first 8 samples, every step
+                if not chunks:
+                    steps.append(info["denoised"][:8].cpu())
+
+            family_options["callback"] = keep_step
         starts = range(0, n, batch_size)
         for s in tqdm(starts, desc="sample", unit="batch", disable=len(starts) < 2):
             batch_y = None if y is None else y[s : s + batch_size]
@@ -88,6 +96,9 @@ class ImageModality(Modality):
         if out is None:
             out = run.run_dir / "samples" / (f"sample-{stamp}.png" if n <= MAX_GRID else f"sample-{stamp}.npz")
         path = Path(out)
+        if steps:
+            _save_png(_trajectory_grid(model, steps), path.with_name(path.stem + "-trajectory.png"), spec,
+                      None, len(steps))
         if path.suffix.lower() == ".npz":
             _save_npz(path, images, y, spec)
         else:
@@ -204,6 +215,13 @@ def _load_image(run, ref: str, cache: dict) -> tuple[torch.Tensor, int | None]:
     except OSError as e:
         raise GenforgeError(f"cannot read image {path} ({e})") from None
     return _from_uint8(arr, run.spec), None
+
+
+def _trajectory_grid(model, steps: list[torch.Tensor]) -> torch.Tensor:
+    """Per-step denoised estimates (model units) -> (rows * steps, C, H, W) in pixel range, one
+    row per sample, left to right from noise to image."""
+    frames = torch.stack([model.from_model_units(d) for d in steps], 1)  # (rows, steps, C, H, W)
+    return frames.flatten(0, 1)
 
 
 MASK_SHAPES = ("left", "right", "top", "bottom", "center")

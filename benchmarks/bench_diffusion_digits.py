@@ -42,13 +42,13 @@ def train(preset: str, run_dir: Path, reuse: bool) -> dict:
     return {"preset": preset, "train_wall_s": time.perf_counter() - t}
 
 
-def scorer(run):
+def scorer(run, samples: int | None = None):
     from genforge.metrics.evaluate_images import _load_heldout, image_report
     from genforge.metrics.extractor import load_extractor
 
     data = _load_heldout(run)
     extractor = load_extractor(data)
-    n = len(data.test)
+    n = min(samples or len(data.test), len(data.test))
 
     def score(seed: int, requested=None, **options) -> dict:
         g = torch.Generator().manual_seed(seed)
@@ -70,11 +70,11 @@ def steps_sweep(run, seeds: int) -> list[dict]:
     return rows
 
 
-def guidance_sweep(run, seeds: int, text: bool) -> list[dict]:
+def guidance_sweep(run, seeds: int, text: bool, dataset: str = "digits", samples: int | None = None) -> list[dict]:
     from genforge.data.captions import PARAPHRASES
     from genforge.metrics.classes import label_agreement
 
-    score, extractor, n = scorer(run)
+    score, extractor, n = scorer(run, samples)
     requested = torch.arange(n) % 10
     rows = []
     for w in GUIDANCE:
@@ -83,7 +83,7 @@ def guidance_sweep(run, seeds: int, text: bool) -> list[dict]:
                "fd": statistics.mean(r["fd"] for r in reports)}
         if text:
             hits = []
-            for prompt, k in PARAPHRASES["digits"]:
+            for prompt, k in PARAPHRASES[dataset]:
                 x = run.model.sample(50, torch.Generator().manual_seed(0), prompt=[prompt], guidance=w)
                 hits.append(label_agreement(extractor.run(x.float())[1], torch.full((50,), k)))
             row["paraphrase_agreement"] = statistics.mean(hits)

@@ -70,22 +70,23 @@ def steps_sweep(run, seeds: int) -> list[dict]:
     return rows
 
 
-def guidance_sweep(run, seeds: int, text: bool, dataset: str = "digits", samples: int | None = None) -> list[dict]:
+def guidance_sweep(run, seeds: int, text: bool, dataset: str = "digits", samples: int | None = None,
+                   scales=GUIDANCE, per_paraphrase: int = 50) -> list[dict]:
     from genforge.data.captions import PARAPHRASES
     from genforge.metrics.classes import label_agreement
 
     score, extractor, n = scorer(run, samples)
     requested = torch.arange(n) % 10
     rows = []
-    for w in GUIDANCE:
+    for w in scales:
         reports = [score(s, requested, guidance=w) for s in range(seeds)]
         row = {"guidance": w, "label_agreement": statistics.mean(r["label_agreement"] for r in reports),
                "fd": statistics.mean(r["fd"] for r in reports)}
         if text:
             hits = []
             for prompt, k in PARAPHRASES[dataset]:
-                x = run.model.sample(50, torch.Generator().manual_seed(0), prompt=[prompt], guidance=w)
-                hits.append(label_agreement(extractor.run(x.float())[1], torch.full((50,), k)))
+                x = run.model.sample(per_paraphrase, torch.Generator().manual_seed(0), prompt=[prompt], guidance=w)
+                hits.append(label_agreement(extractor.run(x.float())[1], torch.full((per_paraphrase,), k)))
             row["paraphrase_agreement"] = statistics.mean(hits)
             row["paraphrase_each"] = hits
         rows.append(row)

@@ -49,6 +49,12 @@ class SentenceEncoder(nn.Module):
             from sentence_transformers import SentenceTransformer
         except ImportError:
             raise GenforgeError(f"text conditioning needs sentence-transformers: {INSTALL_HINT}") from None
+        try:  # transformers draws a "Loading weights" bar on every load; the encoder is not news
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:
+            pass
         path = encoder_path()
         try:
             self.model = SentenceTransformer(str(path), device="cpu")

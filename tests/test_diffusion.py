@@ -197,3 +197,5 @@ def test_cli_prompt_trajectory_and_masks(tmp_path, capsys):
     capsys.readouterr()
     assert main(["sample", str(run), "--class-label", "3"]) == 2
     assert "class-conditional" in capsys.readouterr().err
+    assert main(["sample", str(run), "--guidance", "3"]) == 2  # refused, not ignored
+    assert "unconditional" in capsys.readouterr().err

@@ -77,7 +77,8 @@ class TrainConfig(Strict):
     grad_clip: float = Field(1.0, ge=0.0)
     """Clip the global gradient norm to this value; 0 turns clipping off."""
     ema_decay: Fraction = 0.0
-    """Keep an exponential moving average of the weights with this decay; 0 turns EMA off."""
+    """Keep an exponential moving average of the weights with this decay (warmed up as
+    min(decay, (1 + step) / (10 + step))); 0 turns EMA off."""
     eval_every: int = Field(250, ge=0)
     """Evaluate on the validation split every N steps (and at the end); 0 turns it off."""
     eval_batches: int = Field(20, ge=1)

@@ -15,6 +15,7 @@ FAMILIES = {
     "gpt": "genforge.families.gpt:GPT",
     "vae": "genforge.families.vae:VAE",
     "diffusion": "genforge.families.diffusion:Diffusion",
+    "gan": "genforge.families.gan:GAN",
 }
 
 

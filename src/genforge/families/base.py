@@ -29,6 +29,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
+from genforge import GenforgeError
 from genforge.data.spec import DataSpec
 
 Batch = dict[str, torch.Tensor]
@@ -74,6 +75,15 @@ class SampleOption:
 PROMPT = SampleOption("prompt", "text runs: text to continue (default: a newline); text-to-image runs: "
                                 "the caption to draw. Repeat for several prompts", str, metavar="TEXT",
                       repeat=True)
+
+
+INTERP_POINTS = SampleOption("interp_points", "images on an interpolation path (default 8)", int, 8,
+                             metavar="N", minimum=2)
+
+
+class Diverged(GenforgeError):
+    """Raised by a family's ``train_step`` when training has failed beyond repair (a GAN's
+    discriminator winning outright); the trainer adds the step and the last good checkpoint."""
 
 
 class StepContext(Protocol):
@@ -200,8 +210,7 @@ class LatentVariableModel(GenerativeModel):
     sample_options = (
         SampleOption("interpolate", "decode the latent path between two images (PNG/JPEG files, "
                                     "test:INDEX or val:INDEX)", str, nargs=2, metavar=("A", "B")),
-        SampleOption("interp_points", "images on the --interpolate path (default 8)", int, 8, metavar="N",
-                     minimum=2),
+        INTERP_POINTS,
         SampleOption("interp_method", "spherical (default) or linear interpolation", str, "slerp",
                      choices=("slerp", "lerp")),
         SampleOption("attribute", "add the latent vector mean(TO) - mean(FROM) to test images of "

@@ -271,9 +271,13 @@ class Diffusion(GenerativeModel):
         ``callback(info)`` sees every step (``samplers.py``); ``trajectory`` is the CLI's
         switch for it and is handled by the image modality, which passes a callback.
         """
+        guidance_given = guidance is not None
         sampler, steps, schedule, guidance, eta = self._resolve(sampler, sampling_steps, schedule, guidance, eta)
         device = next(self.net.parameters()).device
         cond = self._sampling_condition(n, labels, prompt, device)
+        if guidance_given and cond is None:
+            raise GenforgeError("--guidance needs a class- or text-conditional model; this one is "
+                                "unconditional")
         sigmas = schedules.sampling_sigmas(schedule, steps, self.sigma_min, self.sigma_max)
         denoiser = self.denoiser
         shape = (n, self.C, self.H, self.W)

@@ -166,7 +166,9 @@ def load_extractor(dataset) -> Extractor:
                             f"or rerun `genforge metrics fit-extractor {name}`")
     with safe_open(str(path), "pt") as f:
         meta = dict(f.metadata())
-    net = DomainClassifier(int(meta["in_channels"]), int(meta["num_classes"]))
+    with torch.random.fork_rng(devices=[]):  # building the net draws initial weights: keep the
+        # caller's random stream untouched (a GAN loads this mid-training; resume must be exact)
+        net = DomainClassifier(int(meta["in_channels"]), int(meta["num_classes"]))
     net.load_state_dict(load_file(str(path)))
     meta.update(entry)
     meta["test_fingerprint"] = data.fingerprint

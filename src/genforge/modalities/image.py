@@ -56,7 +56,8 @@ class ImageModality(Modality):
     def sample_command(self, run, generator, *, num_samples, out, batch_size, seed, class_label=None,
                        nearest=False, **family_options) -> None:
         model, spec = run.model, run.spec
-        tools = {k: family_options.pop(k) for k in LATENT_TOOLS if k in family_options}
+        latent_model = isinstance(model, LatentVariableModel)
+        tools = {k: family_options.pop(k) for k in LATENT_TOOLS if k in family_options and latent_model}
         if out is not None and Path(out).suffix.lower() not in (".png", ".npz"):
             raise GenforgeError(f"--out {out}: images are written as a .png grid or an .npz array")
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -70,6 +71,10 @@ class ImageModality(Modality):
             _save_png(images, path, spec, labels, nrow)
             return
         n = 64 if num_samples is None else num_samples
+        if family_options.get("interpolate_seeds"):  # a GAN's latent path: one image per point
+            if num_samples is not None:
+                raise GenforgeError("--interpolate-seeds draws --interp-points images; drop --num-samples")
+            n = family_options["interp_points"]
         if out is not None and Path(out).suffix.lower() == ".png" and n > MAX_GRID:
             raise GenforgeError(f"{n} images do not fit one PNG grid (at most {MAX_GRID}); "
                                 "write them with --out FILE.npz")

@@ -16,13 +16,21 @@ class EMA:
         state = module.state_dict()
         self.shadow = {k: state[k].detach().float().clone() for k in keys}
 
+    def decay_at(self, step: int) -> float:
+        """The decay used after optimizer step ``step`` (0-based): min(decay, (1 + t) / (10 + t)),
+        the warm-up of TensorFlow's ExponentialMovingAverage (``num_updates``). Without it a
+        0.999 average of a short run is mostly its first, untrained weights."""
+        return min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
+    def update(self, module: nn.Module, step: int | None = None) -> None:
+        """Average in ``module``'s weights after optimizer step ``step`` (None: no warm-up)."""
         current = module.state_dict()
         keys = list(self.shadow)
+        decay = self.decay if step is None else self.decay_at(step)
         # shadow <- decay * shadow + (1 - decay) * weights, fused over all tensors.
         torch._foreach_lerp_([self.shadow[k] for k in keys],
-                             [current[k].detach().float() for k in keys], 1.0 - self.decay)
+                             [current[k].detach().float() for k in keys], 1.0 - decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow

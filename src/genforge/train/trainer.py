@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from genforge import GenforgeError, Interrupted
 from genforge import checkpoint as ckpt
 from genforge.config import RunConfig
-from genforge.families.base import GenerativeModel
+from genforge.families.base import Diverged, GenerativeModel
 from genforge.modalities import load_data, modality
 from genforge.train import distributed
 from genforge.train.batches import BatchSource, DatasetBatches
@@ -371,9 +371,14 @@ class Trainer:
                 if self.stop_after is not None and steps_run >= self.stop_after:
                     break
                 micro = [self._to_device(self.batches.next()) for _ in range(tc.grad_accum)]
-                metrics = self.model.train_step(micro, self.ctx)
+                try:
+                    metrics = self.model.train_step(micro, self.ctx)
+                except Diverged as e:
+                    last = ckpt.latest_checkpoint(self.run_dir)
+                    raise GenforgeError(f"training stopped at step {self.step + 1}: {e}. Last good "
+                                        f"checkpoint: {last or 'none'}") from None
                 if self.ema is not None:
-                    self.ema.update(self.model.ema_target())
+                    self.ema.update(self.model.ema_target(), self.step)
                 n_items = sum(self.modality.count(b) for b in micro) * self.dist.world
                 items, window_items = items + n_items, window_items + n_items
                 self.step += 1

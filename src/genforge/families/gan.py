@@ -30,7 +30,14 @@ from torch import nn
 
 from genforge import GenforgeError
 from genforge.config import Strict
-from genforge.families.base import INTERP_POINTS, Batch, Diverged, GenerativeModel, SampleOption, Selection
+from genforge.families.base import (
+    INTERP_POINTS,
+    Batch,
+    Diverged,
+    GenerativeModel,
+    SampleOption,
+    Selection,
+)
 
 AUGMENTS = ("translation", "cutout", "color")
 
@@ -285,7 +292,7 @@ class GAN(GenerativeModel):
         super().__init__(config, spec)
         if spec.modality != "image" or spec.shape is None or len(spec.shape) != 3:
             raise GenforgeError("the gan family models images (C, H, W); pick an image dataset")
-        c, (ch, h, w) = config, spec.shape
+        c, (_, h, w) = config, spec.shape
         if min(h, w) < 8 or max(h, w) > 256:
             raise GenforgeError(f"the gan family handles 8x8 to 256x256 images, got {h}x{w}")
         if c.conditional and spec.num_classes < 2:

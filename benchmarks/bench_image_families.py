@@ -1,7 +1,7 @@
 """The image families side by side on Fashion-MNIST at one CPU training budget.
 
 For each family preset (VAE with the discretized-logistic likelihood, so that its bits/dim
-is an 8-bit likelihood like diffusion's; diffusion; the GAN once it lands):
+is an 8-bit likelihood like diffusion's; diffusion; GAN):
 
 - calibrate seconds per step through the genforge trainer, the families in alternation
   (A B A B), medians; train for as many steps as fit ``--budget-s`` (the cosine LR schedule
@@ -34,6 +34,7 @@ from common import machine, write
 FAMILIES = {
     "vae": ("vae-fashion-mnist", ["model.likelihood=logistic"]),
     "diffusion": ("diffusion-fashion-mnist", []),
+    "gan": ("gan-fashion-mnist", []),
 }
 
 
@@ -101,7 +102,7 @@ def main() -> None:
         for f in names:
             rates[f].append(sample_rate(runs[f].model.eval()))
     for f in names:
-        opts = {"iwae_k": 100} if f == "vae" else {"bpd_images": args.bpd_images}
+        opts = {"vae": {"iwae_k": 100}, "diffusion": {"bpd_images": args.bpd_images}}.get(f, {})
         report = evaluate_run(runs[f], num_samples=args.samples, nll_images=args.bpd_images, progress=False, **opts)
         rows[f].update(step=runs[f].step, sample_images_per_s=statistics.median(rates[f]), **report)
         print(f, {k: rows[f][k] for k in ("fd", "kid", "precision", "recall")}, flush=True)
@@ -117,15 +118,16 @@ def render(result: dict) -> str:
                  "train images/s | sample images/s |", "| --- |" + " --- |" * 9]
     for f, r in result["families"].items():
         bpd = r.get("bits_per_dim", r.get("nll_bits_per_dim"))
+        bpd = "n/a" if bpd is None else f"{bpd:.3f}"
         lines.append(f"| {f} (`{r['preset']}` {' '.join(r['overrides'])}) | {r['step']} | {r['fd']:.2f} | "
                      f"{r['kid']:.4f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['coverage']:.3f} | "
-                     f"{bpd:.3f} | {r['train_images_per_s']:.0f} | {r['sample_images_per_s']:.1f} |")
+                     f"{bpd} | {r['train_images_per_s']:.0f} | {r['sample_images_per_s']:.1f} |")
     any_row = next(iter(result["families"].values()))
     lines += ["", f"Floors at this sample size: FD(train, test) {any_row['floor_fd_train_test']:.2f}, "
                   f"FD(noise, test) {any_row['floor_fd_noise']:.1f}.",
               "bits/dim: VAE = IWAE bound (k=100) of its discretized-logistic likelihood; diffusion = "
               "probability-flow ODE with uniform dequantization (an upper bound in expectation). Both are "
-              "8-bit likelihoods on the first test images, so they share a column."]
+              "8-bit likelihoods on the first test images, so they share a column. A GAN defines no likelihood."]
     return "\n".join(lines)
 
 

@@ -157,3 +157,22 @@ def test_truncation_and_seed_paths():
 def test_ema_warms_up():
     ema = EMA(torch.nn.Linear(2, 2), 0.999, ["weight", "bias"])
     assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10**7) == 0.999
+
+
+def test_cli_sample_truncation_paths_and_refusals(tmp_path, capsys):
+    from genforge.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "gan-digits", *TINY, "train.max_steps=2", "model.conditional=true", "--run-dir", str(run),
+                 "--no-progress"]) == 0
+    assert main(["sample", str(run), "--class-label", "7", "--truncation", "0.7", "--seed", "0", "--num-samples", "8",
+                 "--out", str(tmp_path / "s.png")]) == 0
+    assert main(["sample", str(run), "--interpolate-seeds", "1", "2", "--interp-points", "6",
+                 "--out", str(tmp_path / "path.png")]) == 0
+    assert (tmp_path / "s.png").is_file() and (tmp_path / "path.png").is_file()
+    capsys.readouterr()
+    for argv, message in [(["--guidance", "2"], "does not apply"), (["--truncation", "-1"], "--truncation"),
+                          (["--interpolate-seeds", "1", "2", "--num-samples", "4"], "drop --num-samples")]:
+        assert main(["sample", str(run), *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err

@@ -67,12 +67,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--runs-dir", default="runs/bench-image-families")
     p.add_argument("--diffusion-run", help="an already trained diffusion-fashion-mnist run at this budget")
+    p.add_argument("--families", nargs="+", choices=tuple(FAMILIES), default=list(FAMILIES))
     args = p.parse_args()
     from genforge.config import load_config
     from genforge.evaluate import evaluate_run
     from genforge.runs import load_run
 
-    names = list(FAMILIES)
+    names = list(args.families)
     per_step = {f: [] for f in names}
     for _ in range(args.repeats):  # A B A B
         for f in names:

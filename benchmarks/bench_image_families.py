@@ -67,6 +67,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--runs-dir", default="runs/bench-image-families")
     p.add_argument("--diffusion-run", help="an already trained diffusion-fashion-mnist run at this budget")
+    p.add_argument("--reuse", action="store_true", help="reuse runs already trained in --runs-dir")
     p.add_argument("--families", nargs="+", choices=tuple(FAMILIES), default=list(FAMILIES))
     args = p.parse_args()
     from genforge.config import load_config
@@ -89,6 +90,8 @@ def main() -> None:
         if f == "diffusion" and args.diffusion_run:
             run_dir = Path(args.diffusion_run)
             row["reused_run"] = str(run_dir)
+        elif args.reuse and (run_dir / "checkpoints").is_dir():
+            row["reused_run"] = str(run_dir)
         else:
             steps = max(1, int(args.budget_s / s))
             t = time.perf_counter()
@@ -105,7 +108,7 @@ def main() -> None:
     for f in names:
         opts = {"vae": {"iwae_k": 100}, "diffusion": {"bpd_images": args.bpd_images}}.get(f, {})
         report = evaluate_run(runs[f], num_samples=args.samples, nll_images=args.bpd_images, progress=False, **opts)
-        rows[f].update(step=runs[f].step, sample_images_per_s=statistics.median(rates[f]), **report)
+        rows[f].update(sample_images_per_s=statistics.median(rates[f]), **report)  # report has "step"
         print(f, {k: rows[f][k] for k in ("fd", "kid", "precision", "recall")}, flush=True)
     result = {"machine": machine(), "budget_s": args.budget_s, "samples": args.samples, "families": rows}
     write("image_families_fashion_mnist", result, render(result))

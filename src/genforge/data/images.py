@@ -410,6 +410,17 @@ def to_unit(x: torch.Tensor, pixel_range: Sequence[float]) -> torch.Tensor:
     return ((x.float() - lo) / (hi - lo)).clamp(0.0, 1.0)
 
 
+def to_signed(x: torch.Tensor, pixel_range: Sequence[float]) -> torch.Tensor:
+    """Images in ``pixel_range`` -> [-1, 1] (clamped): what diffusion and GAN networks see."""
+    return to_unit(x, pixel_range) * 2 - 1
+
+
+def from_signed(x: torch.Tensor, pixel_range: Sequence[float]) -> torch.Tensor:
+    """[-1, 1] (clamped) -> ``pixel_range``: the inverse of :func:`to_signed`."""
+    lo, hi = pixel_range
+    return (x.float().clamp(-1, 1) + 1) / 2 * (hi - lo) + lo
+
+
 def fingerprint_of(images: np.ndarray | torch.Tensor) -> str:
     """sha256 prefix of uint8 images (N, C, H, W): identifies a split's exact content."""
     a = images.numpy() if torch.is_tensor(images) else images

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from genforge import GenforgeError
 from genforge.config import Strict
+from genforge.data.images import from_signed, to_signed
 from genforge.diffusion import schedules
 from genforge.diffusion.denoisers import denoise, diffusion_loss, with_known_region
 from genforge.diffusion.likelihood import ode_bits_per_dim
@@ -167,12 +168,10 @@ class Diffusion(GenerativeModel):
         self.class_prompts = [caps[0] for caps in per_class]
 
     def _to_model(self, x: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.spec.pixel_range
-        return ((x.float() - lo) / (hi - lo)).clamp(0, 1) * 2 - 1
+        return to_signed(x, self.spec.pixel_range)
 
     def from_model_units(self, x: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.spec.pixel_range
-        return ((x.float().clamp(-1, 1) + 1) / 2) * (hi - lo) + lo
+        return from_signed(x, self.spec.pixel_range)
 
     def denoiser(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict | None) -> torch.Tensor:
         """D(x, sigma, cond) -> x0_hat, all in model units ([-1, 1] data)."""

@@ -30,6 +30,7 @@ from torch import nn
 
 from genforge import GenforgeError
 from genforge.config import Strict
+from genforge.data.images import from_signed, to_signed, to_unit
 from genforge.families.base import (
     INTERP_POINTS,
     Batch,
@@ -317,12 +318,10 @@ class GAN(GenerativeModel):
 
     # -- pieces --------------------------------------------------------------------------
     def _to_model(self, x: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.spec.pixel_range
-        return ((x.float() - lo) / (hi - lo)).clamp(0, 1) * 2 - 1
+        return to_signed(x, self.spec.pixel_range)
 
     def _from_model(self, x: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.spec.pixel_range
-        return (x.float().clamp(-1, 1) + 1) / 2 * (hi - lo) + lo
+        return from_signed(x, self.spec.pixel_range)
 
     def latents(self, n: int, generator=None, truncation: float | None = None, device=None) -> torch.Tensor:
         """z ~ N(0, I) (n, z_dim); with ``truncation`` t, entries beyond +-t are redrawn until
@@ -439,10 +438,9 @@ class GAN(GenerativeModel):
         labels = torch.arange(n, device=device) % self.K if self.K else None
         fake = torch.cat([self.sample(min(256, n - s), g, None if labels is None else labels[s:s + 256])
                           for s in range(0, n, 256)])
-        lo, hi = self.spec.pixel_range
         extractor = self.extractor()
-        f_real, _ = extractor.run(((real.float() - lo) / (hi - lo)).cpu())
-        f_fake, p_fake = extractor.run(((fake - lo) / (hi - lo)).cpu())
+        f_real, _ = extractor.run(to_unit(real, self.spec.pixel_range).cpu())
+        f_fake, p_fake = extractor.run(to_unit(fake, self.spec.pixel_range).cpu())
         out = {"fd": frechet_distance(f_real, f_fake)}
         _, out["class_entropy_norm"] = histogram_entropy(class_histogram(p_fake))
         out["precision"], out["recall"] = precision_recall(f_real, f_fake, k=3)

@@ -32,6 +32,23 @@ def gpt_case(tmp_path):
                         "model.block_size=16"], {"max_batches": 1}
 
 
+SMILES = ["CC(=O)Oc1ccccc1C(=O)O", "CC(C)Cc1ccc(C(C)C(=O)O)cc1", "CC(=O)Nc1ccc(O)cc1", "O=C(O)c1ccccc1O",
+          "CCOC(=O)c1ccc(N)cc1", "Nc1ccc(S(N)(=O)=O)cc1", "COc1cc(C=O)ccc1O", "CC(N)Cc1ccccc1",
+          "OC(c1ccccc1)c1ccccc1", "O=C1CCCN1", "CC(C)(C)c1ccc(O)cc1", "CC(=O)c1ccc(O)cc1"] * 4
+
+
+def smiles_file(tmp_path):
+    path = tmp_path / "mols.smi"
+    path.write_text("\n".join(SMILES) + "\n")
+    return path
+
+
+def gpt_smiles_case(tmp_path):
+    pytest.importorskip("rdkit")
+    return "gpt-demo", [f"data.name={smiles_file(tmp_path)}", "model.n_layer=1", "model.n_head=2",
+                        "model.n_embd=16", "model.block_size=40"], {"num_samples": 20, "workers": 1}
+
+
 def vae_case(tmp_path):
     return "vae-digits", ["model.latent_dim=4", "model.channels=[8, 8]", "model.hidden=32",
                           "model.kl_warmup_steps=4"], {"num_samples": 60, "iwae_k": 2}
@@ -51,7 +68,7 @@ def toy_case(tmp_path):
     return TOY, [], {"num_samples": 60}
 
 
-FAMILY_CASES = {"gpt": gpt_case, "vae": vae_case, "diffusion": diffusion_case, "gan": gan_case,
+FAMILY_CASES = {"gpt": gpt_case, "gpt-smiles": gpt_smiles_case, "vae": vae_case, "diffusion": diffusion_case, "gan": gan_case,
                 "toy": toy_case}
 
 

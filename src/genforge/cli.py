@@ -157,10 +157,26 @@ def _metrics_images(args) -> None:
                           inception_weights=args.inception_weights)
     print(f"{args.samples} ({len(samples)} images) against the test split of '{args.against}'")
     print(format_report(result))  # first: an unwritable --json path still shows the numbers
-    if args.json:
+    _write_json(args.json, result)
+
+
+def _metrics_molecules(args) -> None:
+    from genforge.modalities.molecule import score_smiles_file
+    from genforge.report import format_report
+
+    result = score_smiles_file(args.samples, against=args.against, train=args.train, column=args.column,
+                               num_samples=args.num_samples, workers=args.workers,
+                               progress=not args.no_progress)
+    print(f"{args.samples} ({result['samples']} molecules) against '{args.against}'")
+    print(format_report(result))
+    _write_json(args.json, result)
+
+
+def _write_json(path: str | None, result: dict) -> None:
+    if path:
         from genforge.checkpoint import atomic_write_text
 
-        out = Path(args.json)
+        out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
         print(f"saved to {out}")
@@ -215,7 +231,7 @@ def build_parser(declared: bool = True) -> argparse.ArgumentParser:
         _add_declared(e, "eval")
     e.set_defaults(func=_eval)
 
-    m = sub.add_parser("metrics", help="feature extractors behind the image metrics")
+    m = sub.add_parser("metrics", help="score samples made anywhere (images, molecules); fit extractors")
     msub = m.add_subparsers(dest="metrics_command", required=True, metavar="ACTION")
     fe = msub.add_parser("fit-extractor", help="train the fixed domain classifier for a dataset",
                          description="Train the small classifier whose features FD, KID and "
@@ -243,6 +259,27 @@ def build_parser(declared: bool = True) -> argparse.ArgumentParser:
     mi.add_argument("--inception-weights", metavar="PATH", default=None,
                     help="also compute standard Inception FID from this weights file (needs genforge[inception])")
     mi.set_defaults(func=_metrics_images)
+
+    mm = msub.add_parser("molecules", help="score a SMILES file made anywhere with the MOSES metrics",
+                         description="Validity, unique@1k/10k, novelty, FCD, SNN, Frag, Scaf, IntDiv, "
+                                     "filters and property distances (logP, SA, QED, weight) of any "
+                                     "SMILES file, computed by genforge with RDKit and fcd-torch "
+                                     "(needs genforge[molecules]). Invalid rows count against validity.")
+    mm.add_argument("samples", help="a .smi/.txt file (one SMILES per line, first field) or a .csv "
+                                    "with a SMILES column")
+    mm.add_argument("--against", default="moses", metavar="REF",
+                    help="reference: 'moses' (its test and test_scaffolds splits; default) or a SMILES "
+                         "file (scored as Test)")
+    mm.add_argument("--train", metavar="FILE", default=None,
+                    help="training molecules for novelty (default: MOSES train with --against moses, "
+                         "else novelty is not reported)")
+    mm.add_argument("--column", metavar="NAME", default=None, help="the SMILES column of CSV files")
+    mm.add_argument("--num-samples", type=int, default=None, metavar="N",
+                    help="score only the first N rows (default: all)")
+    mm.add_argument("--workers", type=int, default=2, metavar="N", help="processes for RDKit (default 2)")
+    mm.add_argument("--json", metavar="OUT", default=None, help="also write the results to this JSON file")
+    mm.add_argument("--no-progress", action="store_true", help="no progress bars")
+    mm.set_defaults(func=_metrics_molecules)
 
     pl = sub.add_parser("plot", help="PNG curves of runs' losses and logged metrics",
                         description="Training and validation loss, and one panel per other logged "

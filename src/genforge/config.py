@@ -46,6 +46,13 @@ class DataConfig(Strict):
     """Images: pixels are scaled linearly into this range."""
     hflip: bool = False
     """Images: random horizontal flips during training."""
+    smiles_column: str | None = None
+    """Molecules: the SMILES column of a CSV file (default: a column named SMILES or smiles)."""
+    canonicalize: bool = True
+    """Molecules: canonicalize with RDKit, counting and reporting rows it cannot parse
+    (the MOSES preset turns this off: its files are already canonical)."""
+    max_molecules: int | None = Field(None, ge=2)
+    """Molecules: train on a fixed-seed subset of this many training molecules."""
 
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]

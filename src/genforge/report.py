@@ -15,10 +15,11 @@ from typing import Any
 GROUPS = ("quality", "diversity", "memorization", "likelihood", "floors", "other")
 
 _QUALITY = {"fd", "kid", "kid_se", "precision", "recall", "density", "coverage", "label_agreement",
-            "inception_fid", "fid"}
+            "inception_fid", "fid", "valid", "Filters", "logP", "SA", "QED", "weight"}
 _DIVERSITY = {"class_entropy", "class_entropy_norm", "test_class_entropy_norm"}
 _LIKELIHOOD = {"loss", "val_loss", "perplexity", "bits_per_char", "bits_per_dim", "bits_per_token",
-               "iwae_k", "active_units", "latent_dim", "nll_images", "tokens", "kl", "recon"}
+               "iwae_k", "active_units", "latent_dim", "nll_images", "tokens", "kl", "recon",
+               "heldout_loss"}
 # Keys that count something: a float holding a whole number prints as an int.
 COUNT_KEYS = {"step", "samples", "nll_images", "iwae_k", "active_units", "latent_dim",
               "extractor_version", "tokens", "test_images"}
@@ -28,11 +29,11 @@ def group_of(key: str) -> str:
     """Which heading ``key`` goes under."""
     if key.startswith("floor_"):
         return "floors"
-    if key.startswith("memorization"):
+    if key.startswith("memorization") or key == "Novelty":
         return "memorization"
-    if key in _DIVERSITY or key.startswith(("class_frac/", "class_hist")) or "entropy" in key:
+    if key in _DIVERSITY or key.startswith(("class_frac/", "class_hist", "unique@", "IntDiv")) or "entropy" in key:
         return "diversity"
-    if key in _QUALITY or key.startswith(("fd_", "kid_", "inception_")):
+    if key in _QUALITY or key.startswith(("fd_", "kid_", "inception_", "FCD/", "SNN/", "Frag/", "Scaf/")):
         return "quality"
     if key in _LIKELIHOOD or key.startswith(("nll", "elbo", "bits", "perplexity", "val_loss")):
         return "likelihood"

@@ -10,10 +10,12 @@ from genforge import GenforgeError
 def registry() -> dict[str, tuple[str, str]]:
     """Dataset name -> (modality, one-line description)."""
     from genforge.data.images import IMAGE_DATASETS  # numpy and torch only: nothing optional
+    from genforge.data.smiles import MOLECULE_DATASETS
     from genforge.data.text import CORPORA
 
     out = {name: ("text", desc) for name, (desc, _) in CORPORA.items()}
     out.update({name: ("image", entry[0]) for name, entry in IMAGE_DATASETS.items()})
+    out.update({name: ("molecule", desc) for name, desc in MOLECULE_DATASETS.items()})
     return out
 
 
@@ -27,8 +29,12 @@ def modality_of(name: str) -> str:
             f"unknown dataset '{name}': not a registered name ({', '.join(reg)}) "
             "and no such file or folder"
         )
+    from genforge.data.smiles import SMILES_SUFFIXES
     from genforge.data.text import TEXT_SUFFIXES
 
+    suffix = path.suffixes[-2].lower() if path.suffix.lower() == ".gz" and len(path.suffixes) > 1 else path.suffix.lower()
+    if path.is_file() and suffix in SMILES_SUFFIXES:
+        return "molecule"
     if path.is_file() and path.suffix.lower() in TEXT_SUFFIXES:
         return "text"
     if path.is_dir() and any(p.suffix.lower() in TEXT_SUFFIXES for p in path.rglob("*")):

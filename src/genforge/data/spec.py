@@ -19,6 +19,9 @@ class DataSpec:
     num_classes  0 when the data carries no labels.
     class_names  one name per class, for grids and the CLI.
     pixel_range  (low, high) of image tensors as families see them.
+    special_ids  token sequences per example (molecules): {"pad", "bos", "eos"} -> id, so a
+                 family can start samples at BOS and stop them at EOS; empty otherwise.
+    max_length   the longest framed sequence (BOS and EOS included) in training, or None.
     """
 
     modality: Modality
@@ -28,6 +31,8 @@ class DataSpec:
     class_names: list[str] = field(default_factory=list)
     pixel_range: tuple[float, float] = (0.0, 1.0)
     name: str = ""
+    special_ids: dict[str, int] = field(default_factory=dict)
+    max_length: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

@@ -163,6 +163,10 @@ def load_tokenizer(path: Path) -> CharTokenizer | BPETokenizer:
         raise GenforgeError(f"cannot read tokenizer {path}: {e}") from None
     if "genforge_char_vocab" in raw:
         return CharTokenizer(raw["genforge_char_vocab"], raw.get("specials", ()))
+    if "genforge_smiles_vocab" in raw:
+        from genforge.data.smiles import SmilesTokenizer
+
+        return SmilesTokenizer(raw["genforge_smiles_vocab"], raw["specials"])
     from tokenizers import Tokenizer
 
     return BPETokenizer(Tokenizer.from_str(json.dumps(raw)))

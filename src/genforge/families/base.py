@@ -77,6 +77,12 @@ PROMPT = SampleOption("prompt", "text runs: text to continue (default: a newline
                       repeat=True)
 
 
+# Shared by the token modalities; None lets each pick its default (text 0.8, molecules 1.0:
+# MOSES samples at the model's own distribution).
+TEMPERATURE = SampleOption("temperature", "softmax temperature; 0 is greedy (default: 0.8 for text, "
+                                          "1.0 for molecules)", float, metavar="T")
+
+
 INTERP_POINTS = SampleOption("interp_points", "images on an interpolation path (default 8)", int, 8,
                              metavar="N", minimum=2)
 
@@ -208,8 +214,8 @@ class LatentVariableModel(GenerativeModel):
     """A family with an encoder and a decoder (the VAE): latent paths and attribute vectors."""
 
     sample_options = (
-        SampleOption("interpolate", "decode the latent path between two images (PNG/JPEG files, "
-                                    "test:INDEX or val:INDEX)", str, nargs=2, metavar=("A", "B")),
+        SampleOption("interpolate", "decode the latent path between two examples (images: PNG/JPEG "
+                                    "files, test:INDEX or val:INDEX; molecules: SMILES)", str, nargs=2, metavar=("A", "B")),
         INTERP_POINTS,
         SampleOption("interp_method", "spherical (default) or linear interpolation", str, "slerp",
                      choices=("slerp", "lerp")),

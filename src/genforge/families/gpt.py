@@ -168,16 +168,24 @@ class GPT(GenerativeModel):
     def sample(self, n: int, generator: torch.Generator, prompts: list[list[int]] | None = None,
                max_new_tokens: int | None = None, temperature: float = 1.0, top_k: int | None = None,
                top_p: float | None = None) -> list[list[int]]:
-        """New token ids for each of ``prompts`` (default: n prompts of token 0), drawn with
-        ``generator``; ``max_new_tokens`` defaults to one context length."""
+        """New token ids for each of ``prompts``, drawn with ``generator``.
+
+        On sequences per example (``spec.special_ids``: molecules) the default prompt is
+        ``<bos>`` and each sample ends at its ``<eos>`` (kept); otherwise the default prompt is
+        token 0. ``max_new_tokens`` defaults to what fits the context after the prompt."""
         from genforge.sampling.text import generate
 
-        prompts = prompts if prompts is not None else [[0]] * n
-        out = generate(self, prompts, max_new_tokens or self.config.block_size, temperature, top_k, top_p,
-                       generator=generator)
+        bos, eos = self.spec.special_ids.get("bos"), self.spec.special_ids.get("eos")
+        prompts = prompts if prompts is not None else [[0 if bos is None else bos]] * n
+        if max_new_tokens is None:
+            max_new_tokens = self.config.block_size + 1 - max(map(len, prompts))
+        out = generate(self, prompts, max_new_tokens, temperature, top_k, top_p,
+                       generator=generator, eos_id=eos)
         return out.tokens
 
     @torch.no_grad()
     def preview(self, data, generator: torch.Generator) -> str:
+        if self.spec.special_ids:  # sequences per example (molecules): several short ones, one per line
+            return "\n".join(data.decode(t) for t in self.sample(8, generator, temperature=1.0))
         tokens = self.sample(1, generator, [data.prompt_ids()], max_new_tokens=200, temperature=0.8)
         return data.decode(tokens[0])

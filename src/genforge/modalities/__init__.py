@@ -23,14 +23,20 @@ from genforge.families.base import SampleOption
 COMMON_SAMPLE_OPTIONS = (
     SampleOption("seed", "random seed for reproducible samples (default: random, printed)", int,
                  metavar="S"),
-    SampleOption("num_samples", "how many samples (text: per prompt, default 1; images: default 64)",
+    SampleOption("num_samples", "how many samples (text: per prompt, default 1; images: 64; molecules: 10)",
                  int, metavar="N", minimum=1),
     SampleOption("out", "write samples to this file (text: .txt or .jsonl; images: .png grid or "
-                        ".npz array; default: print text / RUN_DIR/samples/*.png)", str, metavar="FILE"),
+                        ".npz array; molecules: .smi, .csv or .png grid; default: print text and "
+                        "SMILES / RUN_DIR/samples/*.png)", str, metavar="FILE"),
     SampleOption("batch_size", "samples generated at once; large requests run in batches "
                                "(default 64)", int, 64, metavar="B", minimum=1),
 )
 
+
+# Declared by the modalities whose eval draws samples (image, molecule); one object, one meaning.
+EVAL_NUM_SAMPLES = SampleOption("num_samples", "samples generated and scored (images: default 10000, "
+                                "against as many test images; molecules: default 30000, as MOSES)",
+                                int, metavar="N", minimum=1)
 
 COMMON_EVAL_OPTIONS = (
     SampleOption("max_batches", "evaluate on at most this many batches", int, metavar="N", minimum=1),
@@ -41,7 +47,8 @@ class Modality(ABC):
     """The interface; one subclass instance per modality, registered in ``MODALITIES``."""
 
     name: str
-    unit: str  # what throughput counts: "tokens" or "examples"
+    unit: str  # what throughput counts: "tokens", "examples" or "molecules"
+    data_fields: frozenset[str] = frozenset()  # the [data] options this modality reads
     sample_options: tuple[SampleOption, ...] = ()
     eval_options: tuple[SampleOption, ...] = ()
 
@@ -69,7 +76,9 @@ class Modality(ABC):
 MODALITIES = {
     "text": "genforge.modalities.text:TEXT",
     "image": "genforge.modalities.image:IMAGE",
+    "molecule": "genforge.modalities.molecule:MOLECULE",
 }
+COMMON_DATA_FIELDS = frozenset({"name", "val_fraction"})
 
 
 def modality(name: str) -> Modality:
@@ -83,7 +92,20 @@ def load_data(data_cfg, needs: dict[str, Any]):
     """Build a run's data from its data config and what the family needs (``data_needs``)."""
     from genforge.data import modality_of
 
-    return modality(modality_of(data_cfg.name)).load(data_cfg, needs)
+    kind = modality(modality_of(data_cfg.name))
+    check_data_fields(data_cfg, kind)
+    return kind.load(data_cfg, needs)
+
+
+def check_data_fields(data_cfg, kind: Modality) -> None:
+    """Refuse [data] options set away from their defaults that this modality never reads
+    (``data.hflip=true`` on text would otherwise be silently ignored)."""
+    defaults = type(data_cfg)()
+    wrong = [f"data.{k}" for k in type(data_cfg).model_fields
+             if k not in COMMON_DATA_FIELDS | kind.data_fields and getattr(data_cfg, k) != getattr(defaults, k)]
+    if wrong:
+        raise GenforgeError(f"{', '.join(wrong)} does not apply to {kind.name} data ('{data_cfg.name}'); "
+                            "remove it")
 
 
 def _declared(kind: str, cls_or_obj) -> tuple[SampleOption, ...]:

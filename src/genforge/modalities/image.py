@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from genforge import GenforgeError
 from genforge.families.base import LatentVariableModel, SampleOption
-from genforge.modalities import Modality
+from genforge.modalities import EVAL_NUM_SAMPLES, Modality
 
 MAX_GRID = 400  # more images than this go to an .npz, not one giant PNG
 LATENT_TOOLS = ("interpolate", "interp_points", "interp_method", "attribute")
@@ -22,14 +22,14 @@ LATENT_TOOLS = ("interpolate", "interp_points", "interp_method", "attribute")
 class ImageModality(Modality):
     name = "image"
     unit = "examples"
+    data_fields = frozenset({"pixel_range", "hflip"})
     sample_options = (
         SampleOption("class_label", "conditional models: sample this class (index or name)",
                      str, metavar="CLASS"),
         SampleOption("nearest", "also write each sample beside its nearest training image", flag=True),
     )
     eval_options = (
-        SampleOption("num_samples", "generated images compared with as many test images "
-                                    "(default 10000)", int, metavar="N", minimum=1),
+        EVAL_NUM_SAMPLES,
         SampleOption("inception_weights", "also compute standard Inception FID from this weights "
                                           "file (needs genforge[inception])", str, metavar="PATH"),
     )

@@ -17,18 +17,19 @@ from tqdm.auto import tqdm
 
 from genforge import GenforgeError
 from genforge.checkpoint import atomic_write_text
-from genforge.families.base import PROMPT, SampleOption
+from genforge.families.base import PROMPT, TEMPERATURE, SampleOption
 from genforge.modalities import Modality
 
 
 class TextModality(Modality):
     name = "text"
     unit = "tokens"
+    data_fields = frozenset({"tokenizer", "bpe_vocab_size"})
     sample_options = (
         PROMPT,
         SampleOption("max_new_tokens", "tokens to generate per sample (default 500)", int, 500, metavar="N",
                      minimum=0),
-        SampleOption("temperature", "softmax temperature; 0 is greedy (default 0.8)", float, 0.8, metavar="T"),
+        TEMPERATURE,
         SampleOption("top_k", "sample only from the k most likely tokens", int, metavar="K", minimum=1),
         SampleOption("top_p", "nucleus sampling: the smallest set of tokens with this mass", float,
                      metavar="P"),
@@ -58,6 +59,7 @@ class TextModality(Modality):
                        stop, no_stream, num_samples, out, batch_size, seed) -> None:
         from genforge.sampling.text import check_settings, generate_text, stream_text
 
+        temperature = 0.8 if temperature is None else temperature
         check_settings(temperature, top_k, top_p, max_new_tokens)
         n = 1 if num_samples is None else num_samples
         prompts = [p for p in (prompt or ["\n"]) for _ in range(n)]

@@ -122,13 +122,22 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
 
 
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-             generator=None, use_cache=True) -> Generation:
+             generator=None, use_cache=True, eos_id: int | None = None) -> Generation:
+    """New tokens and their log-probs per prompt. With ``eos_id``, a row ends at its first
+    ``eos_id`` (kept, so its log-prob counts: the model chose to stop) and decoding stops
+    once every row has ended; a row that never ends has ``max_new_tokens`` tokens."""
     out = Generation([[] for _ in prompts], [[] for _ in prompts])
+    done = [False] * len(prompts)
     for tokens, logps in stream(model, prompts, max_new_tokens, temperature, top_k, top_p,
                                 generator, use_cache):
         for i, (t, lp) in enumerate(zip(tokens.tolist(), logps.tolist(), strict=True)):
+            if done[i]:
+                continue
             out.tokens[i].append(t)
             out.logprobs[i].append(lp)
+            done[i] = t == eos_id
+        if eos_id is not None and all(done):
+            break
     return out
 
 

@@ -45,8 +45,16 @@ def smiles_file(tmp_path):
 
 def gpt_smiles_case(tmp_path):
     pytest.importorskip("rdkit")
-    return "gpt-demo", [f"data.name={smiles_file(tmp_path)}", "model.n_layer=1", "model.n_head=2",
+    return "gpt-demo", [f"data.name={smiles_file(tmp_path)}", "data.val_fraction=0.1", "model.n_layer=1", "model.n_head=2",
                         "model.n_embd=16", "model.block_size=40"], {"num_samples": 20, "workers": 1}
+
+
+def seqvae_case(tmp_path):
+    pytest.importorskip("rdkit")
+    return "vae-moses", [f"data.name={smiles_file(tmp_path)}", "data.canonicalize=true", "data.val_fraction=0.1",
+                         "model.embedding_size=8", "model.encoder_hidden=8", "model.decoder_hidden=16",
+                         "model.latent_size=4", "model.max_length=40", "model.kl_warmup_steps=4"], \
+        {"num_samples": 20, "workers": 1}
 
 
 def vae_case(tmp_path):
@@ -68,7 +76,8 @@ def toy_case(tmp_path):
     return TOY, [], {"num_samples": 60}
 
 
-FAMILY_CASES = {"gpt": gpt_case, "gpt-smiles": gpt_smiles_case, "vae": vae_case, "diffusion": diffusion_case, "gan": gan_case,
+FAMILY_CASES = {"gpt": gpt_case, "gpt-smiles": gpt_smiles_case, "seqvae": seqvae_case,
+                "vae": vae_case, "diffusion": diffusion_case, "gan": gan_case,
                 "toy": toy_case}
 
 

@@ -35,7 +35,7 @@ def group_of(key: str) -> str:
         return "diversity"
     if key in _QUALITY or key.startswith(("fd_", "kid_", "inception_", "FCD/", "SNN/", "Frag/", "Scaf/")):
         return "quality"
-    if key in _LIKELIHOOD or key.startswith(("nll", "elbo", "bits", "perplexity", "val_loss")):
+    if key in _LIKELIHOOD or key.startswith(("nll", "elbo", "bits", "perplexity", "val_loss", "heldout_")):
         return "likelihood"
     return "other"
 

@@ -16,6 +16,7 @@ FAMILIES = {
     "vae": "genforge.families.vae:VAE",
     "diffusion": "genforge.families.diffusion:Diffusion",
     "gan": "genforge.families.gan:GAN",
+    "seqvae": "genforge.families.seqvae:SequenceVAE",
 }
 
 

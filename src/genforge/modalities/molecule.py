@@ -124,7 +124,7 @@ class MoleculeModality(Modality):
             raise GenforgeError(f"dataset '{run.config.data.name}' changed since this run was trained "
                                 "(its SMILES vocabulary differs); evaluate on the original data")
         heldout = data.test if data.test is not None else data.val
-        loss = heldout_loss(run.model, heldout, max_batches or 40, batch_size)
+        scores = heldout_scores(run.model, heldout, max_batches or 40, batch_size)
         n = 30000 if num_samples is None else num_samples
         device = next(run.model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -137,8 +137,7 @@ class MoleculeModality(Modality):
         stats = {k: reference_stats(v, progress=progress, n_jobs=workers) for k, v in refs.items() if v}
         report = moses_metrics(samples, data.train_smiles, stats["Test"], stats.get("TestSF"),
                                n_jobs=workers, progress=progress)
-        report.update({"heldout_loss": loss, "heldout": "test" if data.test is not None else "val",
-                       "step": run.step})
+        report.update({**scores, "heldout": "test" if data.test is not None else "val", "step": run.step})
         return report
 
 
@@ -186,21 +185,21 @@ def draw(model, n: int, generator: torch.Generator, batch_size: int, temperature
 
 
 @torch.no_grad()
-def heldout_loss(model, split, max_batches: int, batch_size: int) -> float:
-    """Mean per-token cross-entropy over (at most ``max_batches`` batches of) ``split``."""
+def heldout_scores(model, split, max_batches: int, batch_size: int) -> dict[str, float]:
+    """The family's own validation numbers (``model.evaluate``) on at most ``max_batches``
+    batches of ``split``, prefixed ``heldout_``: a GPT's per-token cross-entropy, a sequence
+    VAE's per-molecule bound and its parts. Each family says what its numbers mean."""
     device = next(model.parameters()).device
-    total, count = 0.0, 0
     n = len(split)
+    starts = list(range(0, n, batch_size))[:max_batches]
+    batches = ({k: v.to(device) for k, v in split.get(torch.arange(s, min(s + batch_size, n))).items()}
+               for s in starts)
     was_training = model.training
     model.eval()
     try:
-        for s in list(range(0, n, batch_size))[:max_batches]:
-            batch = {k: v.to(device) for k, v in split.get(torch.arange(s, min(s + batch_size, n))).items()}
-            tokens = int(batch["mask"].sum())
-            total, count = total + float(model(batch)["loss"]) * tokens, count + tokens
+        return {f"heldout_{k}": v for k, v in model.evaluate(batches).items()}
     finally:
         model.train(was_training)
-    return total / max(count, 1)
 
 
 def _encode_one(run, smiles: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -134,9 +134,10 @@ class MoleculeModality(Modality):
             refs = {"Test": data.test_smiles, "TestSF": data.test_scaffolds_smiles}
         else:  # a user file: its validation molecules are the only held-out set
             refs = {"Test": [data.decode(data.val.sequence(i)) for i in range(len(data.val))]}
-        stats = {k: reference_stats(v, progress=progress, n_jobs=workers) for k, v in refs.items() if v}
+        cache = metrics_cache()
+        stats = {k: reference_stats(v, cache, progress=progress, n_jobs=workers) for k, v in refs.items() if v}
         report = moses_metrics(samples, data.train_smiles, stats["Test"], stats.get("TestSF"),
-                               n_jobs=workers, progress=progress)
+                               n_jobs=workers, progress=progress, cache_dir=cache)
         report.update({**scores, "heldout": "test" if data.test is not None else "val", "step": run.step})
         return report
 
@@ -168,9 +169,18 @@ def score_smiles_file(path: str, against: str = "moses", train: str | None = Non
         refs, train_smiles = {"Test": clean_smiles(read_smiles_file(Path(against), column), True).smiles}, None
     if train is not None:
         train_smiles = clean_smiles(read_smiles_file(Path(train), column), True).smiles
-    stats = {k: reference_stats(v, progress=progress, n_jobs=workers) for k, v in refs.items()}
+    cache = metrics_cache()
+    stats = {k: reference_stats(v, cache, progress=progress, n_jobs=workers) for k, v in refs.items()}
     return moses_metrics(samples, train_smiles, stats["Test"], stats.get("TestSF"), n_jobs=workers,
-                         progress=progress)
+                         progress=progress, cache_dir=cache)
+
+
+def metrics_cache() -> Path:
+    """Where reference statistics (ChemNet moments, fingerprints of 176k test molecules: minutes
+    to compute) and canonical training sets are kept, keyed by the sha256 of their SMILES."""
+    from genforge.data.locate import cache_dir
+
+    return cache_dir() / "moses"
 
 
 def draw(model, n: int, generator: torch.Generator, batch_size: int, temperature: float,

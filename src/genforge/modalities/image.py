@@ -108,7 +108,8 @@ class ImageModality(Modality):
             _save_npz(path, images, y, spec)
         else:
             captions = [prompts[i % len(prompts)] for i in range(n)] if prompts else None
-            _save_png(_from_uint8(images, spec), path, spec, captions or (None if y is None else y.tolist()), None)
+            strip = n if family_options.get("interpolate_seeds") else None  # a latent path reads as one row
+            _save_png(_from_uint8(images, spec), path, spec, captions or (None if y is None else y.tolist()), strip)
         if nearest:
             from genforge.data.grids import save_nearest_grid
 

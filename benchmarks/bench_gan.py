@@ -42,20 +42,32 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--runs-dir", default="runs/bench-gan")
+    p.add_argument("--s-per-step", nargs="*", default=[], metavar="PRESET=S",
+                   help="skip calibrating PRESET: use S seconds per step (from an earlier calibration)")
+    p.add_argument("--reuse", action="store_true",
+                   help="score a run that already reached its step count instead of training it again")
     args = p.parse_args()
     from genforge.evaluate import evaluate_run
     from genforge.runs import load_run
 
-    per_step = {name: [] for name in PRESETS}
+    given = {k: float(v) for k, v in (x.split("=") for x in args.s_per_step)}
+    per_step = {name: [given[name]] if name in given else [] for name in PRESETS}
     for _ in range(args.repeats):  # A B A B
         for name in PRESETS:
-            per_step[name].append(seconds_per_step(name, []))
+            if name not in given:
+                per_step[name].append(seconds_per_step(name, []))
     rows = []
     for name in PRESETS:
         s = statistics.median(per_step[name])
         steps = max(1, int(args.budget_s / s))
         for seed in args.seeds:
             run_dir = Path(args.runs_dir) / f"{name}-seed{seed}"
+            if args.reuse and _finished(run_dir, steps):
+                report = evaluate_run(load_run(run_dir), num_samples=args.samples, progress=False)
+                rows.append({"preset": name, "seed": seed, "steps": steps, "s_per_step": s,
+                             "train_images_per_s": 64 / s, "peak_rss_mib": None, **report})
+                print({k: rows[-1].get(k) for k in ("preset", "seed", "fd", "label_agreement")}, flush=True)
+                continue
             proc = subprocess.run([sys.executable, "-c", CHILD, "train", name, f"train.max_steps={steps}",
                                    f"train.seed={seed}", "--run-dir", str(run_dir), "--overwrite", "--no-progress"],
                                   capture_output=True, text=True)
@@ -71,6 +83,13 @@ def main() -> None:
     write("gan_fashion_mnist", result, render(result))
 
 
+def _finished(run_dir: Path, steps: int) -> bool:
+    from genforge.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+    return latest is not None and latest.name == f"step_{steps:07d}"
+
+
 def render(result: dict) -> str:
     lines = [f"# GAN on Fashion-MNIST, {result['budget_s'] / 60:.0f} CPU minutes per run, three seeds", "",
              f"Machine: {result['machine']}. {result['samples']} samples per run against as many test images "
@@ -83,8 +102,9 @@ def render(result: dict) -> str:
             lines.append(f"| {r['preset']} | {r['seed']} | failed: {' '.join(r['failed'])} |")
             continue
         vals = " | ".join("" if r.get(k) is None else f"{r[k]:.3f}" for k in KEYS)
+        peak = "n/a" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"
         lines.append(f"| {r['preset']} | {r['seed']} | {r['steps']} | {vals} | {r['train_images_per_s']:.0f} | "
-                     f"{r['peak_rss_mib']:.0f} |")
+                     f"{peak} |")
     ok = [r for r in result["runs"] if "failed" not in r]
     if ok:
         lines += ["", f"Floors: FD(train, test) {ok[0]['floor_fd_train_test']:.2f}, FD(noise, test) "

@@ -114,8 +114,8 @@ def test_files_and_bad_rows_are_counted_and_reported(tmp_path, capsys):
     with pytest.raises(GenforgeError, match="no column 'smi'"):
         read_smiles_file(csv_path, "smi")
     gz = tmp_path / "m.smi.gz"
-    gz.write_bytes(gzip.compress(b"CCO ethanol\n# a comment\nc1ccccc1 benzene\n"))
-    assert read_smiles_file(gz) == ["CCO", "c1ccccc1"]
+    gz.write_bytes(gzip.compress(b"CCO ethanol\n#C=O\nc1ccccc1 benzene\n"))
+    assert read_smiles_file(gz) == ["CCO", "#C=O", "c1ccccc1"]  # every row counts, broken ones too
     cleaned = clean_smiles(read_smiles_file(csv_path), canonicalize=True)
     assert cleaned.smiles == ["CCO", "c1ccccc1"]  # canonical: OCC -> CCO
     assert cleaned.counts == {"rows RDKit cannot parse": 1, "empty rows": 1}

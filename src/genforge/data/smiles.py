@@ -160,8 +160,9 @@ def read_smiles_file(path: Path, column: str | None = None) -> list[str]:
                 return [(row.get(col) or "").strip() for row in reader]
             if column is not None:
                 raise GenforgeError(f"data.smiles_column applies to CSV files, not {path.name}")
-            # .smi: SMILES is the first field; a title may follow after whitespace.
-            return [line.split()[0] if line.strip() else "" for line in f if not line.startswith("#")]
+            # .smi: SMILES is the first field; a title may follow after whitespace. No line is
+            # skipped, not even one starting with '#': a model's broken sample must still count.
+            return [line.split()[0] if line.strip() else "" for line in f]
     except (OSError, UnicodeDecodeError, csv.Error, gzip.BadGzipFile) as e:
         raise GenforgeError(f"cannot read SMILES file {path}: {e}") from None
 

@@ -62,14 +62,12 @@ class MoleculeModality(Modality):
 
     # -- sample ------------------------------------------------------------------------
     def sample_command(self, run, generator, *, num_samples, out, batch_size, seed, temperature,
-                       around=None, radius=0.5, interpolate=None, interp_points=8, interp_method="slerp",
-                       **family_options) -> None:
+                       around=None, radius=0.5, interpolate=None, interp_points=8,
+                       interp_method="slerp") -> None:
         latent = isinstance(run.model, LatentVariableModel)
         if (around or interpolate) and not latent:
             flag = "--around" if around else "--interpolate"
             raise GenforgeError(f"{flag} needs a latent-variable run (seqvae); this is a {run.config.family} run")
-        if family_options.get("attribute"):
-            raise GenforgeError("--attribute needs class labels; molecule datasets have none")
         if around and interpolate:
             raise GenforgeError("give either --around or --interpolate, not both")
         temperature = 1.0 if temperature is None else temperature

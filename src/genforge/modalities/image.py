@@ -108,8 +108,12 @@ class ImageModality(Modality):
             _save_npz(path, images, y, spec)
         else:
             captions = [prompts[i % len(prompts)] for i in range(n)] if prompts else None
-            strip = n if family_options.get("interpolate_seeds") else None  # a latent path reads as one row
-            _save_png(_from_uint8(images, spec), path, spec, captions or (None if y is None else y.tolist()), strip)
+            nrow = None
+            if family_options.get("interpolate_seeds"):
+                nrow = n  # a latent path reads as one row
+            elif y is not None and class_label is None:
+                nrow = model.conditioning_classes  # labels cycle through the classes: one class per column
+            _save_png(_from_uint8(images, spec), path, spec, captions or (None if y is None else y.tolist()), nrow)
         if nearest:
             from genforge.data.grids import save_nearest_grid
 

@@ -372,7 +372,6 @@ def load_molecules(data_cfg, max_len: int) -> MoleculeData:
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
     train = everything.subset(train_idx)
     val = everything.subset(val_idx)
-    train.max_len = val.max_len = None
     test = None
     if test_smiles is not None:
         tokens = [tokenize(x) for x in test_smiles]

@@ -113,6 +113,56 @@ class TrainConfig(Strict):
         return self
 
 
+class RLConfig(Strict):
+    """RL fine-tuning of a trained run (`genforge rl`); recorded in the RL run's config."""
+
+    base_run: str
+    """The run that was fine-tuned (its checkpoint below is also the frozen KL reference)."""
+    base_checkpoint: str = ""
+    """The base run's checkpoint folder the policy started from."""
+    reward: list[str] = []
+    """Reward specs NAME or NAME=WEIGHT: built-ins or MODULE:FUNCTION."""
+    reward_args: dict[str, dict[str, Any]] = {}
+    """Arguments per reward name, e.g. {"keyword": {"word": "love"}}."""
+    algo: Literal["reinforce", "rloo", "grpo", "ddpo"] = "grpo"
+    group_size: int = Field(8, ge=1)
+    """Samples per prompt; RLOO and GRPO baselines are computed within each group."""
+    updates_per_rollout: int = Field(1, ge=1)
+    """Optimizer steps on each rollout batch (>1 makes the importance ratio and its clip matter)."""
+    clip: float = Field(0.2, gt=0.0)
+    """Ratio clipping epsilon (PPO / GRPO / DDPO)."""
+    kl_coef: float = Field(0.05, ge=0.0)
+    """Weight of the KL penalty to the frozen starting model."""
+    kl_target: float | None = Field(None, gt=0.0)
+    """Adapt kl_coef toward this KL per sample (nats), Ziegler et al. 2019."""
+    kl_budget: float | None = Field(None, gt=0.0)
+    """Stop when the rollouts' KL per sample stays above this for guard_patience steps."""
+    entropy_coef: float = Field(0.0, ge=0.0)
+    max_new_tokens: int | None = Field(None, ge=1)
+    """Token policies: tokens generated per rollout (default: 64 for text, the context for molecules)."""
+    prompts: list[str] = []
+    """Token policies: prompts to continue (default: the model's start token)."""
+    prompt_file: str | None = None
+    """A .jsonl/.csv of prompts ('prompt' field); other fields reach rewards as columns."""
+    sampling_steps: int = Field(20, ge=2)
+    """DDPO: denoising steps of each rollout (ancestral DDPM chain)."""
+    timestep_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    """DDPO: fraction of each chain's steps trained on per update (Black et al. 2023)."""
+    min_diversity: float | None = Field(None, ge=0.0)
+    """Stop when the rollouts' diversity (text distinct-2, molecules IntDiv, images feature
+    spread) stays below this for guard_patience steps."""
+    guard_patience: int = Field(3, ge=1)
+    diversity_filter: int | None = Field(None, ge=1)
+    """REINVENT-style memory: once this many samples shared a scaffold (molecules) or word
+    3-gram (text), further ones lose that share of their reward."""
+    max_oracle_calls: int | None = Field(None, ge=1)
+    """Stop after this many reward calls (distinct molecules, PMO-style; samples otherwise)."""
+    select_kl_weight: float = Field(0.0, ge=0.0)
+    """checkpoints/best maximizes eval reward - this x eval KL (nats)."""
+    eval_samples: int = Field(64, ge=2)
+    """Samples drawn from a fixed seed at every evaluation."""
+
+
 class RunConfig(Strict):
     family: str
     description: str = ""
@@ -121,6 +171,8 @@ class RunConfig(Strict):
     train: TrainConfig = TrainConfig()
     out_dir: str = "runs"
     """Run directories are created under this folder."""
+    rl: RLConfig | None = None
+    """Set on runs made by `genforge rl`: the reward, algorithm and base run."""
 
 
 # --------------------------------------------------------------------------- loading

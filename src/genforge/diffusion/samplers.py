@@ -88,6 +88,17 @@ def sample_heun(denoiser, x, sigmas, *, cond=None, guidance=1.0, generator=None,
     return x
 
 
+def ancestral_step(x: torch.Tensor, denoised: torch.Tensor, s: float, s_next: float,
+                   eta: float = 1.0) -> tuple[torch.Tensor, float]:
+    """The Gaussian of one DDIM step with stochasticity ``eta`` (see :func:`_ddim`): its mean
+    (shape of x) and standard deviation ``up``; x' = mean + up z. At eta = 1 this is the DDPM
+    posterior, the per-step policy DDPO differentiates (Black et al. 2023, sec. 4.3)."""
+    eps = (x - denoised) / s
+    up = eta * s_next * math.sqrt(max(s * s - s_next * s_next, 0.0)) / s
+    down = math.sqrt(max(s_next * s_next - up * up, 0.0))
+    return denoised + down * eps, up
+
+
 def _ddim(denoiser, x, sigmas, eta, cond, guidance, generator, callback):
     """DDIM (Song et al. 2021, eq. 12) rewritten for x = x0 + sigma * eps. With
     eps = (x - x0_hat) / s, the update is x' = x0_hat + sqrt(s'^2 - up^2) eps + up z,
@@ -98,10 +109,7 @@ def _ddim(denoiser, x, sigmas, eta, cond, guidance, generator, callback):
     for i in range(n):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
         denoised = d_fn(x, _level(s, x))
-        eps = (x - denoised) / s
-        up = eta * s_next * math.sqrt(max(s * s - s_next * s_next, 0.0)) / s
-        down = math.sqrt(max(s_next * s_next - up * up, 0.0))
-        x = denoised + down * eps
+        x, up = ancestral_step(x, denoised, s, s_next, eta)
         if up > 0:
             x = x + up * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         _report(callback, i, n, s, x, denoised)

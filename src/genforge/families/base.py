@@ -92,6 +92,16 @@ class Diverged(GenforgeError):
     discriminator winning outright); the trainer adds the step and the last good checkpoint."""
 
 
+class StopTraining(GenforgeError):
+    """Raised by a family's ``train_step`` or a batch source to end training early and cleanly
+    (an RL guard rail: diversity collapsed, KL over budget, oracle budget spent). The trainer
+    logs ``metrics`` and the reason, checkpoints, and returns normally."""
+
+    def __init__(self, reason: str, metrics: dict[str, float] | None = None):
+        super().__init__(reason)
+        self.reason, self.metrics = reason, metrics or {}
+
+
 class StepContext(Protocol):
     """What the trainer offers a family inside one optimizer step."""
 

@@ -156,13 +156,19 @@ class GPT(GenerativeModel):
         mask = mask.flatten().float()
         return {"loss": (losses * mask).sum() / mask.sum().clamp_min(1.0)}
 
-    def token_logprobs(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def token_logprobs(self, ids: torch.Tensor, mask: torch.Tensor | None = None, entropy: bool = False):
         """log p(ids[:, t+1] | ids[:, :t+1]) for every t: (B, T) -> (B, T-1), with gradients
         (policy-gradient RL differentiates it; wrap in torch.no_grad() to score only).
-        ``mask`` (B, T) bool marks real tokens; log-probs of padded targets are 0."""
+        ``mask`` (B, T) bool marks real tokens; log-probs of padded targets are 0. With
+        ``entropy``, also the entropy (nats) of each next-token distribution: a pair of (B, T-1)."""
         logits = self.logits(ids[:, :-1]).float()  # (B, T-1, V)
-        logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        return logp if mask is None else logp * mask[:, 1:].to(logp.dtype)
+        logprobs = torch.log_softmax(logits, -1)
+        logp = logprobs.gather(-1, ids[:, 1:, None]).squeeze(-1)
+        if mask is not None:
+            logp = logp * mask[:, 1:].to(logp.dtype)
+        if not entropy:
+            return logp
+        return logp, -(logprobs.exp() * logprobs).sum(-1)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, prompts: list[list[int]] | None = None,

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from genforge import GenforgeError, Interrupted
 from genforge import checkpoint as ckpt
 from genforge.config import RunConfig
-from genforge.families.base import Diverged, GenerativeModel
+from genforge.families.base import Diverged, GenerativeModel, StopTraining
 from genforge.modalities import load_data, modality
 from genforge.train import distributed
 from genforge.train.batches import BatchSource, DatasetBatches
@@ -363,6 +363,7 @@ class Trainer:
         bar = tqdm(total=tc.max_steps, initial=self.step, disable=not (self.progress and self.dist.is_main),
                    desc="train", dynamic_ncols=True, unit="step")
         last_eval: dict[str, float] = {}
+        stopped: str | None = None
         t0, items, steps_run = time.perf_counter(), 0, 0
         window_t, window_items = time.perf_counter(), 0
         unit = f"{self.modality.unit}_per_s"
@@ -370,9 +371,12 @@ class Trainer:
             while self.step < tc.max_steps:
                 if self.stop_after is not None and steps_run >= self.stop_after:
                     break
-                micro = [self._to_device(self.batches.next()) for _ in range(tc.grad_accum)]
                 try:
+                    micro = [self._to_device(self.batches.next()) for _ in range(tc.grad_accum)]
                     metrics = self.model.train_step(micro, self.ctx)
+                except StopTraining as e:
+                    stopped = self._stop_early(e, bar)
+                    break
                 except Diverged as e:
                     last = ckpt.latest_checkpoint(self.run_dir)
                     raise GenforgeError(f"training stopped at step {self.step + 1}: {e}. Last good "
@@ -414,11 +418,25 @@ class Trainer:
                                       f"genforge train --resume {self.run_dir}", 128 + flag.signum)
         finally:
             bar.close()
-        if self.dist.is_main and tc.plot and self.step == tc.max_steps:
+        if self.dist.is_main and tc.plot and (self.step == tc.max_steps or stopped):
             self._plot()
         elapsed = time.perf_counter() - t0
-        return {"step": self.step, "items_per_s": items / max(elapsed, 1e-9), **last_eval,
-                "best_score": self.best_score}
+        result = {"step": self.step, "items_per_s": items / max(elapsed, 1e-9), **last_eval,
+                  "best_score": self.best_score}
+        return {**result, "stopped": stopped} if stopped else result
+
+    def _stop_early(self, e: StopTraining, bar) -> str:
+        """A guard rail ended training: log why, evaluate (so ``best`` sees the last weights) and
+        checkpoint the step reached; the update that tripped it was not applied."""
+        values = {k: float(v) for k, v in e.metrics.items()}
+        self._log({"step": self.step, **values, "event": "stopped", "reason": e.reason})
+        line = f"step {self.step}: stopped early: {e.reason}"
+        if self.dist.is_main:
+            bar.write(line) if self.progress else print(line, flush=True)
+        if self.tc.eval_every and self.step > 0 and self.step % self.tc.eval_every:  # not evaluated yet
+            self._after_evaluation(bar)
+        self.save()
+        return e.reason
 
     def _plot(self) -> None:
         try:

@@ -1,0 +1,372 @@
+"""`genforge rl`: fine-tune a trained run against rewards, into a new run directory.
+
+The loop is the generic trainer's; what RL adds is a batch source, :class:`Rollouts`,
+that samples from the current policy, scores the samples (counting oracle calls),
+applies the diversity filter, computes advantages, watches the guard rails and hands
+the trainer a batch for the policy's loss. Its state (generator, prompt order, filter
+memory, reward cache, KL coefficient, the current rollout) is checkpointed, so a resumed
+run continues exactly.
+
+An RL run directory is a run directory of the base family (``sample``/``eval`` load it
+like any run) plus ``reference/`` (the frozen starting weights, so the run does not
+depend on the base run staying put) and, for molecules, ``oracle.csv`` (every distinct
+molecule scored, in call order: what PMO's top-k and AUC are computed from).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genforge import GenforgeError
+from genforge import checkpoint as ckpt
+from genforge.config import RLConfig, RunConfig, TrainConfig, config_from_dict, validate
+from genforge.families.base import StopTraining
+from genforge.metrics.optimization import top_k_auc, top_k_mean
+from genforge.rl import algorithms as alg
+from genforge.rl.diversity import PRIMARY, DiversityFilter, murcko_key, word_ngrams
+from genforge.rl.policy import Prompts, policy_class
+from genforge.rl.rewards import Reward, build_reward
+
+# The trainer's settings an RL run starts from (any train.* override replaces them):
+# a small constant LR, no weight decay toward zero (the KL term keeps the policy near
+# the reference), no EMA (the policy must be the one that was sampled from).
+RL_TRAIN_DEFAULTS = {"lr": 1e-4, "min_lr": 1e-4, "lr_schedule": "constant", "warmup_steps": 0,
+                     "weight_decay": 0.0, "ema_decay": 0.0, "batch_size": 64, "grad_accum": 1,
+                     "eval_batches": 4, "log_every": 1}
+
+
+class Rollouts:
+    """The RL batch source: one rollout batch per ``updates_per_rollout`` optimizer steps."""
+
+    def __init__(self, policy, reward: Reward, settings: RLConfig, batch_size: int, seed: int,
+                 modality: str, dfilter: DiversityFilter | None):
+        self.policy, self.reward, self.rl = policy, reward, settings
+        self.batch_size, self.modality, self.filter = batch_size, modality, dfilter
+        self.group = settings.group_size if settings.algo != "reinforce" else 1
+        if batch_size % self.group:
+            raise GenforgeError(f"train.batch_size {batch_size} is not a multiple of the group size "
+                                f"{self.group}; each prompt is sampled group_size times")
+        device = policy_device(policy)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.order = torch.Generator().manual_seed(seed + 1)  # prompt order and DDPO timesteps
+        self.perm: list[int] = []
+        self.cached: dict[str, torch.Tensor] | None = None
+        self.served = 0
+        self.kl_coef = settings.kl_coef
+        self.low_diversity = self.high_kl = 0
+        self.exhausted = False
+
+    def _next_prompt(self) -> int:
+        if not self.perm:
+            self.perm = torch.randperm(self.policy.rl_prompt_count(), generator=self.order).tolist()
+        return self.perm.pop()
+
+    def next(self) -> dict[str, torch.Tensor]:
+        if self.cached is not None and self.served < self.rl.updates_per_rollout:
+            self.served += 1
+            return self.cached
+        self.cached, self.served = self._collect(), 1
+        return self.cached
+
+    def _collect(self) -> dict[str, torch.Tensor]:
+        rl = self.rl
+        if self.exhausted:
+            raise StopTraining(f"oracle budget spent: {self.reward.calls} calls (max_oracle_calls "
+                               f"{rl.max_oracle_calls})", {"oracle_calls": self.reward.calls})
+        t0 = time.perf_counter()
+        rows = [p for p in (self._next_prompt() for _ in range(self.batch_size // self.group))
+                for _ in range(self.group)]
+        roll = self.policy.rollout_batch(rows, self.generator)
+        t_rollout = time.perf_counter() - t0
+        total, applies, means = self.reward(roll.samples, self.policy.rl_columns(rows))
+        t_reward = time.perf_counter() - t0 - t_rollout
+        filtered, penalized = self.filter(roll.samples, total) if self.filter else (total, 0.0)
+        adv = alg.advantages(filtered, applies, "grpo" if rl.algo == "ddpo" else rl.algo, self.group)
+        diversity = self.policy.rl_diversity(roll.samples)
+        kl = float(roll.kl.mean())
+        stats = {"reward": float(total[applies].mean()) if applies.any() else 0.0,
+                 **{f"reward_{k}": v for k, v in means.items() if math.isfinite(v)},
+                 "kl": kl, "kl_coef": self.kl_coef, **diversity, "oracle_calls": float(self.reward.calls),
+                 "rollout_s": t_rollout, "reward_s": t_reward, "reward_applies": float(applies.float().mean())}
+        if self.filter is not None:
+            stats["filtered"] = penalized
+        if self.reward.cache:
+            stats.update(oracle_summary(self.reward, rl.max_oracle_calls))
+        self._guard(diversity, kl, stats)
+        if rl.kl_target is not None:
+            self.kl_coef = alg.adapt_kl_coef(self.kl_coef, kl, rl.kl_target)
+        batch = {**roll.tensors, "advantages": adv.to(roll.kl.device),
+                 "kl_coef": torch.tensor(stats["kl_coef"], device=roll.kl.device)}
+        if rl.algo == "ddpo":
+            active = self.policy.rl_active_steps(roll.tensors["sigmas"])
+            k = max(1, math.ceil(rl.timestep_fraction * len(active)))
+            pick = torch.randperm(len(active), generator=self.order)[:k].sort().values
+            batch["timesteps"] = torch.tensor([active[i] for i in pick.tolist()])
+        batch.update({f"log_{k}": torch.tensor(float(v)) for k, v in stats.items()})
+        if rl.max_oracle_calls is not None and self.reward.calls >= rl.max_oracle_calls:
+            self.exhausted = True  # train on this batch; stop before the next rollout
+        return batch
+
+    def _guard(self, diversity: dict[str, float], kl: float, stats: dict[str, float]) -> None:
+        rl = self.rl
+        name = PRIMARY[self.modality]
+        value = diversity[name]
+        self.low_diversity = self.low_diversity + 1 if rl.min_diversity is not None and value < rl.min_diversity else 0
+        self.high_kl = self.high_kl + 1 if rl.kl_budget is not None and kl > rl.kl_budget else 0
+        if self.low_diversity >= rl.guard_patience:
+            raise StopTraining(f"diversity collapsed: {name} {value:.3f} < min_diversity {rl.min_diversity} "
+                               f"for {rl.guard_patience} rollouts in a row", stats)
+        if self.high_kl >= rl.guard_patience:
+            raise StopTraining(f"KL {kl:.3f} nats over kl_budget {rl.kl_budget} for {rl.guard_patience} "
+                               "rollouts in a row", stats)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "order": self.order.get_state(), "perm": self.perm,
+                "cached": self.cached, "served": self.served, "kl_coef": self.kl_coef,
+                "low_diversity": self.low_diversity, "high_kl": self.high_kl, "exhausted": self.exhausted,
+                "reward": self.reward.state_dict(),
+                "filter": self.filter.state_dict() if self.filter else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.order.set_state(state["order"])
+        self.perm, self.cached, self.served = list(state["perm"]), state["cached"], int(state["served"])
+        self.kl_coef, self.exhausted = float(state["kl_coef"]), bool(state["exhausted"])
+        self.low_diversity, self.high_kl = int(state["low_diversity"]), int(state["high_kl"])
+        self.reward.load_state_dict(state["reward"])
+        if self.filter is not None and state["filter"] is not None:
+            self.filter.load_state_dict(state["filter"])
+
+
+def oracle_scores(reward: Reward) -> list[float]:
+    """The weighted total of every distinct sample scored, in call order."""
+    weights = [t.weight for t in reward.terms]
+    return [sum(w * v for w, v in zip(weights, values, strict=True) if v is not None)
+            for values in reward.scored.values()]
+
+
+def oracle_summary(reward: Reward, max_calls: int | None) -> dict[str, float]:
+    """PMO's numbers (Gao et al. 2022): top-1/10/100 means, and the top-10 AUC over the budget."""
+    scores = oracle_scores(reward)
+    out = {f"top{k}": top_k_mean(scores, k) for k in (1, 10, 100)}
+    if max_calls is not None:
+        out["auc_top10"] = top_k_auc(scores, 10, max_calls)
+    return out
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def load_prompts(settings: RLConfig, data, modality: str) -> Prompts | None:
+    """Token prompts from ``prompts`` or ``prompt_file`` (their other fields become reward
+    columns); None for images. Molecule prompts are SMILES prefixes after <bos>."""
+    if modality == "image":
+        if settings.prompts or settings.prompt_file:
+            raise GenforgeError("prompts apply to text and molecule runs; this diffusion run is "
+                                "unconditional")
+        return None
+    texts, columns = list(settings.prompts), {}
+    if settings.prompt_file:
+        if texts:
+            raise GenforgeError("give prompts inline or with a prompt file, not both")
+        texts, columns = _read_prompt_file(Path(settings.prompt_file))
+    bos = data.spec.special_ids.get("bos")
+    if not texts:
+        return Prompts([data.prompt_ids()], [data.decode(data.prompt_ids()) if bos is None else ""])
+    try:
+        ids = [([bos] if bos is not None else []) + data.tokenizer.encode(t) for t in texts]
+    except GenforgeError as e:
+        raise GenforgeError(f"a prompt cannot be encoded with the run's tokenizer: {e}") from None
+    if any(not i for i in ids):
+        raise GenforgeError("a prompt is empty; give text to continue")
+    return Prompts(ids, texts, columns)
+
+
+def _read_prompt_file(path: Path) -> tuple[list[str], dict[str, list]]:
+    if not path.is_file():
+        raise GenforgeError(f"prompt file {path} does not exist")
+    rows: list[dict] = []
+    if path.suffix == ".jsonl":
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise GenforgeError(f"{path}:{n} is not JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise GenforgeError(f"{path}:{n}: each line must be a JSON object with a 'prompt'")
+                rows.append(row)
+    elif path.suffix == ".csv":
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        raise GenforgeError(f"prompt file {path}: use .jsonl (one object per line) or .csv")
+    if not rows or any("prompt" not in r or not isinstance(r["prompt"], str) for r in rows):
+        raise GenforgeError(f"prompt file {path}: every row needs a text field 'prompt'")
+    keys = sorted({k for r in rows for k in r} - {"prompt"})
+    return [r["prompt"] for r in rows], {k: [r.get(k) for r in rows] for k in keys}
+
+
+def _diversity_filter(settings: RLConfig, modality: str) -> DiversityFilter | None:
+    if settings.diversity_filter is None:
+        return None
+    if modality == "image":
+        raise GenforgeError("diversity_filter buckets SMILES scaffolds or text n-grams; images have neither "
+                            "(watch min_diversity instead)")
+    keys = (lambda s: [murcko_key(s)]) if modality == "molecule" else word_ngrams
+    return DiversityFilter(keys, settings.diversity_filter)
+
+
+def _check_settings(settings: RLConfig, family_policy: type, modality: str) -> None:
+    from genforge.rl.policy import DiffusionPolicy
+
+    ddpo = issubclass(family_policy, DiffusionPolicy)
+    if ddpo and settings.algo != "ddpo":
+        raise GenforgeError(f"diffusion runs are fine-tuned with --algo ddpo, not {settings.algo}")
+    if not ddpo and settings.algo == "ddpo":
+        raise GenforgeError("--algo ddpo fine-tunes diffusion runs; token runs use reinforce, rloo or grpo")
+    if ddpo and settings.max_new_tokens is not None:
+        raise GenforgeError("--max-new-tokens applies to token runs, not diffusion")
+    if not ddpo and (settings.sampling_steps != RLConfig.model_fields["sampling_steps"].default
+                     or settings.timestep_fraction != 1.0):
+        raise GenforgeError("--sampling-steps and --timestep-fraction apply to DDPO (diffusion runs)")
+    if settings.algo in ("rloo", "grpo", "ddpo") and settings.group_size < 2:
+        raise GenforgeError(f"{settings.algo} needs group_size >= 2 (its baseline is the group's other samples)")
+    if settings.algo == "reinforce" and settings.group_size != RLConfig.model_fields["group_size"].default:
+        raise GenforgeError("--group-size applies to rloo, grpo and ddpo; reinforce uses the batch mean")
+
+
+def _base_checkpoint(base_run: Path, which: str) -> Path:
+    path = ckpt.require_checkpoint(base_run, which)
+    ckpt.verify_checkpoint(path)
+    return path
+
+
+def _same_data(base_run: Path, data) -> None:
+    """The base run's tokenizer must be the one the data builds now (same ids, same meaning)."""
+    saved = base_run / "tokenizer.json"
+    if not saved.is_file():
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data.save(Path(tmp))
+        now = Path(tmp) / "tokenizer.json"
+        if now.is_file() and now.read_text() != saved.read_text():
+            raise GenforgeError(f"the data of base run '{base_run}' no longer builds the tokenizer it was "
+                                "trained with (did the dataset change?)")
+
+
+def finetune(base_run: str | Path | None, settings: RLConfig | None, run_dir: str | Path, *,
+             train_overrides: dict[str, Any] | None = None, resume: bool = False, overwrite: bool = False,
+             checkpoint: str = "auto", stop_after: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune ``base_run`` with ``settings`` into ``run_dir`` (or resume ``run_dir``).
+
+    From Python::
+
+        from genforge.config import RLConfig
+        from genforge.rl.finetune import finetune
+        finetune("runs/shakespeare", RLConfig(base_run="runs/shakespeare", reward=["sentiment"]),
+                 "runs/shakespeare-rl", train_overrides={"max_steps": 200})
+    """
+    from genforge.families import build_model, family_class
+    from genforge.modalities import load_data
+    from genforge.train.trainer import Trainer
+
+    run_dir = Path(run_dir)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise GenforgeError("RL fine-tuning runs in one process; start it without torchrun")
+    if resume:
+        raw = ckpt.checkpoint_config(ckpt.require_checkpoint(run_dir, "latest"))
+        if train_overrides:
+            raw["train"] = {**raw["train"], **train_overrides}
+        cfg, model_cfg = config_from_dict(raw)
+        if cfg.rl is None:
+            raise GenforgeError(f"'{run_dir}' is not an RL run; continue it with `genforge train --resume`")
+        settings = cfg.rl
+        base_path = run_dir / "reference"
+        reference_cfg = ckpt.checkpoint_config(base_path)
+    else:
+        base_run = Path(base_run)
+        base_path = _base_checkpoint(base_run, checkpoint)
+        reference_cfg = ckpt.checkpoint_config(base_path)
+        base_cfg = validate(RunConfig, reference_cfg)
+        overrides = dict(train_overrides or {})
+        steps = int(overrides.get("max_steps", base_cfg.train.max_steps))
+        # Evaluate ~10 times and checkpoint ~5 times per run unless told otherwise.
+        paced = {"eval_every": max(1, steps // 10), "checkpoint_every": max(1, steps // 5)}
+        train = {**base_cfg.train.model_dump(), **RL_TRAIN_DEFAULTS, **paced, **overrides}
+        settings = settings.model_copy(update={"base_run": str(base_run), "base_checkpoint": base_path.name})
+        raw = {**base_cfg.model_dump(), "train": validate(TrainConfig, train, "train").model_dump(),
+               "rl": settings.model_dump()}
+        cfg, model_cfg = config_from_dict(raw)
+    base_cls = family_class(cfg.family)
+    cls = policy_class(base_cls)
+    data = load_data(cfg.data, base_cls.data_needs(model_cfg))
+    modality = data.spec.modality
+    _check_settings(settings, cls, modality)
+    if not resume:
+        _same_data(Path(settings.base_run), data)
+    torch.manual_seed(cfg.train.seed)
+    reference = build_model(cfg.family, model_cfg, data.spec)
+    _load_sampling_weights(reference, base_path)
+    policy = cls(model_cfg, data.spec)
+    policy.load_state_dict(reference.state_dict())  # start where the reference is
+    reward = build_reward(settings.reward, settings.reward_args, modality, data)
+    prompts = load_prompts(settings, data, modality)
+    policy.attach(reference, reward, settings, data, prompts)
+    rollouts = Rollouts(policy, reward, settings, cfg.train.batch_size, cfg.train.seed, modality,
+                        _diversity_filter(settings, modality))
+    if not resume:  # a reward that breaks its contract fails here, before a folder exists
+        preflight = policy.rollout_batch([0, 0], torch.Generator(device=policy_device(policy)).manual_seed(0))
+        reward(preflight.samples, policy.rl_columns([0, 0]))
+    trainer = Trainer(cfg, policy, data, run_dir, resume=resume, overwrite=overwrite, stop_after=stop_after,
+                      progress=progress, batches=rollouts)
+    if not resume:
+        _save_reference(run_dir, base_path)
+    result = trainer.fit()
+    if reward.cache:
+        write_oracle_file(run_dir / "oracle.csv", reward)
+        result.update(oracle_summary(reward, settings.max_oracle_calls))
+    result["oracle_calls"] = reward.calls
+    return result
+
+
+def policy_device(policy) -> torch.device:
+    return next(policy.parameters()).device
+
+
+def _load_sampling_weights(model: torch.nn.Module, path: Path) -> None:
+    """The weights the base run samples with: EMA where it kept EMA, else the raw weights."""
+    ckpt.load_weights(model, path)
+    if (path / ckpt.EMA_WEIGHTS).is_file():
+        ckpt.load_ema_weights(model, path)
+
+
+def _save_reference(run_dir: Path, base_path: Path) -> None:
+    """Copy the starting checkpoint into RUN/reference (via a hidden folder and a rename)."""
+    target = run_dir / "reference"
+    if target.exists():
+        shutil.rmtree(target)
+    tmp = run_dir / ".reference.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(base_path, tmp)
+    tmp.rename(target)
+
+
+def write_oracle_file(path: Path, reward: Reward) -> None:
+    rows = ["call,smiles,score," + ",".join(reward.names)]
+    for i, (sample, values) in enumerate(reward.scored.items(), 1):
+        total = sum(t.weight * v for t, v in zip(reward.terms, values, strict=True) if v is not None)
+        cells = ["" if v is None else f"{v:.6g}" for v in values]
+        rows.append(f"{i},{sample},{total:.6g}," + ",".join(cells))
+    ckpt.atomic_write_text(path, "\n".join(rows) + "\n")

@@ -246,9 +246,24 @@ def test_toy_reward_is_climbed_and_the_run_is_a_normal_run(text_base, tmp_path, 
     assert config["family"] == "gpt" and config["rl"]["algo"] == "rloo"
     assert config["rl"]["base_run"] == str(base) and config["rl"]["reward"] == [f"{rewards}:e_fraction"]
     assert (run / "reference" / "model.safetensors").is_file()
+    assert evals[0]["step"] == 0 and evals[0]["kl"] == 0.0  # the baseline, before any update
     capsys.readouterr()
     assert main(["sample", str(run), "--seed", "1", "--prompt", "we", "--max-new-tokens", "20", "--no-stream"]) == 0
     assert capsys.readouterr().out.count("e") >= 8
+    assert main(["eval", str(run)]) == 0
+    assert "val_loss" in capsys.readouterr().out
+
+
+def test_prompt_files_feed_columns_to_rewards(text_base, tmp_path):
+    base, rewards = text_base
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "the", "target": "cat"}\n{"prompt": "we", "target": "see"}\n')
+    run = tmp_path / "rl"
+    assert _rl(base, rewards, run, "--steps", "2", "--prompt-file", str(prompts), reward="by_column") == 0
+    assert {"reward_myrewards:by_column", "heldout_loss"} <= set(_rows(run, "val")[-1])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "x"}\n')
+    assert _rl(base, rewards, tmp_path / "rl2", "--steps", "2", "--prompt-file", str(bad)) == 2
 
 
 def test_kl_penalty_keeps_kl_under_budget_and_the_budget_stops_a_run_without_it(text_base, tmp_path):

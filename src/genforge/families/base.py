@@ -130,6 +130,8 @@ class GenerativeModel(nn.Module):
 
     Config: type[BaseModel]
     selection: Selection | None = Selection("loss", "min")
+    progress_keys: tuple[str, ...] = ("loss",)
+    """Training metrics the progress bar shows (an RL policy: reward, KL, diversity)."""
     sample_options: tuple[SampleOption, ...] = ()
     eval_options: tuple[SampleOption, ...] = ()
 

@@ -57,12 +57,16 @@ class PolicyMixin:
     """What both kinds of policy share; see the module docstring."""
 
     selection = Selection("score", "max")
+    progress_keys = ("reward", "kl")
 
     def attach(self, reference: torch.nn.Module, reward, settings, data, prompts: Prompts | None) -> None:
         """Wire in the frozen reference, the reward, the RL settings (``RLConfig``) and data."""
         reference.requires_grad_(False)
         self.reference = reference.eval()
         self.reward, self.rl, self.rl_data, self.rl_prompts = reward, settings, data, prompts
+        from genforge.rl.diversity import PRIMARY
+
+        self.progress_keys = ("reward", "kl", PRIMARY[self.spec.modality])
         self.rl_check()
 
     def rl_check(self) -> None:
@@ -91,7 +95,7 @@ class PolicyMixin:
     @torch.no_grad()
     def evaluate(self, batches) -> dict[str, float]:
         batches = list(batches)
-        out = {f"val_{k}": v for k, v in super().evaluate(iter(batches)).items()}
+        out = {f"heldout_{k}": v for k, v in super().evaluate(iter(batches)).items()}
         device = next(self.parameters()).device
         g = torch.Generator(device=device).manual_seed(EVAL_SEED)
         rows = [i % self.rl_prompt_count() for i in range(self.rl.eval_samples)]

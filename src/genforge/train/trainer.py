@@ -120,9 +120,10 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, model: GenerativeModel, data, run_dir: Path, *,
                  resume: bool = False, overwrite: bool = False, stop_after: int | None = None,
-                 progress: bool = True, batches: BatchSource | None = None):
+                 progress: bool = True, batches: BatchSource | None = None, eval_at_start: bool = False):
         self.cfg, self.tc, self.run_dir = cfg, cfg.train, Path(run_dir)
         self.data, self.stop_after, self.progress = data, stop_after, progress
+        self.eval_at_start = eval_at_start  # a step-0 evaluation: the baseline an RL run starts from
         self.modality = modality(data.spec.modality)
         self.dist, self.device = distributed.setup(self.tc.device)
         use_bf16 = self.tc.precision == "bf16" or (self.tc.precision == "auto" and self.device.type == "cuda")
@@ -368,6 +369,8 @@ class Trainer:
         window_t, window_items = time.perf_counter(), 0
         unit = f"{self.modality.unit}_per_s"
         try:
+            if self.eval_at_start and self.step == 0 and tc.eval_every:
+                last_eval = self._after_evaluation(bar)
             while self.step < tc.max_steps:
                 if self.stop_after is not None and steps_run >= self.stop_after:
                     break
@@ -403,7 +406,8 @@ class Trainer:
                     self._log({"step": self.step, **metrics, "lr": tc.lr * self.lr_factor(), unit: rate,
                                "elapsed_s": now - t0})
                     if self.progress:
-                        bar.set_postfix(loss=f"{metrics['loss']:.4f}", **{unit.split('_')[0] + "/s": f"{rate:,.0f}"})
+                        shown = {k: f"{metrics[k]:.4g}" for k in self.model.progress_keys if k in metrics}
+                        bar.set_postfix(**shown, **{unit.split('_')[0] + "/s": f"{rate:,.0f}"})
                 if tc.eval_every and (self.step % tc.eval_every == 0 or self.step == tc.max_steps):
                     last_eval = self._after_evaluation(bar)
                     if self.dist.is_main and tc.sample_every == 0:

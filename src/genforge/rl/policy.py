@@ -32,6 +32,11 @@ from genforge.rl import algorithms as alg
 from genforge.rl.diversity import image_diversity, molecule_diversity, text_diversity
 
 EVAL_SEED = 4242
+# DDPO's actions are the chain's steps down to this noise level (in [-1, 1] data units).
+# Below it an ancestral step's standard deviation is tiny (Karras sigmas reach 0.002), so
+# its log-probability ratio and the per-step KL blow up while the step only refines
+# pixel noise; those last steps run deterministically (DDIM, eta = 0) and are not trained.
+MIN_ACTION_SIGMA = 0.05
 
 
 @dataclass
@@ -192,7 +197,7 @@ class DiffusionPolicy(PolicyMixin):
 
     Each step x_t -> x_{t-1} is Gaussian with a mean the network sets and a fixed standard
     deviation (``samplers.ancestral_step`` at eta = 1), so its log-probability is exact and
-    differentiable. A rollout keeps the chain (N, S+1, C, H, W), the old log-probs (N, S) and
+    differentiable; the last steps below MIN_ACTION_SIGMA are deterministic. A rollout keeps the chain (N, S+1, C, H, W), the old log-probs (N, S) and
     the reference model's step means; the loss is the clipped importance-weighted surrogate
     per step plus beta x the exact Gaussian KL to the reference step."""
 
@@ -209,12 +214,13 @@ class DiffusionPolicy(PolicyMixin):
                                          self.sigma_max).to(device)
 
     def _step(self, net_owner, x, sigmas, t):
+        """The step's Gaussian: ancestral (an action) down to MIN_ACTION_SIGMA, deterministic below."""
+        from genforge.diffusion.samplers import ancestral_step
+
         s, s_next = float(sigmas[t]), float(sigmas[t + 1])
         level = torch.full((x.shape[0],), s, device=x.device, dtype=x.dtype)
         denoised = net_owner.denoiser(x, level, None).float()
-        from genforge.diffusion.samplers import ancestral_step
-
-        return ancestral_step(x.float(), denoised, s, s_next)
+        return ancestral_step(x.float(), denoised, s, s_next, eta=1.0 if s_next >= MIN_ACTION_SIGMA else 0.0)
 
     @torch.no_grad()
     def rollout_batch(self, rows: list[int], generator: torch.Generator) -> RolloutBatch:
@@ -245,8 +251,8 @@ class DiffusionPolicy(PolicyMixin):
         return RolloutBatch(images, tensors, kl)
 
     def rl_active_steps(self, sigmas: torch.Tensor) -> list[int]:
-        """Steps with a random action (all but the last, deterministic one)."""
-        return [t for t in range(len(sigmas) - 1) if float(sigmas[t + 1]) > 0]
+        """Steps with a random action: those ending at sigma >= MIN_ACTION_SIGMA."""
+        return [t for t in range(len(sigmas) - 1) if float(sigmas[t + 1]) >= MIN_ACTION_SIGMA]
 
     def forward(self, batch, timestep: int | None = None, **kwargs):
         if "advantages" not in batch:

@@ -86,7 +86,6 @@ def render(data: dict) -> None:
                   t["samples_after"].strip(), "```", ""]
     if "guard" in data:
         g = data["guard"]
-        stop = g["stop"]
         lines += ["## Guard rail: a collapsing run is stopped", "",
                   "Sentiment with no KL penalty and lr 3e-4 drifts into repeating a few positive words. "
                   "`--min-diversity 0.35 --guard-patience 3` stops it once three rollouts in a row fall "

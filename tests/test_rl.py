@@ -266,6 +266,27 @@ def test_prompt_files_feed_columns_to_rewards(text_base, tmp_path):
     assert _rl(base, rewards, tmp_path / "rl2", "--steps", "2", "--prompt-file", str(bad)) == 2
 
 
+def test_python_api_entropy_bonus_and_best_checkpoint_by_tradeoff(text_base, tmp_path):
+    from genforge.checkpoint import best_checkpoint
+    from genforge.config import RLConfig
+    from genforge.rl.finetune import finetune
+
+    base, rewards = text_base
+    settings = RLConfig(base_run=str(base), reward=[f"{rewards}:zero"], entropy_coef=0.5, kl_coef=0.0,
+                        group_size=4, max_new_tokens=12, select_kl_weight=1.0, eval_samples=16)
+    run = tmp_path / "rl"
+    result = finetune(base, settings, run, train_overrides={"max_steps": 6, "batch_size": 16, "lr": 3e-3,
+                                                              "eval_every": 2}, progress=False)
+    assert result["step"] == 6 and result["oracle_calls"] > 0
+    train = _rows(run)
+    assert train[-1]["entropy"] > train[0]["entropy"] + 0.05  # zero reward: only the bonus acts
+    evals = _rows(run, "val")
+    scores = [e["reward"] - e["kl"] for e in evals]
+    assert [e["score"] for e in evals] == pytest.approx(scores)
+    best = max(evals, key=lambda e: e["score"])
+    assert best_checkpoint(run).name == f"best-step_{best['step']:07d}"
+
+
 def test_kl_penalty_keeps_kl_under_budget_and_the_budget_stops_a_run_without_it(text_base, tmp_path):
     base, rewards = text_base
     common = ["--steps", "25", "--lr", "1e-3", "--kl-budget", "1.0", "--guard-patience", "2"]
@@ -302,7 +323,7 @@ def test_bad_rewards_and_options_fail_with_one_line(text_base, tmp_path, capsys)
                            (["--algo", "reinforce", "--group-size", "4"], "reinforce uses the batch mean"),
                            (["--max-new-tokens", "100"], "does not fit the context"),
                            (["--reward-arg", "nope.x=1"], "no reward 'nope'"),
-                           (["--kl-coef", "nan"], "kl_coef")]:
+                           (["--kl-coef", "nan"], "--kl-coef")]:
         assert _rl(base, rewards, tmp_path / "c", "--steps", "2", *extra) == 2, extra
         assert message in capsys.readouterr().err, extra
     assert not any((tmp_path / d).exists() for d in "abc")  # a refused start leaves nothing behind

@@ -111,9 +111,15 @@ def _rl(args) -> None:
             raise GenforgeError("name the run to fine-tune: genforge rl BASE_RUN --reward NAME")
         if not args.reward:
             raise GenforgeError("name a reward: --reward NAME (see `genforge rl --help` for the built-ins)")
-        settings = validate(RLConfig, {"base_run": args.base_run, "reward": args.reward,
-                                       "reward_args": _reward_args(args.reward_arg or [], args.reward),
-                                       "prompts": args.prompt or [], **given}, prefix="rl")
+        try:
+            settings = validate(RLConfig, {"base_run": args.base_run, "reward": args.reward,
+                                           "reward_args": _reward_args(args.reward_arg or [], args.reward),
+                                           "prompts": args.prompt or [], **given}, prefix="rl")
+        except GenforgeError as e:  # name the flag the user typed, not the config key behind it
+            import re
+
+            raise GenforgeError(re.sub(r"config key 'rl\.(\w+)'", lambda m: "--" + m.group(1).replace("_", "-"),
+                                       str(e))) from None
         run_dir = Path(args.run_dir) if args.run_dir else _rl_run_dir(Path(args.base_run))
     result = finetune(args.base_run, settings, run_dir, train_overrides=train, resume=bool(args.resume),
                       overwrite=args.overwrite, checkpoint=args.checkpoint, stop_after=args.stop_after,

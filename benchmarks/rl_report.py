@@ -100,22 +100,28 @@ def render(data: dict) -> None:
         lines += ["", "![diversity](rl_guard_diversity.png)", "", "Unguarded, after 150 steps:", "", "```",
                   g["unguarded_samples"].strip(), "```", "", "With the diversity filter:", "", "```",
                   g["filter_samples"].strip(), "```", ""]
-    if "molecules" in data:
-        mo = data["molecules"]
-        p = mo["pmo"]
+    runs = [(k, label) for k, label in (("molecules", "lr 1e-4, KL 0.01"),
+                                         ("molecules_guarded", "lr 5e-5, KL 0.05, stop at IntDiv < 0.8"))
+            if k in data]
+    if runs:
         lines += ["## Molecules: QED with at most 10,000 oracle calls", "",
                   "Base: the 9-minute CPU SMILES GPT 4x256 of `moses.md` (MOSES validity 0.75). GRPO, groups "
-                  "of 8, 64 molecules per step, lr 1e-4, KL weight 0.01, diversity filter on Murcko scaffolds "
-                  "(bucket 25), stop at 10,000 oracle calls (distinct SMILES scored, evaluation samples "
-                  "included, as PMO counts). Top-k and AUC as PMO defines them (Gao et al. 2022), from "
-                  "`oracle.csv`.", "",
-                  "| top-1 | top-10 | top-100 | AUC top-10 | oracle calls | steps |", "|---|---|---|---|---|---|",
-                  f"| {_f(p['top1'])} | **{_f(p['top10'])}** | {_f(p['top100'])} | {_f(p.get('auc_top10'))} | "
-                  f"{p['oracle_calls']:.0f} | {mo['steps']} |", "",
-                  "The generated set (1,000 fresh samples at temperature 1):", "",
+                  "of 8, 64 molecules per step, diversity filter on Murcko scaffolds (bucket 25), stop at "
+                  "10,000 oracle calls (distinct SMILES scored, evaluation samples included, as PMO "
+                  "counts). Top-k and AUC as PMO defines them (Gao et al. 2022), from `oracle.csv`.", "",
+                  "| run | top-1 | top-10 | top-100 | AUC top-10 | oracle calls | steps | stopped |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for key, label in runs:
+            mo, p = data[key], data[key]["pmo"]
+            lines.append(f"| {label} | {_f(p['top1'])} | **{_f(p['top10'])}** | {_f(p['top100'])} | "
+                         f"{_f(p.get('auc_top10'))} | {p['oracle_calls']:.0f} | {mo['steps']} | {mo['stopped'] or 'no'} |")
+        lines += ["", "The generated set (1,000 fresh samples at temperature 1 from the last checkpoint):", "",
                   "| set | validity | unique | IntDiv | scaffolds / molecule | mean QED |", "|---|---|---|---|---|---|"]
-        for label in ("before", "after"):
-            s = mo[f"set_{label}"]
+        s = data[runs[0][0]]["set_before"]
+        lines.append(f"| base | {_f(s['valid'])} | {_f(s['unique'])} | {_f(s['intdiv'])} | "
+                     f"{_f(s['scaffolds'])} | {_f(s['mean_qed'])} |")
+        for key, label in runs:
+            s = data[key]["set_after"]
             lines.append(f"| {label} | {_f(s['valid'])} | {_f(s['unique'])} | {_f(s['intdiv'])} | "
                          f"{_f(s['scaffolds'])} | {_f(s['mean_qed'])} |")
         lines += ["", "Anchor: in PMO, REINVENT's QED top-1 is 0.948 and its top-10 AUC 0.941. Goal of the issue: "

@@ -304,6 +304,8 @@ def finetune(base_run: str | Path | None, settings: RLConfig | None, run_dir: st
         steps = int(overrides.get("max_steps", base_cfg.train.max_steps))
         # Evaluate ~10 times and checkpoint ~5 times per run unless told otherwise.
         paced = {"eval_every": max(1, steps // 10), "checkpoint_every": max(1, steps // 5)}
+        if "lr" in overrides and "min_lr" not in overrides:  # the constant schedule: the floor is the LR
+            overrides["min_lr"] = min(overrides["lr"], RL_TRAIN_DEFAULTS["min_lr"])
         train = {**base_cfg.train.model_dump(), **RL_TRAIN_DEFAULTS, **paced, **overrides}
         settings = settings.model_copy(update={"base_run": str(base_run), "base_checkpoint": base_path.name})
         raw = {**base_cfg.model_dump(), "train": validate(TrainConfig, train, "train").model_dump(),

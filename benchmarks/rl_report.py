@@ -37,10 +37,18 @@ def _curves(data: dict) -> list[str]:
         made.append("rl_text_reward_kl.png")
     if "guard" in data:
         fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-        for name in ("unguarded", "stop", "filter"):
+        # The three runs share seed and trajectory until the stop / the filter: draw the stopped run
+        # wide underneath, and mark where the guard rail fired.
+        for name, width in (("stop", 5), ("unguarded", 1.5), ("filter", 1.5)):
             train = data["guard"][name]["train"]
-            a.plot([r["step"] for r in train], [r["distinct_1"] for r in train], label=name)
-            b.plot([r["step"] for r in train], [r["reward"] for r in train], label=name)
+            a.plot([r["step"] for r in train], [r["distinct_1"] for r in train], label=name, lw=width,
+                   alpha=0.5 if name == "stop" else 1)
+            b.plot([r["step"] for r in train], [r["reward"] for r in train], label=name, lw=width,
+                   alpha=0.5 if name == "stop" else 1)
+        stop_step = data["guard"]["stop"]["steps"]
+        for ax in (a, b):
+            ax.axvline(stop_step, color="red", ls=":", lw=1)
+        a.text(stop_step + 2, 0.6, f"guard rail stops\nat step {stop_step}", color="red", fontsize=8)
         a.axhline(0.35, color="grey", ls="--", lw=1)
         a.set_title("rollout distinct-1 (stop threshold 0.35)")
         b.set_title("rollout reward (VADER)")

@@ -55,8 +55,7 @@ class Rollouts:
         if batch_size % self.group:
             raise GenforgeError(f"train.batch_size {batch_size} is not a multiple of the group size "
                                 f"{self.group}; each prompt is sampled group_size times")
-        device = policy_device(policy)
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.seed, self._generator = seed, None
         self.order = torch.Generator().manual_seed(seed + 1)  # prompt order and DDPO timesteps
         self.perm: list[int] = []
         self.cached: dict[str, torch.Tensor] | None = None
@@ -64,6 +63,14 @@ class Rollouts:
         self.kl_coef = settings.kl_coef
         self.low_diversity = self.high_kl = 0
         self.exhausted = False
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The rollouts' random stream, made on first use on the device the trainer moved the
+        policy to (a CPU generator cannot drive sampling on a GPU)."""
+        if self._generator is None:
+            self._generator = torch.Generator(device=policy_device(self.policy)).manual_seed(self.seed)
+        return self._generator
 
     def _next_prompt(self) -> int:
         if not self.perm:
@@ -137,7 +144,7 @@ class Rollouts:
                 "filter": self.filter.state_dict() if self.filter else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # generator states are CPU byte tensors
         self.order.set_state(state["order"])
         self.perm, self.cached, self.served = list(state["perm"]), state["cached"], int(state["served"])
         self.kl_coef, self.exhausted = float(state["kl_coef"]), bool(state["exhausted"])
@@ -294,12 +301,11 @@ def finetune(base_run: str | Path | None, settings: RLConfig | None, run_dir: st
             raise GenforgeError(f"'{run_dir}' is not an RL run; continue it with `genforge train --resume`")
         settings = cfg.rl
         base_path = run_dir / "reference"
-        reference_cfg = ckpt.checkpoint_config(base_path)
+        ckpt.verify_checkpoint(base_path)
     else:
         base_run = Path(base_run)
         base_path = _base_checkpoint(base_run, checkpoint)
-        reference_cfg = ckpt.checkpoint_config(base_path)
-        base_cfg = validate(RunConfig, reference_cfg)
+        base_cfg = validate(RunConfig, ckpt.checkpoint_config(base_path))
         overrides = dict(train_overrides or {})
         steps = int(overrides.get("max_steps", base_cfg.train.max_steps))
         # Evaluate ~10 times and checkpoint ~5 times per run unless told otherwise.

@@ -29,7 +29,7 @@ import torch
 from genforge import GenforgeError
 from genforge.families.base import Selection
 from genforge.rl import algorithms as alg
-from genforge.rl.diversity import image_diversity, molecule_diversity, text_diversity
+from genforge.rl.diversity import PRIMARY, image_diversity, molecule_diversity, text_diversity
 
 EVAL_SEED = 4242
 # DDPO's actions are the chain's steps down to this noise level (in [-1, 1] data units).
@@ -69,8 +69,6 @@ class PolicyMixin:
         reference.requires_grad_(False)
         self.reference = reference.eval()
         self.reward, self.rl, self.rl_data, self.rl_prompts = reward, settings, data, prompts
-        from genforge.rl.diversity import PRIMARY
-
         self.progress_keys = ("reward", "kl", PRIMARY[self.spec.modality])
         self.rl_check()
 

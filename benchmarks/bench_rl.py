@@ -132,8 +132,15 @@ def molecules_guarded() -> None:
                "--guard-patience", "5")
 
 
-def _molecules(key: str, name: str, *args: str) -> None:
-    run, meta = rl(name, MOL_BASE, *QED_COMMON, *args)
+def molecules_tight_filter() -> None:
+    """A third point: a little faster (lr 7e-5) with a tighter scaffold filter (bucket 10)."""
+    common = [a if a != "25" else "10" for a in QED_COMMON]
+    _molecules("molecules_tight_filter", "qed-tight-filter", "--lr", "7e-5", "--kl-coef", "0.05",
+               "--min-diversity", "0.8", "--guard-patience", "5", common=common)
+
+
+def _molecules(key: str, name: str, *args: str, common: list[str] = QED_COMMON) -> None:
+    run, meta = rl(name, MOL_BASE, *common, *args)
     result = {**meta, **summary(run)}
     final = result["train"][-1]
     result["pmo"] = {k: final.get(k) for k in ("top1", "top10", "top100", "auc_top10", "oracle_calls")}
@@ -196,8 +203,8 @@ def throughput() -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["text", "guard", "molecules", "molecules_guarded", "ddpo", "throughput",
-                                    "report"])
+    p.add_argument("what", choices=["text", "guard", "molecules", "molecules_guarded", "molecules_tight_filter",
+                                    "ddpo", "throughput", "report"])
     what = p.parse_args().what
     RUNS.mkdir(parents=True, exist_ok=True)
     if what == "report":

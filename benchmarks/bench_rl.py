@@ -94,6 +94,7 @@ def text() -> None:
         out["runs"][name] = {**meta, **summary(run)}
     out["samples_before"] = samples(TEXT_BASE, 5, extra=("--max-new-tokens", "120", "--checkpoint", "auto"))
     out["samples_after"] = samples(RUNS / "text-grpo-kl0.1", 5, extra=("--max-new-tokens", "120"))
+    out["samples_after_kl0.3"] = samples(RUNS / "text-grpo-kl0.3", 5, extra=("--max-new-tokens", "120"))
     store("text", out)
 
 

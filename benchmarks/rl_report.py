@@ -92,6 +92,9 @@ def render(data: dict) -> None:
                   "Five samples before (base run, temperature 0.8, seed 0):", "", "```", t["samples_before"].strip(),
                   "```", "", "Five samples after (grpo, KL weight 0.1, best checkpoint, same seed):", "", "```",
                   t["samples_after"].strip(), "```", ""]
+        if "samples_after_kl0.3" in t:
+            lines += ["Five samples after (grpo, KL weight 0.3: reward 0.48 at KL 3.6, same seed):", "", "```",
+                      t["samples_after_kl0.3"].strip(), "```", ""]
     if "guard" in data:
         g = data["guard"]
         lines += ["## Guard rail: a collapsing run is stopped", "",

@@ -338,7 +338,8 @@ def finetune(base_run: str | Path | None, settings: RLConfig | None, run_dir: st
         preflight = policy.rollout_batch([0, 0], torch.Generator(device=policy_device(policy)).manual_seed(0))
         reward(preflight.samples, policy.rl_columns([0, 0]))
     trainer = Trainer(cfg, policy, data, run_dir, resume=resume, overwrite=overwrite, stop_after=stop_after,
-                      progress=progress, batches=rollouts, eval_at_start=True)
+                      progress=progress, batches=rollouts, eval_at_start=True,
+                      resume_command="genforge rl --resume")
     if not resume:
         _save_reference(run_dir, base_path)
     result = trainer.fit()

@@ -120,10 +120,12 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, model: GenerativeModel, data, run_dir: Path, *,
                  resume: bool = False, overwrite: bool = False, stop_after: int | None = None,
-                 progress: bool = True, batches: BatchSource | None = None, eval_at_start: bool = False):
+                 progress: bool = True, batches: BatchSource | None = None, eval_at_start: bool = False,
+                 resume_command: str = "genforge train --resume"):
         self.cfg, self.tc, self.run_dir = cfg, cfg.train, Path(run_dir)
         self.data, self.stop_after, self.progress = data, stop_after, progress
         self.eval_at_start = eval_at_start  # a step-0 evaluation: the baseline an RL run starts from
+        self.resume_command = resume_command  # what an interrupted run is told to type
         self.modality = modality(data.spec.modality)
         self.dist, self.device = distributed.setup(self.tc.device)
         use_bf16 = self.tc.precision == "bf16" or (self.tc.precision == "auto" and self.device.type == "cuda")
@@ -419,7 +421,7 @@ class Trainer:
                 if stopping:
                     name = signal.Signals(flag.signum).name
                     raise Interrupted(f"{name} at step {self.step}; checkpoint saved. Continue with: "
-                                      f"genforge train --resume {self.run_dir}", 128 + flag.signum)
+                                      f"{self.resume_command} {self.run_dir}", 128 + flag.signum)
         finally:
             bar.close()
         if self.dist.is_main and tc.plot and (self.step == tc.max_steps or stopped):

@@ -377,9 +377,10 @@ def test_ddpo_raises_brightness_on_digits(tmp_path):
                  "model.blocks=1", "train.max_steps=60", "train.batch_size=32", "train.eval_every=60",
                  "train.eval_batches=1", "train.plot=false", "--run-dir", str(base), "--no-progress"]) == 0
     run = tmp_path / "rl"
-    assert main(["rl", str(base), "--reward", "brightness", "--algo", "ddpo", "--steps", "12", "--lr", "1e-3",
+    assert main(["rl", str(base), "--reward", "brightness", "--steps", "12", "--lr", "1e-3",  # ddpo by default
                  "--batch-size", "16", "--group-size", "8", "--sampling-steps", "6", "--kl-coef", "0",
                  "--eval-samples", "32", "--run-dir", str(run), "--no-progress"]) == 0
     evals = _rows(run, "val")
     assert evals[-1]["reward"] > evals[0]["reward"] + 0.02, [e["reward"] for e in evals]
     assert {"fd", "spread", "class_entropy", "kl"} <= set(evals[-1])
+    assert json.loads((run / "config.json").read_text())["rl"]["algo"] == "ddpo"

@@ -323,7 +323,7 @@ def build_parser(declared: bool = True) -> argparse.ArgumentParser:
                    help="an argument of a reward, e.g. keyword.word=love, tanimoto.target=CCO, "
                         "classifier.target=Sneaker (NAME may be left out when one reward is named)")
     r.add_argument("--algo", choices=["reinforce", "rloo", "grpo", "ddpo"],
-                   help="policy-gradient estimator (default grpo; ddpo for diffusion runs)")
+                   help="policy-gradient estimator (default: grpo for token runs, ddpo for diffusion runs)")
     r.add_argument("--steps", type=int, metavar="N", help="optimizer steps (train.max_steps)")
     r.add_argument("--batch-size", type=int, metavar="N", help="samples per rollout (default 64)")
     r.add_argument("--lr", type=float, help="learning rate (default 1e-4, constant)")

@@ -124,7 +124,8 @@ class RLConfig(Strict):
     """Reward specs NAME or NAME=WEIGHT: built-ins or MODULE:FUNCTION."""
     reward_args: dict[str, dict[str, Any]] = {}
     """Arguments per reward name, e.g. {"keyword": {"word": "love"}}."""
-    algo: Literal["reinforce", "rloo", "grpo", "ddpo"] = "grpo"
+    algo: Literal["reinforce", "rloo", "grpo", "ddpo"] | None = None
+    """None: grpo for token runs, ddpo for diffusion runs (resolved and recorded at the start)."""
     group_size: int = Field(8, ge=1)
     """Samples per prompt; RLOO and GRPO baselines are computed within each group."""
     updates_per_rollout: int = Field(1, ge=1)

@@ -313,7 +313,11 @@ def finetune(base_run: str | Path | None, settings: RLConfig | None, run_dir: st
         if "lr" in overrides and "min_lr" not in overrides:  # the constant schedule: the floor is the LR
             overrides["min_lr"] = min(overrides["lr"], RL_TRAIN_DEFAULTS["min_lr"])
         train = {**base_cfg.train.model_dump(), **RL_TRAIN_DEFAULTS, **paced, **overrides}
-        settings = settings.model_copy(update={"base_run": str(base_run), "base_checkpoint": base_path.name})
+        from genforge.rl.policy import DiffusionPolicy
+
+        default_algo = "ddpo" if issubclass(policy_class(family_class(base_cfg.family)), DiffusionPolicy) else "grpo"
+        settings = settings.model_copy(update={"base_run": str(base_run), "base_checkpoint": base_path.name,
+                                               "algo": settings.algo or default_algo})
         raw = {**base_cfg.model_dump(), "train": validate(TrainConfig, train, "train").model_dump(),
                "rl": settings.model_dump()}
         cfg, model_cfg = config_from_dict(raw)

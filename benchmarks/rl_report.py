@@ -113,7 +113,8 @@ def render(data: dict) -> None:
                   g["filter_samples"].strip(), "```", ""]
     runs = [(k, label) for k, label in (("molecules", "lr 1e-4, KL 0.01"),
                                          ("molecules_guarded", "lr 5e-5, KL 0.05, stop at IntDiv < 0.8"),
-                                         ("molecules_tight_filter", "lr 7e-5, KL 0.05, bucket 10, stop at IntDiv < 0.8"))
+                                         ("molecules_tight_filter", "lr 7e-5, KL 0.05, bucket 10, stop at IntDiv < 0.8"),
+                                         ("molecules_entropy", "lr 7e-5, KL 0.05, entropy 0.01, stop at IntDiv < 0.8"))
             if k in data]
     if runs:
         lines += ["## Molecules: QED with at most 10,000 oracle calls", "",

@@ -240,18 +240,13 @@ def classifier(samples: torch.Tensor, target: int | str, data: Any = None) -> li
     k = data.spec.num_classes
     if not 0 <= index < k:
         raise RewardError(f"classifier reward: target class {index} is outside 0..{k - 1}")
-    extractor = _extractor_for(data, load_extractor)
-    _, probs = extractor.run(samples.float().cpu())
+    if data.fingerprint not in _EXTRACTORS:  # loaded once per dataset (by its test images' hash)
+        _EXTRACTORS[data.fingerprint] = load_extractor(data)
+    _, probs = _EXTRACTORS[data.fingerprint].run(samples.float().cpu())
     return probs[:, index].tolist()
 
 
-_EXTRACTORS: dict[int, Any] = {}
-
-
-def _extractor_for(data, load):
-    if id(data) not in _EXTRACTORS:
-        _EXTRACTORS[id(data)] = load(data)
-    return _EXTRACTORS[id(data)]
+_EXTRACTORS: dict[str, Any] = {}
 
 
 BUILTINS: dict[str, tuple[str, Callable]] = {

@@ -110,6 +110,7 @@ def test_distinct_n_and_the_diversity_filter():
     text(["the cat sat on"], torch.tensor([1.0]))
     out, _ = text(["the cat sat here"], torch.tensor([1.0]))  # 1 of its 2 trigrams is used up
     assert out.tolist() == [0.5]
+    assert word_ngrams("Love! love? LOVE.", 3) == [("love", "love", "love")]  # punctuation does not dodge it
 
 
 # --------------------------------------------------------------------------- rewards

@@ -110,7 +110,12 @@ def render(data: dict) -> None:
                          f"{_f(last['distinct_1'], 2)} |")
         lines += ["", "![diversity](rl_guard_diversity.png)", "", "Unguarded, after 150 steps:", "", "```",
                   g["unguarded_samples"].strip(), "```", "", "With the diversity filter:", "", "```",
-                  g["filter_samples"].strip(), "```", ""]
+                  g["filter_samples"].strip(), "```", "",
+                  "The filter holds the measured distinct-1 near 0.4 where the unguarded run reaches 0.00, "
+                  "but the hack only changes shape: the policy interleaves 'love' with filler fragments. "
+                  "(A first version bucketed raw tokens and was dodged by punctuation, 'Love! Love? Love.'; "
+                  "the buckets now use lower-cased words without punctuation.) Against this reward, the KL "
+                  "penalty is what keeps the text Shakespearean (the KL sweep above).", ""]
     runs = [(k, label) for k, label in (("molecules", "lr 1e-4, KL 0.01"),
                                          ("molecules_guarded", "lr 5e-5, KL 0.05, stop at IntDiv < 0.8"),
                                          ("molecules_tight_filter", "lr 7e-5, KL 0.05, bucket 10, stop at IntDiv < 0.8"),

@@ -44,6 +44,10 @@ def boom(samples, **columns):
 
 def by_column(samples, target, **columns):
     return [float(t in s) for s, t in zip(samples, target)]
+
+
+def knows_prompt(samples, prompt):
+    return [float(p in ("the", "we")) for p in prompt]
 '''
 
 
@@ -262,6 +266,12 @@ def test_prompt_files_feed_columns_to_rewards(text_base, tmp_path):
     run = tmp_path / "rl"
     assert _rl(base, rewards, run, "--steps", "2", "--prompt-file", str(prompts), reward="by_column") == 0
     assert {"reward_myrewards:by_column", "heldout_loss"} <= set(_rows(run, "val")[-1])
+    assert _rl(base, rewards, tmp_path / "kp", "--steps", "1", "--prompt-file", str(prompts), reward="knows_prompt") == 0
+    assert _rows(tmp_path / "kp", "val")[-1]["reward"] == 1.0  # each sample's prompt reached the reward
+    # a built-in that takes no columns still works beside a prompt file that has some
+    assert main(["rl", str(base), "--reward", "keyword", "--reward-arg", "word=see", "--prompt-file", str(prompts),
+                 "--steps", "1", "--batch-size", "16", "--group-size", "4", "--max-new-tokens", "8",
+                 "--run-dir", str(tmp_path / "kw"), "--no-progress"]) == 0
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "x"}\n')
     assert _rl(base, rewards, tmp_path / "rl2", "--steps", "2", "--prompt-file", str(bad)) == 2

@@ -195,7 +195,7 @@ def load_prompts(settings: RLConfig, data, modality: str) -> Prompts | None:
         raise GenforgeError(f"a prompt cannot be encoded with the run's tokenizer: {e}") from None
     if any(not i for i in ids):
         raise GenforgeError("a prompt is empty; give text to continue")
-    return Prompts(ids, texts, columns)
+    return Prompts(ids, texts, {"prompt": texts, **columns})  # rewards may read the prompt too
 
 
 def _read_prompt_file(path: Path) -> tuple[list[str], dict[str, list]]:

@@ -41,7 +41,8 @@ MIN_ACTION_SIGMA = 0.05
 
 @dataclass
 class Prompts:
-    """Token prompts (ids), their text, and any extra columns for rewards (one value per prompt)."""
+    """Token prompts (ids), their text, and the columns rewards receive (one value per prompt:
+    ``prompt`` itself and any other field of a prompt file)."""
 
     ids: list[list[int]]
     texts: list[str]

@@ -319,6 +319,14 @@ class RewardTerm:
     weight: float
     fn: Callable  # samples, **columns -> list[float | None], extra arguments bound
 
+    def columns_for(self, columns: dict) -> dict:
+        """The columns this function takes: all of them with **columns, else those it names
+        (a built-in such as sentiment(samples) takes none)."""
+        params = inspect.signature(self.fn).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return columns
+        return {k: v for k, v in columns.items() if k in params}
+
 
 @dataclass
 class Reward:
@@ -341,7 +349,7 @@ class Reward:
     def _call_term(self, term: RewardTerm, samples, columns: dict) -> list[float | None]:
         n = len(samples)
         try:
-            values = term.fn(samples, **columns)
+            values = term.fn(samples, **term.columns_for(columns))
         except RewardError:
             raise
         except Exception as e:  # any failure inside a reward stops the run, loudly

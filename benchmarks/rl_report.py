@@ -16,6 +16,13 @@ def _first_last(run: dict, key: str) -> tuple:
     return (evals[0][key], evals[-1][key]) if evals else (None, None)
 
 
+def _change(run: dict, key: str, digits: int = 3, bold: bool = False) -> str:
+    """'before -> after' of an evaluation metric, step 0 to the last evaluation."""
+    a, b = _first_last(run, key)
+    after = f"**{_f(b, digits)}**" if bold else _f(b, digits)
+    return f"{_f(a, digits)} -> {after}"
+
+
 def _curves(data: dict) -> list[str]:
     import matplotlib
 
@@ -78,13 +85,9 @@ def render(data: dict) -> None:
                   "| run | reward before -> after | KL after | held-out loss before -> after | distinct-1 | distinct-2 | wall s |",
                   "|---|---|---|---|---|---|---|"]
         for name, run in t["runs"].items():
-            r0, r1 = _first_last(run, "reward")
-            l0, l1 = _first_last(run, "heldout_loss")
-            d10, d11 = _first_last(run, "distinct_1")
-            d20, d21 = _first_last(run, "distinct_2")
-            lines.append(f"| {name.removeprefix('text-')} | {_f(r0)} -> **{_f(r1)}** | {_f(run['evals'][-1]['kl'], 2)} | "
-                         f"{_f(l0)} -> {_f(l1)} | {_f(d10, 2)} -> {_f(d11, 2)} | {_f(d20, 2)} -> {_f(d21, 2)} | "
-                         f"{run['wall_s']:.0f} |")
+            lines.append(f"| {name.removeprefix('text-')} | {_change(run, 'reward', bold=True)} | "
+                         f"{_f(run['evals'][-1]['kl'], 2)} | {_change(run, 'heldout_loss')} | "
+                         f"{_change(run, 'distinct_1', 2)} | {_change(run, 'distinct_2', 2)} | {run['wall_s']:.0f} |")
         lines += ["", "![reward-KL](rl_text_reward_kl.png)", "",
                   "Anchor, for orientation only: TRL's PPO example raises a DistilBERT IMDB sentiment logit "
                   "from 0.24 to 2.48 with GPT-2 (a different reward on a different scale; VADER's compound "
@@ -157,14 +160,9 @@ def render(data: dict) -> None:
                   "|---|---|---|---|---|---|---|"]
         for name, label in (("trouser", "P(Trouser) (classifier)"), ("jpeg", "JPEG size, kB (incompressibility)")):
             run = d[name]
-            r0, r1 = _first_last(run, "reward")
-            f0, f1 = _first_last(run, "fd")
-            p0, p1 = _first_last(run, "precision")
-            c0, c1 = _first_last(run, "recall")
-            e0, e1 = _first_last(run, "class_entropy")
-            lines.append(f"| {label} | {_f(r0)} -> **{_f(r1)}** | {_f(f0, 2)} -> {_f(f1, 2)} | {_f(p0, 2)} -> "
-                         f"{_f(p1, 2)} | {_f(c0, 2)} -> {_f(c1, 2)} | {_f(e0, 2)} -> {_f(e1, 2)} | "
-                         f"{_f(run['evals'][-1]['kl'], 1)} |")
+            cells = [_change(run, "reward", bold=True)] + [_change(run, k, 2) for k in
+                                                            ("fd", "precision", "recall", "class_entropy")]
+            lines.append(f"| {label} | {' | '.join(cells)} | {_f(run['evals'][-1]['kl'], 1)} |")
         lines += ["", "Base, toward Trouser, toward incompressibility (64 samples each, ddpm 10 steps, seed 0):", "",
                   "![base](rl_ddpo-base.png) ![trouser](rl_ddpo-trouser.png) ![jpeg](rl_ddpo-jpeg.png)", ""]
     if "throughput" in data:

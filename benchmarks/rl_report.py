@@ -122,7 +122,8 @@ def render(data: dict) -> None:
     runs = [(k, label) for k, label in (("molecules", "lr 1e-4, KL 0.01"),
                                          ("molecules_guarded", "lr 5e-5, KL 0.05, stop at IntDiv < 0.8"),
                                          ("molecules_tight_filter", "lr 7e-5, KL 0.05, bucket 10, stop at IntDiv < 0.8"),
-                                         ("molecules_entropy", "lr 7e-5, KL 0.05, entropy 0.01, stop at IntDiv < 0.8"))
+                                         ("molecules_entropy", "lr 7e-5, KL 0.05, entropy 0.01, stop at IntDiv < 0.8"),
+                                         ("molecules_strong_base", "25-minute base; lr 5e-5, KL 0.05, stop at IntDiv < 0.8"))
             if k in data]
     if runs:
         lines += ["## Molecules: QED with at most 10,000 oracle calls", "",
@@ -138,9 +139,11 @@ def render(data: dict) -> None:
                          f"{_f(p.get('auc_top10'))} | {p['oracle_calls']:.0f} | {mo['steps']} | {mo['stopped'] or 'no'} |")
         lines += ["", "The generated set (1,000 fresh samples at temperature 1 from the last checkpoint):", "",
                   "| set | validity | unique | IntDiv | scaffolds / molecule | mean QED |", "|---|---|---|---|---|---|"]
-        s = data[runs[0][0]]["set_before"]
-        lines.append(f"| base | {_f(s['valid'])} | {_f(s['unique'])} | {_f(s['intdiv'])} | "
-                     f"{_f(s['scaffolds'])} | {_f(s['mean_qed'])} |")
+        bases = {data[k].get("base", "9-minute base"): data[k]["set_before"] for k, _ in runs}
+        for base_name, s in bases.items():
+            label = "25-minute base" if "25_min" in base_name else "9-minute base"
+            lines.append(f"| {label} | {_f(s['valid'])} | {_f(s['unique'])} | {_f(s['intdiv'])} | "
+                         f"{_f(s['scaffolds'])} | {_f(s['mean_qed'])} |")
         for key, label in runs:
             s = data[key]["set_after"]
             lines.append(f"| {label} | {_f(s['valid'])} | {_f(s['unique'])} | {_f(s['intdiv'])} | "

@@ -9,7 +9,8 @@ busy the machine was; ``throughput`` times short runs and must run on a quiet ma
 Base runs (not committed; rebuild them with these commands):
 - text: ``genforge train gpt-shakespeare-char --run-dir runs/bench-rl/shakespeare-base``
   (4x128 char GPT, 2000 steps, val loss 1.73)
-- molecules: the 9-minute CPU GPT 4x256 of ``bench_moses.py`` (MOSES validity 0.75)
+- molecules: the 9- and 25-minute CPU GPT 4x256 runs of ``bench_moses.py train --preset gpt-moses
+  --budget-s 540|1500`` (MOSES validity 0.75 / 0.90)
 - images: the genforge Fashion-MNIST diffusion model of ``bench_diffusion_vs_diffusers.py``
   (FD 3.85 in the fixed classifier's features)
 

@@ -82,7 +82,7 @@ def _reward_args(items: list[str], rewards: list[str]) -> dict[str, dict]:
 
 
 def _rl(args) -> None:
-    from genforge.config import RLConfig, validate
+    from genforge.config import RLConfig, parse_value, validate
     from genforge.rl.finetune import finetune
 
     if args.stop_after is not None and args.stop_after < 1:
@@ -95,8 +95,6 @@ def _rl(args) -> None:
         if not sep or not key.startswith("train."):
             raise GenforgeError(f"'{item}': `genforge rl` takes train.KEY=VALUE overrides only "
                                 "(model and data come from the base run)")
-        from genforge.config import parse_value
-
         train[key[len("train."):]] = parse_value(value)
     if args.resume:
         extra = [f"--{k.replace('_', '-')}" for k in given] + (["--reward"] if args.reward else []) + \

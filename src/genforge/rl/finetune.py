@@ -33,7 +33,7 @@ from genforge.families.base import StopTraining
 from genforge.metrics.optimization import top_k_auc, top_k_mean
 from genforge.rl import algorithms as alg
 from genforge.rl.diversity import PRIMARY, DiversityFilter, murcko_key, word_ngrams
-from genforge.rl.policy import Prompts, policy_class
+from genforge.rl.policy import DiffusionPolicy, Prompts, policy_class
 from genforge.rl.rewards import Reward, build_reward
 
 # The trainer's settings an RL run starts from (any train.* override replaces them):
@@ -156,9 +156,7 @@ class Rollouts:
 
 def oracle_scores(reward: Reward) -> list[float]:
     """The weighted total of every distinct sample scored, in call order."""
-    weights = [t.weight for t in reward.terms]
-    return [sum(w * v for w, v in zip(weights, values, strict=True) if v is not None)
-            for values in reward.scored.values()]
+    return [reward.total(values) for values in reward.scored.values()]
 
 
 def oracle_summary(reward: Reward, max_calls: int | None) -> dict[str, float]:
@@ -233,9 +231,7 @@ def _diversity_filter(settings: RLConfig, modality: str) -> DiversityFilter | No
     return DiversityFilter(keys, settings.diversity_filter)
 
 
-def _check_settings(settings: RLConfig, family_policy: type, modality: str) -> None:
-    from genforge.rl.policy import DiffusionPolicy
-
+def _check_settings(settings: RLConfig, family_policy: type) -> None:
     ddpo = issubclass(family_policy, DiffusionPolicy)
     if ddpo and settings.algo != "ddpo":
         raise GenforgeError(f"diffusion runs are fine-tuned with --algo ddpo, not {settings.algo}")
@@ -313,19 +309,17 @@ def finetune(base_run: str | Path | None, settings: RLConfig | None, run_dir: st
         if "lr" in overrides and "min_lr" not in overrides:  # the constant schedule: the floor is the LR
             overrides["min_lr"] = min(overrides["lr"], RL_TRAIN_DEFAULTS["min_lr"])
         train = {**base_cfg.train.model_dump(), **RL_TRAIN_DEFAULTS, **paced, **overrides}
-        from genforge.rl.policy import DiffusionPolicy
-
-        default_algo = "ddpo" if issubclass(policy_class(family_class(base_cfg.family)), DiffusionPolicy) else "grpo"
+        cls = policy_class(family_class(base_cfg.family))
+        default_algo = "ddpo" if issubclass(cls, DiffusionPolicy) else "grpo"
         settings = settings.model_copy(update={"base_run": str(base_run), "base_checkpoint": base_path.name,
                                                "algo": settings.algo or default_algo})
         raw = {**base_cfg.model_dump(), "train": validate(TrainConfig, train, "train").model_dump(),
                "rl": settings.model_dump()}
         cfg, model_cfg = config_from_dict(raw)
-    base_cls = family_class(cfg.family)
-    cls = policy_class(base_cls)
-    data = load_data(cfg.data, base_cls.data_needs(model_cfg))
+    cls = policy_class(family_class(cfg.family))
+    data = load_data(cfg.data, cls.data_needs(model_cfg))
     modality = data.spec.modality
-    _check_settings(settings, cls, modality)
+    _check_settings(settings, cls)
     if not resume:
         _same_data(Path(settings.base_run), data)
     torch.manual_seed(cfg.train.seed)
@@ -379,7 +373,7 @@ def _save_reference(run_dir: Path, base_path: Path) -> None:
 def write_oracle_file(path: Path, reward: Reward) -> None:
     rows = ["call,smiles,score," + ",".join(reward.names)]
     for i, (sample, values) in enumerate(reward.scored.items(), 1):
-        total = sum(t.weight * v for t, v in zip(reward.terms, values, strict=True) if v is not None)
+        total = reward.total(values)
         cells = ["" if v is None else f"{v:.6g}" for v in values]
         rows.append(f"{i},{sample},{total:.6g}," + ",".join(cells))
     ckpt.atomic_write_text(path, "\n".join(rows) + "\n")

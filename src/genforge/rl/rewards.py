@@ -318,14 +318,11 @@ class RewardTerm:
     name: str
     weight: float
     fn: Callable  # samples, **columns -> list[float | None], extra arguments bound
+    takes: frozenset[str] | None = None  # the columns fn names; None: all (it has **columns)
 
     def columns_for(self, columns: dict) -> dict:
-        """The columns this function takes: all of them with **columns, else those it names
-        (a built-in such as sentiment(samples) takes none)."""
-        params = inspect.signature(self.fn).parameters
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            return columns
-        return {k: v for k, v in columns.items() if k in params}
+        """The columns this function takes (a built-in such as sentiment(samples) takes none)."""
+        return columns if self.takes is None else {k: v for k, v in columns.items() if k in self.takes}
 
 
 @dataclass
@@ -415,6 +412,10 @@ class Reward:
                     applies[i] = True
         return total.float(), applies, means
 
+    def total(self, values: Sequence[float | None]) -> float:
+        """sum_k w_k r_k over the terms that apply, for one sample's per-term values."""
+        return sum(t.weight * v for t, v in zip(self.terms, values, strict=True) if v is not None)
+
     def state_dict(self) -> dict:
         return {"calls": self.calls, "scored": list(self.scored.items())}
 
@@ -465,7 +466,8 @@ def build_reward(specs: Sequence[str], args: dict[str, dict[str, Any]], modality
         if missing:
             raise RewardError(f"reward '{name}' needs --reward-arg {missing[0]}=VALUE")
         label = f"{Path(name.rpartition(':')[0]).stem}:{name.rpartition(':')[2]}" if ".py:" in name else name
-        terms.append(RewardTerm(label, weight, functools.partial(fn, **bound) if bound else fn))
+        takes = None if accepts_any else frozenset(list(params)[1:]) - set(bound)
+        terms.append(RewardTerm(label, weight, functools.partial(fn, **bound) if bound else fn, takes))
     unused = sorted(set(args) - seen)
     if unused:
         raise RewardError(f"--reward-arg {unused[0]}.…: no reward '{unused[0]}' was named with --reward")

@@ -42,6 +42,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from genforge import GenforgeError, __version__
+from genforge.atomic import atomic_write_text, fsync_dir  # noqa: F401  (re-exported)
 from genforge.data.locate import sha256_file
 
 WEIGHTS, EMA_WEIGHTS, STATE, CONFIG, MANIFEST = (
@@ -49,31 +50,6 @@ WEIGHTS, EMA_WEIGHTS, STATE, CONFIG, MANIFEST = (
 
 
 # --------------------------------------------------------------------------- atomic files
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise GenforgeError(f"cannot write {path} ({e.strerror or e}); check that the folder is "
-                            "writable and the disk is not full") from None
 
 
 # --------------------------------------------------------------------------- the one writer
@@ -212,12 +188,12 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, ema_state:
     for path in tmp.iterdir():  # data on disk before the rename makes the folder visible
         with open(path, "rb") as f:
             os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     final = folder / name
     if final.exists():  # only when re-saving the same step (a resumed run's first save)
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     pointer = "best" if best else "latest"
     previous = _read_pointer(folder, pointer)
     atomic_write_text(folder / pointer, name)

@@ -102,8 +102,8 @@ def default_cache_dir() -> Path:
 def _scaffold_of(smiles: str):
     from genforge.metrics import molecules as M
 
-    mol = M._mol(smiles)
-    return None if mol is None else M._scaffold(mol)
+    mol = M.mol_from_smiles(smiles)
+    return None if mol is None else M.scaffold(mol)
 
 
 def sample_size_controls(train: list[str], test: list[str], ref, n_jobs: int, seed: int,
@@ -123,18 +123,18 @@ def sample_size_controls(train: list[str], test: list[str], ref, n_jobs: int, se
     order = rng.permutation(len(train))
     out: dict = {"scaf_test_by_train_size": {}}
     t = time.perf_counter()
-    with M._pool(n_jobs) as pool:  # the module's process pool: one parse per molecule
-        scaffolds = M._map(_scaffold_of, [train[i] for i in order], pool, "train scaffolds", progress, 2048)
+    with M.process_pool(n_jobs) as pool:  # the module's process pool: one parse per molecule
+        scaffolds = M.map_molecules(_scaffold_of, [train[i] for i in order], pool, "train scaffolds", progress, 2048)
         for n in (30_000, 100_000, 300_000, len(train)):
             counts = Counter(scaffolds[:n])
             counts.pop(None, None)
             out["scaf_test_by_train_size"][str(n)] = M.cosine_similarity_counts(ref.scaffolds, counts)
         sub = [test[i] for i in rng.choice(len(test), size=30_000, replace=False)]
-        counts = Counter(M._map(_scaffold_of, sub, pool, "test scaffolds", progress, 1024))
+        counts = Counter(M.map_molecules(_scaffold_of, sub, pool, "test scaffolds", progress, 1024))
         counts.pop(None, None)
         out["scaf_test_of_30k_test"] = M.cosine_similarity_counts(ref.scaffolds, counts)
         mu, sigma = M.fcd_stats(sub, n_jobs=n_jobs, pool=pool, progress=progress)
-        out["fcd_test_of_30k_test"] = M._frechet(mu, sigma, ref.fcd_mu, ref.fcd_sigma)
+        out["fcd_test_of_30k_test"] = M.frechet(mu, sigma, ref.fcd_mu, ref.fcd_sigma)
     out["wall_s"] = time.perf_counter() - t
     return out
 
@@ -257,14 +257,14 @@ def main() -> None:
     reference_timings, refs = {}, {}
     for name, smiles in (("test", test), ("test_scaffolds", test_sf)):
         timing: dict = {}
-        cached = M.ReferenceStats.load(cache_dir, M._sha256_of(smiles)) is not None
+        cached = M.ReferenceStats.load(cache_dir, M.smiles_sha256(smiles)) is not None
         t = time.perf_counter()
         refs[name] = M.reference_stats(smiles, cache_dir=cache_dir, progress=progress, n_jobs=args.n_jobs,
                                        device=args.device, timings=timing)
         reference_timings[name] = {"cached": cached, "wall_s": time.perf_counter() - t, **timing}
         print(f"reference {name}: {reference_timings[name]}", file=sys.stderr)
 
-    canonical_cached = any(cache_dir.glob(f"canonical-v{M.STATS_VERSION}-{M._sha256_of(train)[:24]}.txt.gz"))
+    canonical_cached = (cache_dir / M.canonical_cache_name(train)).is_file()
     timings: dict = {}
     t = time.perf_counter()
     metrics = M.moses_metrics(sample, train=None if args.no_novelty else train, test=refs["test"],

@@ -4,8 +4,9 @@ Reference values come from outside genforge: RDKit's own Tanimoto and QED, publi
 QED values, and identities that hold by definition (a set against itself).
 """
 
-import importlib.util
+import gzip
 import math
+import subprocess
 import sys
 from collections import Counter
 
@@ -20,6 +21,7 @@ from rdkit.Chem import rdFingerprintGenerator  # noqa: E402
 
 from genforge import GenforgeError  # noqa: E402
 from genforge.metrics import molecules as M  # noqa: E402
+from genforge.metrics.molecules import reference  # noqa: E402
 
 # 52 marketed drugs, written by hand (structures as commonly drawn; exact stereo not needed).
 DRUGS = [
@@ -105,8 +107,7 @@ def test_fraction_unique_over_the_first_k_valid():
     canonical = ["CCO", "CCO", "c1ccccc1", "CCN"]
     assert M.fraction_unique(canonical) == pytest.approx(3 / 4)
     assert M.fraction_unique(canonical, k=2) == pytest.approx(1 / 2)
-    with pytest.warns(UserWarning, match="only 4 valid samples"):
-        assert M.fraction_unique(canonical, k=10) == pytest.approx(3 / 4)
+    assert M.fraction_unique(canonical, k=10) == pytest.approx(3 / 4)  # over the 4 there are
     with pytest.raises(GenforgeError, match="invalid"):
         M.fraction_unique(["CCO", None])
     assert math.isnan(M.fraction_unique([]))
@@ -118,11 +119,42 @@ def test_novelty_counts_distinct_samples():
     assert math.isnan(M.novelty([], {"CCO"}))
 
 
-def test_canonical_set_is_cached(tmp_path):
+def test_canonical_set_is_cached_per_rdkit_version(tmp_path, monkeypatch):
     first = M.canonical_set(["OCC", "C1CC", "c1ccccc1"], cache_dir=tmp_path)
     assert first == {"CCO", "c1ccccc1"}
     assert len(list(tmp_path.glob("canonical-*.txt.gz"))) == 1
     assert M.canonical_set(["OCC", "C1CC", "c1ccccc1"], cache_dir=tmp_path) == first
+    # Another RDKit may write other canonical strings: its entry is a miss, computed anew.
+    (cached,) = tmp_path.glob("canonical-*.txt.gz")
+    cached.write_bytes(gzip.compress(b"stale"))
+    assert M.canonical_set(["OCC", "C1CC", "c1ccccc1"], cache_dir=tmp_path) == {"stale"}  # read back
+    monkeypatch.setattr(reference, "library_versions", lambda fcd=True: {"rdkit": "1999.01"})
+    assert M.canonical_set(["OCC", "C1CC", "c1ccccc1"], cache_dir=tmp_path) == first
+    assert len(list(tmp_path.glob("canonical-*.txt.gz"))) == 2
+
+
+def test_reference_stats_are_cached_per_library_versions(tmp_path, monkeypatch):
+    versions = {"rdkit": "2026.09.1", "fcd_torch": "1.0.7", "torch": "2.0", "numpy": "2.0"}
+    stats = M.ReferenceStats(sha256="ab" * 32, n=2, fcd_mu=np.zeros(3), fcd_sigma=np.eye(3),
+                             fingerprints=np.zeros((2, 128), np.uint8), fragments=Counter(a=1),
+                             scaffolds=Counter(), properties={"QED": np.array([0.1, 0.2])}, versions=versions)
+    stats.save(tmp_path)
+    again = M.ReferenceStats.load(tmp_path, stats.sha256, versions)
+    assert again is not None and again.versions == versions and again.fragments == Counter(a=1)
+    for lib in versions:
+        assert M.ReferenceStats.load(tmp_path, stats.sha256, {**versions, lib: "other"}) is None, lib
+    assert set(M.library_versions()) == {"rdkit", "fcd_torch", "torch", "numpy"}
+    assert set(M.library_versions(fcd=False)) == {"rdkit"}
+
+
+def test_overlong_smiles_are_invalid_without_parsing():
+    long_chain = "C" * (M.MAX_SMILES_LENGTH + 1)
+    assert M.canonicalize("C" * M.MAX_SMILES_LENGTH) is not None
+    assert M.canonicalize(long_chain) is None and M.mol_from_smiles(long_chain) is None
+    assert M.describe("C" * 10000, reparse=True, filters=True) is None  # its scaffold search took minutes
+    assert M.fraction_valid(["CCO", "C" * 10000]) == 0.5
+    assert M.canonical_smiles("C(O)C") == M.canonical_smiles("OCC") == "CCO"
+    assert M.canonical_smiles("C1CC") is None
 
 
 # --------------------------------------------------------------------------- Tanimoto, SNN, IntDiv
@@ -135,11 +167,18 @@ def test_chunked_tanimoto_matches_rdkit(dtype):
     sim = rdkit_tanimoto_matrix(DRUGS)
     gen, ref = slice(0, 20), slice(20, None)
     # Tiny blocks so that several blocks and ragged edges are exercised.
-    rows = M._tanimoto_rows(fps[gen], fps[ref], "max", dtype=dtype, block_a=7, block_b=9)
+    rows = M.tanimoto_rows(fps[gen], fps[ref], "max", dtype=dtype, block_a=7, block_b=9)
     np.testing.assert_allclose(rows, sim[gen, ref].max(1), atol=1e-6)
     assert M.tanimoto_max_mean(fps[gen], fps[ref], dtype=dtype) == pytest.approx(sim[gen, ref].max(1).mean(),
                                                                                  abs=1e-6)
     assert M.tanimoto_max_mean(fps, fps, dtype=dtype) == pytest.approx(1.0)
+
+
+def test_one_target_tanimoto_is_the_same_tanimoto():
+    """The RL tanimoto reward and SNN share one Tanimoto (tanimoto_rows)."""
+    fps = M.morgan_fingerprints(mols(DRUGS))
+    np.testing.assert_allclose(M.tanimoto_to(fps, fps[0]), rdkit_tanimoto_matrix(DRUGS)[0], atol=1e-6)
+    assert M.tanimoto_to(np.zeros((0, 1024), np.uint8), fps[0]).shape == (0,)
 
 
 def test_two_empty_fingerprints_are_identical():
@@ -162,13 +201,13 @@ def test_internal_diversity_includes_self_pairs():
 
 
 def test_scaffolds_need_two_rings_and_fragments_are_brics():
-    assert M._scaffold(Chem.MolFromSmiles("CCO")) is None  # no ring: empty scaffold
-    assert M._scaffold(Chem.MolFromSmiles("Cc1ccccc1")) is None  # one ring: not counted by MOSES
-    assert M._scaffold(Chem.MolFromSmiles("CCc1ccc2ccccc2c1")) == "c1ccc2ccccc2c1"
+    assert M.scaffold(Chem.MolFromSmiles("CCO")) is None  # no ring: empty scaffold
+    assert M.scaffold(Chem.MolFromSmiles("Cc1ccccc1")) is None  # one ring: not counted by MOSES
+    assert M.scaffold(Chem.MolFromSmiles("CCc1ccc2ccccc2c1")) == "c1ccc2ccccc2c1"
     assert M.scaffold_counts(mols(["Cc1ccccc1", "CCO"])) == Counter()
     assert math.isnan(M.scaffold_similarity(mols(["Cc1ccccc1"]), Counter({"c1ccc2ccccc2c1": 1})))
     # Aspirin: the ester's two BRICS bonds and the acid's bond to the ring are cut.
-    assert sorted(M._fragments(Chem.MolFromSmiles("CC(=O)Oc1ccccc1C(=O)O"))) == sorted(
+    assert sorted(M.fragments(Chem.MolFromSmiles("CC(=O)Oc1ccccc1C(=O)O"))) == sorted(
         ["[1*]C(C)=O", "[16*]c1ccccc1[16*]", "[3*]O[3*]", "[6*]C(=O)O"])
     drugs = mols(DRUGS)
     assert M.fragment_similarity(drugs, M.fragment_counts(drugs)) == pytest.approx(1.0)
@@ -214,7 +253,7 @@ def test_other_properties_and_wasserstein():
 # --------------------------------------------------------------------------- FCD, reference stats, the table
 
 
-def test_a_set_against_itself(tmp_path):
+def test_a_set_against_itself(tmp_path, recwarn):
     """FCD ~ 0, SNN = Frag = Scaf = 1, property distances 0, through the cache and a pool."""
     pytest.importorskip("fcd_torch")
     timings = {}
@@ -227,10 +266,13 @@ def test_a_set_against_itself(tmp_path):
     assert again.fragments == stats.fragments and again.scaffolds == stats.scaffolds
     assert M.fcd(DRUGS[:8], (stats.fcd_mu, stats.fcd_sigma)) > 1.0  # a subset is farther away
 
-    samples = [*DRUGS, "C1CC", ""]
-    with pytest.warns(UserWarning, match="unique@1000"):
-        out = M.moses_metrics(samples, train=DRUGS[:10], test=stats, test_scaffolds=stats,
-                              k=(10, 1000), n_jobs=2, progress=False, cache_dir=tmp_path)
+    samples = [*DRUGS, "C1CC", "", "C" * 10000]
+    out = M.moses_metrics(samples, train=DRUGS[:10], test=stats, test_scaffolds=stats,
+                          k=(10, 1000), n_jobs=2, progress=False, cache_dir=tmp_path)
+    # What the numbers do not say goes into one note line, not Python warnings with source paths.
+    assert not [w for w in recwarn if "genforge" in w.filename], [str(w.message) for w in recwarn]
+    assert "unique@1000 is over all 52 valid samples" in out["note"]
+    assert "1 samples longer than 500 characters" in out["note"] and "\n" not in out["note"]
     assert out["samples"] == len(samples)
     assert out["valid"] == pytest.approx(len(DRUGS) / len(samples))
     assert out["unique@10"] == 1.0
@@ -252,18 +294,20 @@ def test_a_set_against_itself(tmp_path):
 def test_missing_rdkit_gives_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "fcd_torch", None)  # `import fcd_torch` now raises ImportError
     M.require_rdkit()  # RDKit alone is enough for the RDKit metrics
-    with pytest.raises(GenforgeError, match=r"pip install 'genforge\[molecules\]'"):
+    with pytest.raises(GenforgeError, match=r"needs fcd-torch, which is not installed: pip install 'genforge\[molecules\]'"):
         M.require_rdkit(fcd=True)
     monkeypatch.setitem(sys.modules, "rdkit", None)
-    with pytest.raises(GenforgeError, match=r"need RDKit and fcd-torch: pip install") as info:
+    with pytest.raises(GenforgeError, match=r"needs RDKit, which is not installed: pip install") as info:
         M.fraction_valid(["CCO"])
     assert "\n" not in str(info.value)
     with pytest.raises(GenforgeError, match="RDKit"):
         M.reference_stats(["CCO", "CCN"], progress=False)
-    # The module itself imports without RDKit.
-    spec = importlib.util.spec_from_file_location("molecules_without_rdkit", M.__file__)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    with pytest.raises(GenforgeError, match="RDKit"):
-        module.canonicalize("CCO")
+
+
+def test_the_package_imports_without_rdkit():
+    code = ("import sys; sys.modules['rdkit'] = None; sys.modules['fcd_torch'] = None\n"
+            "import genforge.metrics.molecules as M\n"
+            "from genforge import GenforgeError\n"
+            "try:\n    M.canonical_smiles('CCO')\nexcept GenforgeError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "this needs RDKit, which is not installed: pip install 'genforge[molecules]'"

@@ -137,9 +137,83 @@ def test_ode_bits_per_dim_of_a_gaussian_matches_its_entropy():
     must land on it. Continuous data here: a tiny bin makes the dequantization negligible."""
     g = torch.Generator().manual_seed(0)
     x = MU + VAR**0.5 * torch.randn(512, 1, 2, 2, generator=g, dtype=torch.float64)
-    sigmas = schedules.karras_sigmas(60, 0.002, 80.0)[:-1].flip(0)
+    sigmas = schedules.likelihood_sigmas(60, 0.002, 80.0)
     bin_width = 1e-3
     bits = ode_bits_per_dim(gaussian_denoiser, x, sigmas, g, bin_width=bin_width, sigma_data=VAR**0.5)
     nll = 0.5 * ((x - MU) ** 2 / VAR + math.log(2 * math.pi * VAR)).flatten(1).sum(1) / 4
     exact = (nll - math.log(bin_width)) / math.log(2)
     assert abs(bits.mean() - exact.mean()) < 0.02
+
+
+# The [sigma_min, sigma_max] of each training noise (families/diffusion.py): EDM's log-normal,
+# and the curves of linear and cosine DDPM training (cosine's top is capped at 160).
+MODEL_RANGES = {"lognormal": (0.002, 80.0),
+                "linear": (float(schedules.vp_sigmas("linear")[0]), min(float(schedules.vp_sigmas("linear")[-1]), 160.0)),
+                "cosine": (float(schedules.vp_sigmas("cosine")[0]), 160.0)}
+STEP_COUNTS = (1, 2, 3, 20, 200, 1000)
+
+
+@pytest.mark.parametrize("schedule", schedules.SCHEDULES)
+@pytest.mark.parametrize("noise", sorted(MODEL_RANGES))
+def test_every_schedule_strictly_decreases_at_every_step_count(schedule, noise):
+    """Issue #16: clamping the linear schedule to sigma_max repeated levels (dpmpp-2m divided by
+    a zero-length step). n steps are n distinct levels inside the model's range, then 0."""
+    lo, hi = MODEL_RANGES[noise]
+    for n in (*STEP_COUNTS, 4000):
+        s = schedules.sampling_sigmas(schedule, n, lo, hi)
+        assert len(s) == n + 1 and s[-1] == 0 and torch.isfinite(s).all(), (n, s)
+        assert torch.all(s[1:] < s[:-1]), (n, s[:8])
+        assert s[0] <= hi and s[-2] >= lo * (1 - 1e-12), (n, s[0], s[-2])
+        schedules.check_sigmas(s)
+
+
+def test_vp_schedule_on_its_whole_curve_walks_its_training_timesteps():
+    """Trailing spacing (Lin et al. 2024): T steps are exactly the T training levels, from the top."""
+    levels = schedules.vp_sigmas("linear")
+    s = schedules.sampling_sigmas("linear", 1000, 0.0, 1e9)
+    assert torch.allclose(s[:-1], levels.flip(0), rtol=1e-12)
+    two = schedules.sampling_sigmas("linear", 2, 0.0, 1e9)
+    assert torch.allclose(two[:-1], levels[[999, 499]], rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("schedule", schedules.SCHEDULES)
+def test_every_sampler_with_every_schedule_and_step_count(name, schedule):
+    """Finite samples and one callback per step, for every sampler x schedule x step count
+    (dpmpp-2m with linear at 20 or cosine at 200 and 1000 steps crashed, issue #16)."""
+    for lo, hi in MODEL_RANGES.values():
+        for n in STEP_COUNTS:
+            sigmas = schedules.sampling_sigmas(schedule, n, lo, hi)
+            g = torch.Generator().manual_seed(n)
+            x = float(sigmas[0]) * torch.randn(2, 1, 2, 2, generator=g, dtype=torch.float64)
+            steps = []
+            out = SAMPLERS[name](gaussian_denoiser, x, sigmas, generator=g, callback=lambda i: steps.append(i["step"]))
+            assert torch.isfinite(out).all(), (schedule, n, lo, hi)
+            assert steps == list(range(n))
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_samplers_refuse_a_repeated_level(name):
+    x = torch.zeros(1, 1, 2, 2)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        SAMPLERS[name](gaussian_denoiser, x, torch.tensor([80.0, 80.0, 1.0, 0.0]))
+    with pytest.raises(ValueError, match="ending at 0"):
+        SAMPLERS[name](gaussian_denoiser, x, torch.tensor([80.0, 1.0]))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_bits_per_dim_runs_exactly_the_requested_ode_steps(n):
+    """Issue #16: n steps ran n-1 (one step ran none). n Heun steps are 2n denoiser calls."""
+    calls = []
+
+    def counted(x, sigma, cond=None):
+        calls.append(float(sigma[0]))
+        return gaussian_denoiser(x, sigma, cond)
+
+    sigmas = schedules.likelihood_sigmas(n, 0.002, 80.0)
+    assert len(sigmas) == n + 1 and sigmas[0] == pytest.approx(0.002) and sigmas[-1] == pytest.approx(80.0)
+    x = torch.zeros(2, 1, 2, 2, dtype=torch.float64)
+    bits = ode_bits_per_dim(counted, x, sigmas, torch.Generator().manual_seed(0))
+    assert len(calls) == 2 * n and torch.isfinite(bits).all()
+    with pytest.raises(ValueError):
+        ode_bits_per_dim(counted, x, sigmas[:1], torch.Generator().manual_seed(0))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_trainer, train_losses
+from helpers import gen, make_trainer, on, device_under_test, train_losses
 from safetensors.torch import load_file
 
 from genforge.checkpoint import best_checkpoint, latest_checkpoint
@@ -62,8 +62,9 @@ def vae_case(tmp_path):
                           "model.kl_warmup_steps=4"], {"num_samples": 60, "iwae_k": 2}
 
 
-def diffusion_case(tmp_path):
-    return "diffusion-digits", ["model.channels=[8, 16]", "model.heads=2", "model.sampling_steps=3"], \
+def diffusion_case(tmp_path):  # class-conditional: held-out bits/dim draw captions/labels too
+    return "diffusion-digits", ["model.channels=[8, 16]", "model.heads=2", "model.sampling_steps=3",
+                                "model.conditioning=class", "model.dropout=0.2"], \
         {"num_samples": 60, "sampling_steps": 2, "bpd_steps": 2, "bpd_images": 8}
 
 
@@ -105,13 +106,13 @@ def test_family_contract(family, tmp_path):
     assert len(train_losses(run_dir)) == 6 and any((run_dir / "samples").iterdir())
 
     # the run directory alone rebuilds the trained (raw) weights, frozen parts included
-    raw = load_run(run_dir, use_ema=False, checkpoint="latest")
+    raw = load_run(run_dir, use_ema=False, checkpoint="latest", device=device_under_test().type)
     for (k, a), b in zip(model.state_dict().items(), raw.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 
     # forward: a scalar training objective; evaluation reports the selection metric. (After the
     # comparison above: a training-mode forward may update batch-norm statistics.)
-    batch = trainer.data.train.get(torch.arange(4))
+    batch = on(trainer.data.train.get(torch.arange(4)), model)
     assert model(batch)["loss"].dim() == 0
     assert model.selection.metric in model.evaluate([batch])
     assert raw.step == 6 and latest_checkpoint(run_dir).name == "step_0000006"
@@ -119,7 +120,7 @@ def test_family_contract(family, tmp_path):
     assert not any(k.startswith(tuple(f"{p}." for p in model.frozen_parts())) for k in saved)
 
     # EMA round trip, into the family's EMA target, strictly
-    ema = load_run(run_dir, use_ema=True, checkpoint="latest")
+    ema = load_run(run_dir, use_ema=True, checkpoint="latest", device=device_under_test().type)
     assert ema.used_ema
     shadow = trainer.ema.state_dict()
     target = ema.model.ema_target().state_dict()
@@ -138,7 +139,7 @@ def test_family_contract(family, tmp_path):
 
     # sampling: same seed, same samples; another seed, other samples
     def draw(seed):
-        out = ema.model.sample(3, torch.Generator().manual_seed(seed))
+        out = ema.model.sample(3, gen(seed, ema.model))
         return out if isinstance(out, list) else out.tolist()
 
     assert draw(7) == draw(7) and draw(7) != draw(8)
@@ -146,10 +147,63 @@ def test_family_contract(family, tmp_path):
     draw(1)
     assert torch.equal(before, torch.get_rng_state())  # the global RNG is never touched
 
-    # eval dispatches on the modality and returns numbers
+    # sampling, previews and held-out numbers: eval mode, the caller's mode back, no global RNG
     _, _, eval_options = FAMILY_CASES[family](tmp_path)
+    check_sampling_is_pure(model, trainer.data, eval_options)
+
+    # eval dispatches on the modality and returns numbers
     report = evaluate_run(ema, progress=False, **eval_options)
     assert report and all(isinstance(v, (int, float, list, dict, str)) for v in report.values())
+
+
+def global_rng_state():
+    import random
+
+    import numpy as np
+
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+    return torch.get_rng_state(), cuda, random.getstate(), np.random.get_state()
+
+
+def same_rng_state(a, b) -> bool:
+    (ta, ca, ra, (_, na, *pa)), (tb, cb, rb, (_, nb, *pb)) = a, b
+    return (torch.equal(ta, tb) and len(ca) == len(cb) and all(map(torch.equal, ca, cb)) and ra == rb
+            and (na == nb).all() and pa == pb)
+
+
+def check_sampling_is_pure(model, data, eval_options):
+    """Issue #16: previews ran in train mode (dropout on) and held-out metrics drew from the
+    global RNG. Every module sees training=False inside sample, preview and heldout_metrics,
+    the model's modes are as they were afterwards, and torch's, Python's and NumPy's global
+    RNG states are unchanged."""
+    model.train()
+    modes = {name: m.training for name, m in model.named_modules()}
+    seen: list[tuple[str, bool]] = []
+    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: seen.append((name, m.training)))
+             for name, m in model.named_modules()]
+    sampling = {o.name for o in type(model).sample_options}
+    heldout_kw = {k: v for k, v in eval_options.items()
+                  if k in {o.name for o in type(model).eval_options} - sampling}
+    batch = on((data.test or data.val).get(torch.arange(4)), model)  # text corpora ship no test split
+    calls = {"sample": lambda: model.sample(3, gen(0, model)),
+             "preview": lambda: model.preview(data, gen(0, model)),
+             "heldout_metrics": lambda: model.heldout_metrics([batch], gen(0, model), **heldout_kw)}
+    try:
+        for name, call in calls.items():
+            seen.clear()
+            before = global_rng_state()
+            call()
+            assert same_rng_state(before, global_rng_state()), f"{name} touched the global RNG"
+            assert not [m for m, training in seen if training], f"{name} ran modules in train mode"
+            assert {n: m.training for n, m in model.named_modules()} == modes, f"{name} left modes changed"
+            if name != "heldout_metrics":
+                assert seen, f"{name} called no module"  # the spy works
+    finally:
+        for h in hooks:
+            h.remove()
+    first = model.sample(3, gen(5, model))  # dropout > 0 in a case would make these differ in train mode
+    second = model.sample(3, gen(5, model))
+    assert (first == second) if isinstance(first, list) else torch.equal(first, second)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_CASES))

@@ -34,7 +34,10 @@ def ode_bits_per_dim(denoiser, x: torch.Tensor, sigmas: torch.Tensor, generator:
                      sigma_data: float = 0.5) -> torch.Tensor:
     """Bits/dim (B,) of images ``x`` (B, C, H, W) on a grid of ``bin_width`` (the model's units:
     2/255 for 8-bit images in [-1, 1]). ``sigmas`` ascending (n+1,), sigma_min to sigma_max:
-    n Heun steps, 2n network evaluations with a backward pass each."""
+    n Heun steps, 2n network evaluations with a backward pass each
+    (``schedules.likelihood_sigmas(n, ...)``)."""
+    if sigmas.dim() != 1 or len(sigmas) < 2 or not (sigmas[1:] > sigmas[:-1]).all():
+        raise ValueError("sigmas must ascend with at least two levels (one ODE step)")
     dims = x[0].numel()
     u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     x = x + bin_width * (u - 0.5)  # uniform dequantization within each pixel's bin

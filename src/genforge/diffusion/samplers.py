@@ -5,7 +5,8 @@
 - ``denoiser(x, sigma, cond) -> x0_hat``: x (B, C, H, W) at noise level sigma (B,), in the
   VE picture x = x0 + sigma * noise; ``cond`` is a dict of batch-first tensors or None.
 - ``x``: the starting point at ``sigmas[0]`` (pure noise ``sigma_max * randn``, or a noised
-  image for SDEdit); ``sigmas``: (n+1,) descending, ending at 0 (``schedules.py``).
+  image for SDEdit); ``sigmas``: (n+1,) strictly descending, ending at 0 (``schedules.py``;
+  checked by every sampler, since a repeated level is a zero-length step).
 - ``guidance``: classifier-free guidance scale, applied by :func:`guided` (1 = conditional).
 - ``generator``: the only source of randomness (ancestral samplers' fresh noise).
 - ``callback(info)``: called after every step with ``{"step", "steps", "sigma", "x",
@@ -21,6 +22,8 @@ import math
 from collections.abc import Callable
 
 import torch
+
+from genforge.diffusion.schedules import check_sigmas
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, dict | None], torch.Tensor]
 
@@ -46,6 +49,12 @@ def guided(denoiser: Denoiser, cond: dict | None, guidance: float) -> Callable:
     return denoise
 
 
+def _steps(sigmas: torch.Tensor) -> int:
+    """Steps in ``sigmas`` (n+1,), after checking the contract every sampler relies on."""
+    check_sigmas(sigmas)
+    return len(sigmas) - 1
+
+
 def _level(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), float(sigma), device=x.device, dtype=x.dtype)
 
@@ -59,7 +68,7 @@ def _report(callback, i, n, sigma, x, denoised):
 def sample_euler(denoiser, x, sigmas, *, cond=None, guidance=1.0, generator=None, callback=None):
     """Euler on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al.
     2022, eq. 3 with sigma(t) = t). One network evaluation per step."""
-    d_fn, n = guided(denoiser, cond, guidance), len(sigmas) - 1
+    d_fn, n = guided(denoiser, cond, guidance), _steps(sigmas)
     for i in range(n):
         s, s_next = sigmas[i], sigmas[i + 1]
         denoised = d_fn(x, _level(s, x))
@@ -73,7 +82,7 @@ def sample_heun(denoiser, x, sigmas, *, cond=None, guidance=1.0, generator=None,
     """Heun's second-order method (Karras et al. 2022, algorithm 1): an Euler step, then the
     trapezoidal correction with the slope at the new point; the last step (to sigma = 0) is
     Euler. Two network evaluations per step, one on the last."""
-    d_fn, n = guided(denoiser, cond, guidance), len(sigmas) - 1
+    d_fn, n = guided(denoiser, cond, guidance), _steps(sigmas)
     for i in range(n):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
         denoised = d_fn(x, _level(s, x))
@@ -105,7 +114,7 @@ def _ddim(denoiser, x, sigmas, eta, cond, guidance, generator, callback):
     up = eta * s' * sqrt(s^2 - s'^2) / s. The VP scale factors cancel; eta = 0 is the
     deterministic DDIM step (identical to Euler in these units), eta = 1 samples the DDPM
     posterior q(x_{t-1} | x_t, x0) (Ho et al. 2020, eq. 7): ancestral DDPM."""
-    d_fn, n = guided(denoiser, cond, guidance), len(sigmas) - 1
+    d_fn, n = guided(denoiser, cond, guidance), _steps(sigmas)
     for i in range(n):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
         denoised = d_fn(x, _level(s, x))
@@ -136,7 +145,7 @@ def sample_dpmpp_2m(denoiser, x, sigmas, *, cond=None, guidance=1.0, generator=N
     solver of the data-prediction ODE in lambda = -log sigma. With h = lambda' - lambda and
     r = h_prev / h, x' = (s'/s) x - expm1(-h) D', D' = (1 + 1/2r) D_i - (1/2r) D_{i-1}
     (D' = D_i on the first step). The step to sigma = 0 returns D_i. One evaluation per step."""
-    d_fn, n = guided(denoiser, cond, guidance), len(sigmas) - 1
+    d_fn, n = guided(denoiser, cond, guidance), _steps(sigmas)
     previous, h_prev = None, None
     for i in range(n):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])

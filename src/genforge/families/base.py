@@ -15,12 +15,14 @@ is *declared* here, never probed with ``hasattr``:
 - ``selection``         which evaluation metric picks ``checkpoints/best`` (None: keep none);
 - ``sample_options``    extra ``genforge sample`` options (a diffusion sampler, steps, guidance),
                         and ``eval_options`` for ``genforge eval`` (a VAE's IWAE k);
-- ``conditioning_classes``  how many class labels the model is conditioned on (0: none).
+- ``conditioning_classes``  how many class labels the model is conditioned on (0: none);
+- ``policy_kind``       what `genforge rl` steers (token log-probs, Gaussian chain steps, or none).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -125,6 +127,31 @@ class StepContext(Protocol):
         """Within the block, ``module``'s parameters take no gradient (a GAN's D while G steps)."""
 
 
+# Drawing samples and held-out numbers: dropout off, batch-norm running statistics, whatever
+# mode the caller left the model in (issue #16: previews ran with dropout on).
+SAMPLING_METHODS = ("sample", "preview", "heldout_metrics")
+
+
+def in_eval_mode(method):
+    """``method`` run with the model in eval mode, the caller's mode restored afterwards."""
+    if getattr(method, "in_eval_mode", False):
+        return method
+
+    @functools.wraps(method)
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        was_training = self.training
+        if was_training:
+            self.eval()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            if was_training:
+                self.train()
+
+    run.in_eval_mode = True
+    return run
+
+
 class GenerativeModel(nn.Module):
     """Base class of every family. Subclasses set ``Config`` and implement ``forward``."""
 
@@ -134,6 +161,9 @@ class GenerativeModel(nn.Module):
     """Training metrics the progress bar shows (an RL policy: reward, KL, diversity)."""
     sample_options: tuple[SampleOption, ...] = ()
     eval_options: tuple[SampleOption, ...] = ()
+    policy_kind: Literal["tokens", "gaussian_steps"] | None = None
+    """How `genforge rl` steers it: per-token log-probs (``token_logprobs``: PPO/GRPO), per-step
+    Gaussian log-probs of an ancestral sampling chain (DDPO), or None: no RL."""
 
     def __init__(self, config: BaseModel, spec: DataSpec):
         super().__init__()
@@ -155,6 +185,17 @@ class GenerativeModel(nn.Module):
     def ema_target(self) -> nn.Module:
         """The sub-module whose weights EMA averages (a GAN returns its generator)."""
         return self
+
+    def bind_data(self, data: Any) -> None:
+        """The run's own data object (its splits, as this run drew them), handed over by the
+        trainer before training. A family whose evaluation depends on the data beyond its spec
+        keeps what it needs (the GAN: the extractor fitted on *this* test split). Default: nothing."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in SAMPLING_METHODS:  # every family's, declared or inherited, runs in eval mode
+            if name in cls.__dict__:
+                setattr(cls, name, in_eval_mode(cls.__dict__[name]))
 
     def train(self, mode: bool = True) -> GenerativeModel:
         super().train(mode)

@@ -92,6 +92,7 @@ STEP_OPTIONS = (
 
 class Diffusion(GenerativeModel):
     Config = DiffusionConfig
+    policy_kind = "gaussian_steps"  # RL: DDPO on the ancestral chain
     sample_options = (
         *STEP_OPTIONS,
         PROMPT,
@@ -351,14 +352,15 @@ class Diffusion(GenerativeModel):
         conditioned on the true class for conditional models (an upper bound in expectation)."""
         if bpd_steps <= 0:
             return {}
-        sigmas = schedules.karras_sigmas(bpd_steps, self.sigma_min, self.sigma_max)[:-1].flip(0)
+        sigmas = schedules.likelihood_sigmas(bpd_steps, self.sigma_min, self.sigma_max)  # bpd_steps Heun steps
         total, n = 0.0, 0
         for batch in batches:
             x = self._to_model(batch["x"])[: bpd_images - n]
             if x.shape[0] == 0:
                 break
             y = batch.get("y")
-            cond = self._condition(y[: x.shape[0]], x.shape[0], x.device) if self.K else None
+            # the generator, not the global RNG, picks a text model's caption per image
+            cond = self._condition(y[: x.shape[0]], x.shape[0], x.device, generator=generator) if self.K else None
             bits = ode_bits_per_dim(self.denoiser, x, sigmas, generator, cond, sigma_data=self.config.sigma_data)
             total += float(bits.sum())
             n += x.shape[0]

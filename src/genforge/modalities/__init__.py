@@ -136,9 +136,10 @@ def options_for(run, kind: str) -> tuple[SampleOption, ...]:
 
 def check_options(run, given: dict[str, Any], kind: str = "sample") -> dict[str, Any]:
     """Refuse ``kind`` options that do not apply to this run, or below their minimum; fill
-    defaults for those that do."""
+    defaults for those that do. An option counts as given unless it is None (the CLI's "not
+    typed") or a switch left off (False); 0, 0.0 and "" are values the user typed."""
     allowed = {o.name: o for o in options_for(run, kind)}
-    wrong = [name for name, value in given.items() if value not in (None, False) and name not in allowed]
+    wrong = [name for name, value in given.items() if _given(value) and name not in allowed]
     if wrong:
         flags = " ".join("--" + w.replace("_", "-") for w in wrong)
         valid = " ".join(o.cli for o in allowed.values())
@@ -150,6 +151,11 @@ def check_options(run, given: dict[str, Any], kind: str = "sample") -> dict[str,
             raise GenforgeError(f"{allowed[name].cli} must be at least {minimum}, got {value}")
     return {name: (given.get(name) if given.get(name) is not None else o.default)
             for name, o in allowed.items()}
+
+
+def _given(value: Any) -> bool:
+    # identity, not equality: `0 in (None, False)` is True, so --temperature 0 looked untyped
+    return value is not None and value is not False
 
 
 def generator_for(device: torch.device, seed: int | None) -> tuple[torch.Generator, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import sys
 
 import pytest
@@ -205,8 +206,11 @@ def test_sampling_writes_smiles_files_grids_and_stops_at_eos(smiles_run, tmp_pat
                  "--batch-size", "7"]) == 0
     assert again.read_text() == out.read_text()  # same seed, same molecules
     png = tmp_path / "g.png"
+    capsys.readouterr()
     assert main(["sample", str(run), "--num-samples", "12", "--seed", "0", "--out", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    drawn = re.search(r"wrote 12 molecules to .*: (\d+) drawn, (\d+) invalid SMILES", capsys.readouterr().out)
+    assert drawn and int(drawn[1]) + int(drawn[2]) == 12
     capsys.readouterr()
     assert main(["sample", str(run), "--num-samples", "200", "--out", str(tmp_path / "big.png")]) == 2
     assert main(["sample", str(run), "--out", str(tmp_path / "x.jpg")]) == 2
@@ -216,7 +220,7 @@ def test_sampling_writes_smiles_files_grids_and_stops_at_eos(smiles_run, tmp_pat
     assert "do not fit one PNG grid" in err and ".smi, .txt, .csv" in err and "--around" in err
 
 
-def test_eval_and_external_metrics_report_the_moses_table(smiles_run, tmp_path, capsys):
+def test_eval_and_external_metrics_report_the_moses_table(smiles_run, tmp_path, capsys, recwarn):
     pytest.importorskip("fcd_torch")
     run, path = smiles_run
     assert main(["eval", str(run), "--num-samples", "40", "--workers", "1"]) == 0
@@ -224,13 +228,121 @@ def test_eval_and_external_metrics_report_the_moses_table(smiles_run, tmp_path, 
     for key in ("valid", "unique@1000", "FCD/Test", "SNN/Test", "IntDiv", "Novelty", "heldout_loss"):
         assert key in out
     samples = tmp_path / "ext.smi"
-    samples.write_text("CCO\nc1ccccc1\nnot_a_smiles\nCC(=O)Oc1ccccc1C(=O)O\n")
+    # A 10,000-character SMILES once hung the scaffold search: now it is invalid, with a note.
+    samples.write_text("CCO\nc1ccccc1\nnot_a_smiles\nCC(=O)Oc1ccccc1C(=O)O\n" + "C" * 10000 + "\n")
     js = tmp_path / "m.json"
+    capsys.readouterr()
     assert main(["metrics", "molecules", str(samples), "--against", path, "--train", path,
                  "--workers", "1", "--json", str(js), "--no-progress"]) == 0
+    printed = capsys.readouterr()
+    assert "unique@1000, unique@10000 are over all 3 valid samples (fewer than 1000)" in printed.out
+    assert "1 samples longer than 500 characters" in printed.out
+    assert "Warning" not in printed.err and not [w for w in recwarn if "genforge" in w.filename]
     import json
 
     result = json.loads(js.read_text())
-    assert result["valid"] == pytest.approx(0.75)  # the unparsable row counts against validity
+    assert result["valid"] == pytest.approx(3 / 5)  # the unparsable and the overlong rows count against it
     assert result["Novelty"] == pytest.approx(2 / 3)  # aspirin is in the training file
     assert main(["metrics", "molecules", str(tmp_path / "missing.smi"), "--against", path]) == 2
+
+
+def test_a_user_file_is_checked_with_rdkit_on_every_preset(tmp_path, capsys, monkeypatch):
+    """gpt-moses sets data.canonicalize=false for MOSES's canonical files; a user's file given to
+    it is still checked, and its unparsable rows reported as gpt-demo reports them."""
+    pytest.importorskip("rdkit")
+    path = write_smi(tmp_path, "C1CC\nnot_a_molecule\n")
+    cfg, _ = load_config("gpt-moses", [f"data.name={path}", "data.val_fraction=0.1"])
+    assert not cfg.data.canonicalize
+    data = load_molecules(cfg.data, max_len=60)
+    assert "rows RDKit cannot parse: 2" in capsys.readouterr().err
+    assert len(data.train) + len(data.val) == 40 and "C1CC" not in data.train_smiles
+    assert load_molecules(cfg.data, max_len=60).report == data.report  # from the cache, same report
+    monkeypatch.setitem(sys.modules, "rdkit", None)  # without RDKit: loads unchecked, and says so
+    unchecked = load_molecules(cfg.data, max_len=60)
+    assert "not checked with RDKit, which is not installed" in unchecked.report
+
+
+def test_the_missing_column_error_names_the_flag_of_the_command(tmp_path, capsys):
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text("id,structure\n1,CCO\n")
+    with pytest.raises(GenforgeError, match="name it with data.smiles_column=NAME"):
+        read_smiles_file(csv_path)
+    with pytest.raises(GenforgeError, match="name it with --column NAME") as info:
+        read_smiles_file(csv_path, None, "--column")
+    assert "data.smiles_column" not in str(info.value)
+    pytest.importorskip("fcd_torch")
+    assert main(["metrics", "molecules", str(csv_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--column NAME" in err and "data.smiles_column" not in err and "Traceback" not in err
+
+
+def fake_moses(tmp_path, monkeypatch, train, test):
+    files = {}
+    for split, rows in (("train", train), ("test", test), ("test_scaffolds", test)):
+        files[split] = tmp_path / f"{split}.csv.gz"
+        files[split].write_bytes(gzip.compress(("SMILES,SPLIT\n" + "".join(f"{r},{split}\n" for r in rows)).encode()))
+    monkeypatch.setattr("genforge.data.smiles.moses_file", lambda split: files[split])
+
+
+def test_the_test_split_is_filtered_and_reported_like_the_training_split(tmp_path, monkeypatch, capsys):
+    """A test molecule longer than the context crashed eval's held-out loss; one with a token
+    training never saw was dropped silently. Both are left out of the loss and reported; the
+    metrics' reference set keeps every test molecule."""
+    from genforge.families.gpt import GPT, GPTConfig
+    from genforge.modalities.molecule import heldout_scores
+
+    train = MOLECULES.split()
+    long_one = "CC(C)NCC(O)COc1cccc2ccccc12"  # 24 tokens framed
+    test = ["CCO", "c1ccccc1O", "CC[Se]C", long_one, "CCN"]
+    fake_moses(tmp_path, monkeypatch, train, test)
+    block_size = 12
+    data = load_molecules(DataConfig(name="moses", canonicalize=False, val_fraction=0.1), block_size + 1)
+    note = capsys.readouterr().err
+    assert "test split (held-out loss): kept 3 molecules" in note
+    assert "with tokens training never saw: 1 (e.g. 'CC[Se]C')" in note
+    assert f"longer than {block_size + 1} tokens: 1 (e.g. '{long_one}')" in note
+    assert len(data.test) == 3 and data.test_smiles == test
+    assert max(data.test.lengths()) <= block_size + 1
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=block_size), data.spec).eval()
+    scores = heldout_scores(model, data.test, max_batches=4, batch_size=2)
+    assert torch.isfinite(torch.tensor(scores["heldout_loss"]))
+
+
+def test_the_molecule_grid_counts_what_it_could_not_draw(tmp_path):
+    pytest.importorskip("rdkit")
+    from genforge.modalities.molecule import draw_grid
+
+    png = tmp_path / "g.png"
+    assert draw_grid(["CCO", "C1CC", "", "c1ccccc1"], png) == 2
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob(".*"))
+
+
+@pytest.fixture(scope="module")
+def seqvae_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("seqvae_cli")
+    path = write_smi(tmp)
+    run = tmp / "run"
+    assert main(["train", "vae-moses", f"data.name={path}", "data.val_fraction=0.1", "train.max_steps=4",
+                 "model.embedding_size=8", "model.encoder_hidden=16", "model.decoder_hidden=16",
+                 "model.latent_size=4", "model.max_length=48", "train.batch_size=8", "train.eval_every=4",
+                 "train.eval_batches=1", "train.checkpoint_every=4", "train.plot=false",
+                 "--run-dir", str(run), "--no-progress"]) == 0
+    return run
+
+
+def test_seqvae_latent_options_are_refused_where_they_do_not_apply(seqvae_run, tmp_path, capsys):
+    pytest.importorskip("rdkit")
+    run = str(seqvae_run)
+    capsys.readouterr()
+    assert main(["sample", run, "--around", ""]) == 2
+    assert main(["sample", run, "--around", "  "]) == 2
+    assert main(["sample", run, "--radius", "0.3"]) == 2  # was silently ignored
+    assert main(["sample", run, "--radius", "0.3", "--interpolate", "CCO", "CCN"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("--around needs a SMILES string") == 2
+    assert err.count("--radius applies only with --around") == 2 and "Traceback" not in err
+    out = tmp_path / "a.smi"
+    assert main(["sample", run, "--around", "CCO", "--radius", "0.3", "--num-samples", "3",
+                 "--out", str(out), "--seed", "1"]) == 0
+    assert len(out.read_text().splitlines()) == 3

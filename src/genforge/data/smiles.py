@@ -22,16 +22,15 @@ that step and trains without RDKit.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
 import importlib.util
 import io
 import json
-import os
-import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,18 +38,12 @@ import numpy as np
 import torch
 
 from genforge import GenforgeError
+from genforge.atomic import atomic_write
 from genforge.data.locate import cache_dir, cache_write_error, locate
 from genforge.data.sequences import pad_sequences
+from genforge.data.smiles_tokenizer import SMILES_REGEX, SmilesTokenizer, tokenize
 from genforge.data.spec import DataSpec
-from genforge.data.tokenizers import DEFAULT_SPECIALS, _check_specials, _Specials
 
-# The SMILES tokenization regex of Schwaller et al. 2019 ("Molecular Transformer", ACS Cent.
-# Sci. 5:1572): bracket atoms whole ([nH], [C@@H], [13CH3+]), two-letter organic-subset
-# elements (Br, Cl) before their one-letter prefixes, bonds, branches, and ring-closure
-# digits, with %nn for two-digit ring numbers.
-SMILES_REGEX = re.compile(
-    r"(\[[^\]]+]|Br?|Cl?|N|O|S|P|F|I|b|c|n|o|s|p|\(|\)|\.|=|#|-|\+|\\|/|:|~|@|\?|>|\*|\$|%[0-9]{2}|[0-9])"
-)
 SMILES_SUFFIXES = {".smi", ".smiles", ".csv"}
 
 MOSES_URL = "https://github.com/molecularsets/moses/raw/master/moses/dataset/data/"
@@ -64,88 +57,18 @@ MOLECULE_DATASETS = {
     "moses": "MOSES benchmark SMILES (ZINC Clean Leads): 1.58M train, 176k test, 176k test_scaffolds "
              "($GENFORGE_DATA/moses, the molsets package, or download)",
 }
-EXTRA_HINT = "pip install 'genforge[molecules]'"
-
-
-def require_rdkit():
-    """RDKit's Chem module, or a one-line error naming the extra that installs it."""
-    try:
-        from rdkit import Chem, RDLogger
-    except ImportError:
-        raise GenforgeError(f"this needs RDKit, which is not installed: {EXTRA_HINT}") from None
-    RDLogger.DisableLog("rdApp.*")  # RDKit prints a line per unparsable SMILES; we count them instead
-    return Chem
-
-
-def tokenize(smiles: str) -> list[str]:
-    """SMILES -> tokens; an error when some characters match no token (so nothing is lost)."""
-    tokens = SMILES_REGEX.findall(smiles)
-    if sum(map(len, tokens)) != len(smiles):
-        raise GenforgeError(f"cannot tokenize SMILES {smiles!r}: characters outside the SMILES grammar")
-    return tokens
-
-
-class SmilesTokenizer(_Specials):
-    """Regex SMILES tokens <-> ids; specials first (``<pad>``, ``<bos>``, ``<eos>``), then the
-    vocabulary seen in training data, sorted. Same interface as the text tokenizers."""
-
-    kind = "smiles"
-
-    def __init__(self, tokens: Sequence[str], specials: Sequence[str] = DEFAULT_SPECIALS):
-        self.tokens = list(tokens)
-        self.specials = _check_specials(specials)
-        self.itos = [*self.specials, *self.tokens]
-        self.stoi = {t: i for i, t in enumerate(self.itos) if i >= len(self.specials)}
-
-    @classmethod
-    def train(cls, smiles: Iterable[str], specials: Sequence[str] = DEFAULT_SPECIALS) -> SmilesTokenizer:
-        seen: set[str] = set()
-        for s in smiles:
-            seen.update(tokenize(s))
-        if not seen:
-            raise GenforgeError("cannot build a SMILES vocabulary: no molecules")
-        return cls(sorted(seen), specials)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.itos)
-
-    def encode(self, smiles: str) -> list[int]:
-        tokens = tokenize(smiles)
-        unknown = sorted({t for t in tokens if t not in self.stoi})
-        if unknown:
-            raise GenforgeError(f"SMILES {smiles!r} has tokens this model never saw in training: "
-                                f"{' '.join(unknown)}")
-        return [self.stoi[t] for t in tokens]
-
-    def encode_array(self, smiles: str) -> np.ndarray:
-        return np.asarray(self.encode(smiles), dtype=np.int64)
-
-    def decode(self, ids: Iterable[int], skip_specials: bool = True) -> str:
-        """Ids -> SMILES, stopping at the first ``<eos>`` (what follows it is not part of the
-        molecule); other specials are skipped."""
-        k = len(self.specials)
-        out = []
-        for i in map(int, ids):
-            if i == self.eos_id:
-                break
-            if i >= k or not skip_specials:
-                out.append(self.itos[i])
-        return "".join(out)
-
-    def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps({"genforge_smiles_vocab": self.tokens, "specials": list(self.specials)}))
-
-
 # -- reading files ----------------------------------------------------------------------
 def _open_text(path: Path):
     raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
     return io.TextIOWrapper(raw, encoding="utf-8", newline="")
 
 
-def read_smiles_file(path: Path, column: str | None = None) -> list[str]:
-    """The SMILES strings of a .smi/.smiles or .csv(.gz) file, in file order, unvalidated."""
+def read_smiles_file(path: Path, column: str | None = None, column_flag: str = "data.smiles_column") -> list[str]:
+    """The SMILES strings of a .smi/.smiles or .csv(.gz) file, in file order, unvalidated.
+    ``column_flag`` is how the caller's user names the column (``--column`` on the command
+    line), for the error messages."""
     path = Path(path).expanduser()
+    name_it = f"{column_flag} NAME" if column_flag.startswith("--") else f"{column_flag}=NAME"
     suffixes = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
     try:
         with _open_text(path) as f:
@@ -156,10 +79,10 @@ def read_smiles_file(path: Path, column: str | None = None) -> list[str]:
                 if col is None or col not in names:
                     want = f"column '{column}'" if column else "a SMILES column"
                     raise GenforgeError(f"{path} has no {want} (its columns: {', '.join(names) or 'none'}); "
-                                        "name it with data.smiles_column=NAME")
+                                        f"name it with {name_it}")
                 return [(row.get(col) or "").strip() for row in reader]
             if column is not None:
-                raise GenforgeError(f"data.smiles_column applies to CSV files, not {path.name}")
+                raise GenforgeError(f"{column_flag} applies to CSV files, not {path.name}")
             # .smi: SMILES is the first field; a title may follow after whitespace. No line is
             # skipped, not even one starting with '#': a model's broken sample must still count.
             return [line.split()[0] if line.strip() else "" for line in f]
@@ -179,11 +102,12 @@ def moses_file(split: str) -> Path:
 
 @dataclass
 class Cleaned:
-    """Valid canonical SMILES plus what was rejected, for the load report."""
+    """Kept SMILES plus what was left out and why, for the load report."""
 
     smiles: list[str]
     rejected: dict[str, list[str]] = field(default_factory=dict)  # reason -> examples (first 5)
     counts: dict[str, int] = field(default_factory=dict)  # reason -> count
+    notes: list[str] = field(default_factory=list)  # what was not done (e.g. no RDKit check)
 
     def reject(self, reason: str, row: str) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
@@ -192,31 +116,50 @@ class Cleaned:
             examples.append(row)
 
     def report(self, source: str) -> str | None:
-        if not self.counts:
+        if not self.counts and not self.notes:
             return None
         parts = [f"{reason}: {n} (e.g. {', '.join(repr(x) for x in self.rejected[reason][:3])})"
                  for reason, n in self.counts.items()]
-        return f"{source}: kept {len(self.smiles)} molecules, left out " + "; ".join(parts)
+        left_out = f"kept {len(self.smiles)} molecules, left out " + "; ".join(parts) if parts else ""
+        return f"{source}: " + "; ".join(x for x in (left_out, *self.notes) if x)
 
 
-def clean_smiles(rows: Sequence[str], canonicalize: bool) -> Cleaned:
-    """Drop (and count) empty, unparsable and untokenizable rows; canonicalize with RDKit."""
+def clean_smiles(rows: Sequence[str], canonicalize: bool, check: bool | None = None) -> Cleaned:
+    """Drop (and count) empty, unparsable and untokenizable rows; canonicalize with RDKit.
+
+    ``check`` (default: ``canonicalize``) parses every row with RDKit and leaves out the ones
+    it cannot parse, without rewriting the others: a user's file is checked whatever the
+    preset says about canonicalizing. Without RDKit a checked-only file loads unchecked and
+    its report says so; canonicalizing needs RDKit.
+    """
+    from genforge.metrics.molecules.chem import INSTALL_HINT, quiet_rdkit, require_rdkit
+
     out = Cleaned([])
-    Chem = require_rdkit() if canonicalize else None
-    for row in rows:
-        if not row:
-            out.reject("empty rows", row)
-            continue
-        if Chem is not None:
-            mol = Chem.MolFromSmiles(row)
-            if mol is None:
-                out.reject("rows RDKit cannot parse", row)
+    check = canonicalize if check is None else check
+    Chem = None
+    if canonicalize:
+        Chem = require_rdkit()
+    elif check:
+        try:
+            Chem = require_rdkit()
+        except GenforgeError:
+            out.notes.append(f"rows not checked with RDKit, which is not installed ({INSTALL_HINT})")
+    with quiet_rdkit() if Chem is not None else contextlib.nullcontext():
+        for row in rows:
+            if not row:
+                out.reject("empty rows", row)
                 continue
-            row = Chem.MolToSmiles(mol)
-        if sum(map(len, SMILES_REGEX.findall(row))) != len(row):
-            out.reject("rows with characters outside the SMILES grammar", row)
-            continue
-        out.smiles.append(row)
+            if Chem is not None:
+                mol = Chem.MolFromSmiles(row)
+                if mol is None:
+                    out.reject("rows RDKit cannot parse", row)
+                    continue
+                if canonicalize:
+                    row = Chem.MolToSmiles(mol)
+            if sum(map(len, SMILES_REGEX.findall(row))) != len(row):
+                out.reject("rows with characters outside the SMILES grammar", row)
+                continue
+            out.smiles.append(row)
     return out
 
 
@@ -300,20 +243,25 @@ def _load_sources(data_cfg) -> tuple[list[str], list[str] | None, list[str] | No
         notes = [c.report(f"moses/{k}") for k, c in cleaned.items()]
         report = "; ".join(n for n in notes if n) or None
         return cleaned["train"].smiles, cleaned["test"].smiles, cleaned["test_scaffolds"].smiles, report
+    # A user's file is checked with RDKit on every preset (gpt-moses sets canonicalize=false
+    # for MOSES's own canonical files, not for this one): unparsable rows are left out and reported.
     path = Path(data_cfg.name).expanduser()
-    cleaned = clean_smiles(read_smiles_file(path, data_cfg.smiles_column), data_cfg.canonicalize)
+    cleaned = clean_smiles(read_smiles_file(path, data_cfg.smiles_column), data_cfg.canonicalize, check=True)
     if not cleaned.smiles:
         raise GenforgeError(f"{path} holds no valid molecules ({cleaned.report(str(path))})")
     return cleaned.smiles, None, None, cleaned.report(str(path))
 
 
 def _cache_key(data_cfg) -> str:
-    """Hash of the source files' identity (path, size, mtime) and the cleaning options."""
+    """Hash of the source files' identity (path, size, mtime), the cleaning options and the
+    RDKit version (another RDKit writes some canonical SMILES differently)."""
+    from genforge.metrics.molecules.chem import rdkit_version
+
     if data_cfg.name == "moses":
         files = [moses_file(k) for k in MOSES_FILES]
     else:
         files = [Path(data_cfg.name).expanduser()]
-    h = hashlib.sha256(f"v1:{data_cfg.canonicalize}:{data_cfg.smiles_column}".encode())
+    h = hashlib.sha256(f"v2:{data_cfg.canonicalize}:{data_cfg.smiles_column}:{rdkit_version()}".encode())
     for f in files:
         st = f.stat()
         h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -322,7 +270,7 @@ def _cache_key(data_cfg) -> str:
 
 def _cleaned_sources(data_cfg):
     """_load_sources, cached as JSON: canonicalizing 1.9M SMILES takes minutes, reading back seconds."""
-    if not data_cfg.canonicalize:  # nothing slow to keep: reading the files again is as fast
+    if data_cfg.name == "moses" and not data_cfg.canonicalize:  # no RDKit pass: nothing slow to keep
         return _load_sources(data_cfg)
     path = cache_dir() / "smiles" / f"{_cache_key(data_cfg)}.json.gz"
     if path.is_file():
@@ -332,12 +280,15 @@ def _cleaned_sources(data_cfg):
     train, test, scaffolds, report = _load_sources(data_cfg)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=1) as f:
-            json.dump({"train": train, "test": test, "test_scaffolds": scaffolds, "report": report}, f)
-        os.replace(tmp, path)
     except OSError as e:
         raise cache_write_error(path.parent, e) from None
+
+    def write(f):
+        with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=1) as gz, \
+                io.TextIOWrapper(gz, encoding="utf-8") as text:
+            json.dump({"train": train, "test": test, "test_scaffolds": scaffolds, "report": report}, text)
+
+    atomic_write(path, write)
     return train, test, scaffolds, report
 
 
@@ -346,7 +297,9 @@ def load_molecules(data_cfg, max_len: int) -> MoleculeData:
 
     Molecules longer than ``max_len`` (``<bos>`` and ``<eos>`` included) are left out of
     training and counted in the report; the validation split is a fixed-seed
-    ``data.val_fraction`` of the training molecules.
+    ``data.val_fraction`` of the training molecules. The test split's held-out loss leaves
+    out (and reports) the same overlong molecules and those with tokens training never saw;
+    the metrics' reference set (``test_smiles``) keeps every test molecule, as MOSES does.
     """
     all_train, test_smiles, scaffold_smiles, report = _cleaned_sources(data_cfg)
     train_smiles = all_train
@@ -374,12 +327,31 @@ def load_molecules(data_cfg, max_len: int) -> MoleculeData:
     val = everything.subset(val_idx)
     test = None
     if test_smiles is not None:
-        tokens = [tokenize(x) for x in test_smiles]
-        usable = [t for t in tokens if all(x in tokenizer.stoi for x in t)]  # test-only tokens: no loss
-        test = PackedSequences(*pack(usable, tokenizer), *ids)
+        test, note = _heldout_test(test_smiles, tokenizer, max_len)
+        report = f"{report}; {note}" if report and note else report or note
     spec = DataSpec(modality="molecule", vocab_size=tokenizer.vocab_size, name=data_cfg.name,
                     special_ids={"pad": tokenizer.pad_id, "bos": tokenizer.bos_id, "eos": tokenizer.eos_id},
                     max_length=max_len)
     if report:
         print(f"note: {report}", file=sys.stderr)
     return MoleculeData(spec, tokenizer, train, val, test, all_train, test_smiles, scaffold_smiles, report)
+
+
+def _heldout_test(test_smiles: Sequence[str], tokenizer: SmilesTokenizer,
+                  max_len: int) -> tuple[PackedSequences, str | None]:
+    """The test molecules a model can score (only training tokens, at most ``max_len`` framed
+    tokens), packed, and the report of those left out: a token the model never saw has no
+    embedding, and a molecule longer than the context has no position for its last tokens."""
+    kept = Cleaned([])
+    rows = []
+    for smiles in test_smiles:
+        tokens = tokenize(smiles)
+        if any(t not in tokenizer.stoi for t in tokens):
+            kept.reject("with tokens training never saw", smiles)
+        elif len(tokens) + 2 > max_len:
+            kept.reject(f"longer than {max_len} tokens", smiles)
+        else:
+            kept.smiles.append(smiles)
+            rows.append(tokens)
+    ids = (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
+    return PackedSequences(*pack(rows, tokenizer), *ids), kept.report("test split (held-out loss)")

@@ -2,14 +2,16 @@
 
 Both expose the same small interface: ``encode(str) -> list[int]``,
 ``encode_array(str) -> np.ndarray``, ``decode(ids) -> str``, ``vocab_size``,
-``save(path)``, and :func:`load_tokenizer` reads either back from a run directory.
+``save(path)``, and :func:`load_tokenizer` reads either (or the SMILES tokenizer of
+:mod:`genforge.data.smiles_tokenizer`) back from a run directory.
 
 Optional special tokens (``specials=("<pad>", "<bos>", "<eos>")``) take the first
 ids, 0..k-1, in the order given; ``pad_id``/``bos_id``/``eos_id`` are their ids, or
 None when the tokenizer was built without them. Specials are only ever added by id
 (e.g. by :mod:`genforge.data.sequences`): ``encode`` treats the text "<eos>" as plain
 characters, so a prompt cannot inject an end-of-sequence, and ``decode`` skips them.
-Tokenizer files written before specials existed load with none.
+Tokenizer files written before specials existed load with none. The specials themselves
+live in :mod:`genforge.data.specials`, which every tokenizer imports and which imports none.
 """
 
 from __future__ import annotations
@@ -21,47 +23,20 @@ from pathlib import Path
 import numpy as np
 
 from genforge import GenforgeError
+from genforge.data.smiles_tokenizer import SmilesTokenizer
+from genforge.data.specials import BOS, DEFAULT_SPECIALS, EOS, PAD, SpecialIds, check_specials
 
-PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
-DEFAULT_SPECIALS = (PAD, BOS, EOS)
+__all__ = ["BOS", "BPETokenizer", "CharTokenizer", "DEFAULT_SPECIALS", "EOS", "PAD", "load_tokenizer"]
+
 BYTE_ALPHABET = 256  # byte-level BPE always holds the 256 byte symbols before any merge
 
 
-def _check_specials(specials: Sequence[str]) -> tuple[str, ...]:
-    specials = tuple(specials)
-    if len(set(specials)) != len(specials) or any(not isinstance(s, str) or len(s) < 2 for s in specials):
-        raise GenforgeError(f"special tokens {specials!r} must be distinct strings of 2+ characters "
-                            "such as '<pad>', '<bos>', '<eos>'")
-    return specials
-
-
-class _Specials:
-    """Shared by both tokenizers: ids of the special tokens (first ids, 0..k-1)."""
-
-    specials: tuple[str, ...] = ()
-
-    def special_id(self, token: str) -> int | None:
-        return self.specials.index(token) if token in self.specials else None
-
-    @property
-    def pad_id(self) -> int | None:
-        return self.special_id(PAD)
-
-    @property
-    def bos_id(self) -> int | None:
-        return self.special_id(BOS)
-
-    @property
-    def eos_id(self) -> int | None:
-        return self.special_id(EOS)
-
-
-class CharTokenizer(_Specials):
+class CharTokenizer(SpecialIds):
     kind = "char"
 
     def __init__(self, chars: list[str], specials: Sequence[str] = ()):
         self.chars = list(chars)
-        self.specials = _check_specials(specials)
+        self.specials = check_specials(specials)
         k = len(self.specials)
         self.itos = list(self.specials) + self.chars  # id -> string
         self.stoi = {c: i + k for i, c in enumerate(self.chars)}
@@ -107,7 +82,7 @@ class CharTokenizer(_Specials):
         Path(path).write_text(json.dumps(raw))
 
 
-class BPETokenizer(_Specials):
+class BPETokenizer(SpecialIds):
     """Byte-level BPE (GPT-2 style): every string encodes, nothing is out of vocabulary."""
 
     kind = "bpe"
@@ -124,7 +99,7 @@ class BPETokenizer(_Specials):
     def train(cls, texts: Iterator[str], vocab_size: int, specials: Sequence[str] = ()) -> BPETokenizer:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-        specials = _check_specials(specials)
+        specials = check_specials(specials)
         minimum = BYTE_ALPHABET + len(specials)
         if vocab_size < minimum:
             raise GenforgeError(f"data.bpe_vocab_size={vocab_size} is too small: byte-level BPE needs at "
@@ -156,7 +131,7 @@ class BPETokenizer(_Specials):
         self.tok.save(str(path))
 
 
-def load_tokenizer(path: Path) -> CharTokenizer | BPETokenizer:
+def load_tokenizer(path: Path) -> CharTokenizer | BPETokenizer | SmilesTokenizer:
     try:
         raw = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -164,8 +139,6 @@ def load_tokenizer(path: Path) -> CharTokenizer | BPETokenizer:
     if "genforge_char_vocab" in raw:
         return CharTokenizer(raw["genforge_char_vocab"], raw.get("specials", ()))
     if "genforge_smiles_vocab" in raw:
-        from genforge.data.smiles import SmilesTokenizer
-
         return SmilesTokenizer(raw["genforge_smiles_vocab"], raw["specials"])
     from tokenizers import Tokenizer
 

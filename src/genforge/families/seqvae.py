@@ -127,8 +127,9 @@ class SequenceVAE(LatentVariableModel):
         *LatentVariableModel.sample_options[:3],
         SampleOption("around", "seqvae runs: sample molecules around this SMILES (its latent mean "
                                "plus noise)", str, metavar="SMILES"),
+        # No default here: --radius without --around is refused, so "not given" must be visible.
         SampleOption("radius", "with --around: standard deviation of the latent noise (default 0.5)",
-                     float, 0.5, metavar="R"),
+                     float, metavar="R"),
     )
 
     def __init__(self, config: SeqVAEConfig, spec):

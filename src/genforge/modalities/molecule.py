@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genforge import GenforgeError
-from genforge.checkpoint import atomic_write_text
+from genforge.atomic import atomic_write, atomic_write_text
 from genforge.families.base import TEMPERATURE, LatentVariableModel, SampleOption
 from genforge.modalities import EVAL_NUM_SAMPLES, Modality
 
@@ -62,14 +62,19 @@ class MoleculeModality(Modality):
 
     # -- sample ------------------------------------------------------------------------
     def sample_command(self, run, generator, *, num_samples, out, batch_size, seed, temperature,
-                       around=None, radius=0.5, interpolate=None, interp_points=8,
+                       around=None, radius=None, interpolate=None, interp_points=8,
                        interp_method="slerp") -> None:
         latent = isinstance(run.model, LatentVariableModel)
-        if (around or interpolate) and not latent:
-            flag = "--around" if around else "--interpolate"
+        if (around is not None or interpolate) and not latent:
+            flag = "--around" if around is not None else "--interpolate"
             raise GenforgeError(f"{flag} needs a latent-variable run (seqvae); this is a {run.config.family} run")
-        if around and interpolate:
+        if around is not None and interpolate:
             raise GenforgeError("give either --around or --interpolate, not both")
+        if around is not None and not around.strip():
+            raise GenforgeError("--around needs a SMILES string, got an empty one (e.g. --around 'CCO')")
+        if radius is not None and around is None:
+            raise GenforgeError("--radius applies only with --around SMILES (the noise around that molecule)")
+        radius = 0.5 if radius is None else radius
         temperature = 1.0 if temperature is None else temperature
         if not math.isfinite(temperature) or temperature < 0:
             raise GenforgeError(f"--temperature must be >= 0 (0 is greedy), got {temperature}")
@@ -88,7 +93,7 @@ class MoleculeModality(Modality):
             if suffix == ".png" and n > MAX_DRAWN:
                 raise GenforgeError(f"{n} molecules do not fit one PNG grid (at most {MAX_DRAWN}); "
                                     "write them with --out FILE.smi")
-            if around:
+            if around is not None:
                 mol = _encode_one(run, around)
                 ids = []
                 for s in range(0, n, batch_size):
@@ -101,8 +106,11 @@ class MoleculeModality(Modality):
             return
         path = Path(out)
         if suffix == ".png":
-            draw_grid(smiles, path)
-        elif suffix == ".csv":
+            invalid = draw_grid(smiles, path)
+            print(f"wrote {len(smiles)} molecules to {path}: {len(smiles) - invalid} drawn, "
+                  f"{invalid} invalid SMILES shown as empty cells with their string")
+            return
+        if suffix == ".csv":
             atomic_write_text(path, "SMILES\n" + "".join(f'"{s}"\n' for s in smiles))
         else:
             atomic_write_text(path, "".join(s + "\n" for s in smiles))
@@ -116,7 +124,7 @@ class MoleculeModality(Modality):
         loss on held-out molecules (MOSES test, else the validation split)."""
         from genforge.metrics.molecules import moses_metrics, reference_stats, require_rdkit
 
-        require_rdkit()
+        require_rdkit(fcd=True)
         data = self.load(run.config.data, type(run.model).data_needs(run.model_config))
         if data.tokenizer.itos != run.tokenizer.itos:
             raise GenforgeError(f"dataset '{run.config.data.name}' changed since this run was trained "
@@ -147,14 +155,14 @@ def score_smiles_file(path: str, against: str = "moses", train: str | None = Non
     from genforge.data.smiles import MOSES_FILES, clean_smiles, moses_file, read_smiles_file
     from genforge.metrics.molecules import moses_metrics, reference_stats, require_rdkit
 
-    require_rdkit()
+    require_rdkit(fcd=True)
     if workers < 1:
         raise GenforgeError(f"--workers must be at least 1, got {workers}")
     if num_samples is not None and num_samples < 1:
         raise GenforgeError(f"--num-samples must be at least 1, got {num_samples}")
     if not Path(path).is_file():
         raise GenforgeError(f"no such SMILES file: {path}")
-    samples = read_smiles_file(Path(path), column)[:num_samples]
+    samples = read_smiles_file(Path(path), column, "--column")[:num_samples]
     if not samples:
         raise GenforgeError(f"{path} holds no rows to score")
     if against == "moses":
@@ -164,9 +172,10 @@ def score_smiles_file(path: str, against: str = "moses", train: str | None = Non
     else:
         if not Path(against).is_file():
             raise GenforgeError(f"--against {against}: neither 'moses' nor an existing SMILES file")
-        refs, train_smiles = {"Test": clean_smiles(read_smiles_file(Path(against), column), True).smiles}, None
+        refs = {"Test": clean_smiles(read_smiles_file(Path(against), column, "--column"), True).smiles}
+        train_smiles = None
     if train is not None:
-        train_smiles = clean_smiles(read_smiles_file(Path(train), column), True).smiles
+        train_smiles = clean_smiles(read_smiles_file(Path(train), column, "--column"), True).smiles
     cache = metrics_cache()
     stats = {k: reference_stats(v, cache, progress=progress, n_jobs=workers) for k, v in refs.items()}
     return moses_metrics(samples, train_smiles, stats["Test"], stats.get("TestSF"), n_jobs=workers,
@@ -175,7 +184,8 @@ def score_smiles_file(path: str, against: str = "moses", train: str | None = Non
 
 def metrics_cache() -> Path:
     """Where reference statistics (ChemNet moments, fingerprints of 176k test molecules: minutes
-    to compute) and canonical training sets are kept, keyed by the sha256 of their SMILES."""
+    to compute) and canonical training sets are kept, keyed by the sha256 of their SMILES and
+    the versions of RDKit, fcd-torch, torch and numpy that computed them."""
     from genforge.data.locate import cache_dir
 
     return cache_dir() / "moses"
@@ -213,10 +223,11 @@ def heldout_scores(model, split, max_batches: int, batch_size: int) -> dict[str,
 def _encode_one(run, smiles: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One SMILES -> framed ids (1, T) and mask, canonicalized as the training data was."""
     from genforge.data.sequences import pad_sequences
-    from genforge.data.smiles import require_rdkit
+    from genforge.metrics.molecules import quiet_rdkit, require_rdkit
 
     Chem = require_rdkit()
-    mol = Chem.MolFromSmiles(smiles)
+    with quiet_rdkit():
+        mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         raise GenforgeError(f"RDKit cannot parse SMILES {smiles!r}")
     tok = run.tokenizer
@@ -230,21 +241,22 @@ def _encode_one(run, smiles: str) -> tuple[torch.Tensor, torch.Tensor]:
     return ids.to(device), mask.to(device)
 
 
-def draw_grid(smiles: list[str], path: Path, per_row: int = 8) -> None:
+def draw_grid(smiles: list[str], path: Path, per_row: int = 8) -> int:
     """An RDKit drawing of the molecules, legend = SMILES; unparsable ones are drawn empty with
-    their string as the legend, so the grid shows failures too."""
-    from rdkit.Chem import Draw
-
-    from genforge.data.smiles import require_rdkit
+    their string as the legend, so the grid shows failures too. Returns how many were invalid."""
+    from genforge.metrics.molecules import mol_from_smiles, quiet_rdkit, require_rdkit
 
     Chem = require_rdkit()
-    mols = [Chem.MolFromSmiles(s) or Chem.Mol() for s in smiles]
+    from rdkit.Chem import Draw
+
+    with quiet_rdkit():
+        parsed = [mol_from_smiles(s) for s in smiles]
+    mols = [m or Chem.Mol() for m in parsed]
     legends = [s if len(s) <= 40 else s[:37] + "..." for s in smiles]
     image = Draw.MolsToGridImage(mols, molsPerRow=per_row, subImgSize=(200, 200), legends=legends)
-    tmp = path.with_name(f".{path.name}.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
+    return sum(m is None for m in parsed)
 
 
 MOLECULE = MoleculeModality()

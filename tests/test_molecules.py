@@ -346,3 +346,13 @@ def test_seqvae_latent_options_are_refused_where_they_do_not_apply(seqvae_run, t
     assert main(["sample", run, "--around", "CCO", "--radius", "0.3", "--num-samples", "3",
                  "--out", str(out), "--seed", "1"]) == 0
     assert len(out.read_text().splitlines()) == 3
+
+
+def test_the_canonical_smiles_cache_is_keyed_by_the_rdkit_version(tmp_path, monkeypatch):
+    from genforge.data import smiles
+
+    cfg = DataConfig(name=write_smi(tmp_path), val_fraction=0.1)
+    key = smiles._cache_key(cfg)
+    assert smiles._cache_key(cfg) == key
+    monkeypatch.setattr("genforge.metrics.molecules.chem.rdkit_version", lambda: "1999.01")
+    assert smiles._cache_key(cfg) != key  # another RDKit: a miss, canonicalized anew

@@ -129,7 +129,10 @@ class MoleculeModality(Modality):
         if data.tokenizer.itos != run.tokenizer.itos:
             raise GenforgeError(f"dataset '{run.config.data.name}' changed since this run was trained "
                                 "(its SMILES vocabulary differs); evaluate on the original data")
-        heldout = data.test if data.test is not None else data.val
+        # The test split's loss covers the molecules the model can score (load_molecules reports
+        # the rest); should none be left, the validation split stands in, and "heldout" says so.
+        use_test = data.test is not None and len(data.test) > 0
+        heldout = data.test if use_test else data.val
         scores = heldout_scores(run.model, heldout, max_batches or 40, batch_size)
         n = 30000 if num_samples is None else num_samples
         device = next(run.model.parameters()).device
@@ -144,7 +147,7 @@ class MoleculeModality(Modality):
         stats = {k: reference_stats(v, cache, progress=progress, n_jobs=workers) for k, v in refs.items() if v}
         report = moses_metrics(samples, data.train_smiles, stats["Test"], stats.get("TestSF"),
                                n_jobs=workers, progress=progress, cache_dir=cache)
-        report.update({**scores, "heldout": "test" if data.test is not None else "val", "step": run.step})
+        report.update({**scores, "heldout": "test" if use_test else "val", "step": run.step})
         return report
 
 

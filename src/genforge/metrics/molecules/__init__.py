@@ -39,6 +39,7 @@ from genforge.metrics.molecules.chem import (
     mol_from_smiles,
     process_pool,
     quiet_rdkit,
+    rdkit_version,
     require_rdkit,
     too_long,
 )
@@ -103,7 +104,7 @@ __all__ = [
     "fraction_unique", "fraction_valid", "fragment_counts", "fragment_similarity", "fragments",
     "frechet", "internal_diversity", "library_versions", "logp", "map_molecules",
     "mol_from_smiles", "morgan_fingerprints", "moses_metrics", "novelty", "process_pool", "qed",
-    "quiet_rdkit", "reference_stats", "require_rdkit", "sa", "scaffold", "scaffold_counts",
+    "quiet_rdkit", "rdkit_version", "reference_stats", "require_rdkit", "sa", "scaffold", "scaffold_counts",
     "scaffold_similarity", "smiles_sha256", "tanimoto_max_mean", "tanimoto_rows", "tanimoto_to", "too_long",
     "weight", "wasserstein",
 ]

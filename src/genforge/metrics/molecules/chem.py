@@ -79,6 +79,15 @@ def canonicalize(smiles: str) -> str | None:
     return None if mol is None else Chem.MolToSmiles(mol)
 
 
+def rdkit_version() -> str | None:
+    """The installed RDKit's version, or None without RDKit (a key of every cache of its output)."""
+    try:
+        import rdkit
+    except ImportError:
+        return None
+    return rdkit.__version__
+
+
 def canonical_smiles(smiles: str) -> str | None:
     """:func:`canonicalize` without RDKit's log line for an invalid string: the key under which
     two spellings of one molecule (``OCC``, ``CCO``, ``C(O)C``) are the same molecule."""

@@ -28,6 +28,7 @@ from genforge.metrics.molecules.chem import (
     canonical_smiles,
     map_molecules,
     process_pool,
+    rdkit_version,
     require_rdkit,
 )
 from genforge.metrics.molecules.fcd import fcd_stats
@@ -41,9 +42,7 @@ def library_versions(fcd: bool = True) -> dict[str, str]:
     properties) and, with ``fcd``, fcd-torch, torch and numpy (ChemNet's activations)."""
     import importlib.metadata
 
-    import rdkit
-
-    versions = {"rdkit": rdkit.__version__}
+    versions = {"rdkit": rdkit_version()}
     if fcd:
         import torch
 

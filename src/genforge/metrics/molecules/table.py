@@ -196,7 +196,7 @@ def moses_metrics(samples: Sequence[str], train: Sequence[str] | set[str] | None
                 train_set = (train if isinstance(train, (set, frozenset))
                              else canonical_set(train, n_jobs=n_jobs, cache_dir=cache_dir, progress=progress))
                 out["Novelty"] = novelty(canonical, train_set)
-    out["samples"] = float(len(samples))
+    out["samples"] = len(samples)
     if notes:
         out["note"] = "; ".join(notes)
     return out

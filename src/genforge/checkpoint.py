@@ -64,6 +64,7 @@ class RunLock:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / ".lock"
         self.fd: int | None = None
+        self.created_file = False  # whether claim_run_dir made the .lock (a failed start removes it)
 
     def acquire(self) -> RunLock:
         try:
@@ -93,30 +94,94 @@ def is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(p.name != ".lock" for p in path.iterdir())
 
 
+# What a genforge run folder holds (training, `rl`, `eval`, `plot` and default `sample` outputs).
+# `--overwrite` clears a folder only when every entry is one of these, so it can never delete a
+# user's files (`--run-dir ~/thesis --overwrite`) or sibling runs (`--run-dir base/..`).
+RUN_FILES = frozenset({"config.json", "spec.json", "tokenizer.json", "data.json", "metrics.jsonl",
+                       "eval.json", "oracle.csv", ".lock"})
+RUN_FOLDERS = frozenset({"checkpoints", "samples", "plots", "reference", "tensorboard"})
+
+
+def _is_run_entry(child: Path) -> bool:
+    if child.is_symlink():
+        return False  # never follow a link out of the run
+    if child.is_dir():
+        return child.name in RUN_FOLDERS or child.name == ".reference.tmp"
+    # a hidden temporary of an atomic write interrupted by a crash (``.NAME.PID.tmp``)
+    return child.name in RUN_FILES or (child.name.startswith(".") and child.name.endswith(".tmp"))
+
+
+def foreign_entries(run_dir: Path) -> list[str]:
+    """Names in ``run_dir`` that a genforge run does not write (sorted); [] for a run folder."""
+    return sorted(c.name for c in Path(run_dir).iterdir() if not _is_run_entry(c))
+
+
+def check_overwritable(run_dir: Path, flag: str = "--overwrite") -> None:
+    """Refuse (before anything is deleted) to clear a folder that is not a genforge run."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    foreign = foreign_entries(run_dir)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise GenforgeError(f"{flag} replaces only a genforge run folder, and '{run_dir}' holds other "
+                            f"files ({shown}); nothing was deleted: choose another --run-dir")
+    if not (run_dir / "checkpoints").is_dir() and not (run_dir / "config.json").is_file() \
+            and not is_empty_dir(run_dir):
+        raise GenforgeError(f"'{run_dir}' is not a genforge run (no config.json or checkpoints/); "
+                            f"{flag} does not clear it: choose another --run-dir")
+
+
 def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> tuple[RunLock, bool]:
     """Lock ``run_dir`` for one training process: (the held lock, whether the folder was created).
 
-    A new run needs an absent or empty folder unless ``overwrite``, which clears it only
-    once the lock proves nobody else is writing there; a resumed run needs checkpoints."""
+    A new run needs an absent or empty folder unless ``overwrite``, which clears it only when
+    it is a genforge run (:func:`check_overwritable`) and only once the lock proves nobody else
+    is writing there; a resumed run needs checkpoints. Every writer of runs (`train`, `rl`)
+    comes through here. On a refusal nothing is created or deleted (no stale ``.lock``)."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise GenforgeError(f"run directory '{run_dir}' is a file; choose another --run-dir")
     if resume and not (run_dir / "checkpoints").is_dir():
         raise GenforgeError(f"cannot resume: '{run_dir}' is not a run directory with checkpoints")
-    if not resume and run_dir.exists() and not is_empty_dir(run_dir) and not overwrite:
-        raise GenforgeError(f"run directory '{run_dir}' is not empty; continue it with "
-                            f"--resume {run_dir}, replace it with --overwrite, or choose another --run-dir")
+    if not resume and run_dir.exists() and not is_empty_dir(run_dir):
+        if not overwrite:
+            raise GenforgeError(f"run directory '{run_dir}' is not empty; continue it with "
+                                f"--resume {run_dir}, replace it with --overwrite, or choose another --run-dir")
+        check_overwritable(run_dir)
     created = not run_dir.exists()
+    had_lock = (run_dir / ".lock").exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise GenforgeError(f"cannot create run directory '{run_dir}' ({e.strerror})") from None
     lock = RunLock(run_dir).acquire()
     if overwrite and not resume:
-        for child in run_dir.iterdir():
-            if child.name != ".lock":
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        try:
+            check_overwritable(run_dir)  # again under the lock: the folder may have changed
+            for child in run_dir.iterdir():
+                if child.name != ".lock":
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        except BaseException as e:
+            release_claim(run_dir, lock, created, had_lock)
+            if isinstance(e, OSError):
+                raise GenforgeError(f"cannot clear run directory '{run_dir}' ({e.strerror}: "
+                                    f"{e.filename}); check its permissions") from None
+            raise
+    lock.created_file = not had_lock
     return lock, created
+
+
+def release_claim(run_dir: Path, lock: RunLock, created: bool, had_lock: bool) -> None:
+    """Undo a claim whose start failed: release the lock, remove the ``.lock`` it created, and
+    the folder itself when the claim created it and nothing else was written."""
+    lock.release()
+    if not had_lock:
+        with contextlib.suppress(OSError):
+            (Path(run_dir) / ".lock").unlink()
+    if created:
+        with contextlib.suppress(OSError):
+            Path(run_dir).rmdir()  # only when empty
 
 
 # --------------------------------------------------------------------------- RNG state
@@ -175,6 +240,10 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, ema_state:
     name = f"best-step_{step:07d}" if best else f"step_{step:07d}"
     tmp = folder / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    for trash in folder.glob(".old-*"):  # left by a crash mid-replace: restore or drop
+        if not (folder / trash.name[len(".old-"):].rsplit("-", 1)[0]).is_dir():
+            _recover(folder, trash.name[len(".old-"):].rsplit("-", 1)[0])
+        shutil.rmtree(trash, ignore_errors=True)
     tmp.mkdir()
     meta = {"genforge_version": __version__, "step": str(step)}
     save_file(trainable_state(model), str(tmp / WEIGHTS), metadata=meta)
@@ -190,10 +259,18 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, ema_state:
             os.fsync(f.fileno())
     fsync_dir(tmp)
     final = folder / name
+    trash = None
     if final.exists():  # only when re-saving the same step (a resumed run's first save)
-        shutil.rmtree(final)
+        # `latest` may name this folder: move it aside (one rename), put the new one in its place
+        # (another), and only then delete the old one, so a crash between any two steps leaves
+        # either the old or the new checkpoint under the name `latest` points to.
+        trash = folder / f".old-{name}-{os.getpid()}"
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(final, trash)
     os.replace(tmp, final)
     fsync_dir(folder)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
     pointer = "best" if best else "latest"
     previous = _read_pointer(folder, pointer)
     atomic_write_text(folder / pointer, name)
@@ -211,8 +288,23 @@ def _read_pointer(folder: Path, pointer: str) -> Path | None:
     path = folder / pointer
     if path.is_file():
         target = folder / path.read_text().strip()
-        if target.is_dir():
+        if not target.is_dir():
+            target = _recover(folder, target.name)
+        if target is not None and target.is_dir():
             return target
+    return None
+
+
+def _recover(folder: Path, name: str) -> Path | None:
+    """After a crash between moving checkpoint ``name`` aside and renaming its replacement in,
+    put the old one back (or, on a read-only folder, read it where it is)."""
+    for trash in sorted(folder.glob(f".old-{name}-*")):
+        if (trash / MANIFEST).is_file():
+            try:
+                os.replace(trash, folder / name)
+                return folder / name
+            except OSError:
+                return trash
     return None
 
 

@@ -29,7 +29,11 @@ def _train(args) -> None:
         if args.run_dir or args.overwrite:
             raise GenforgeError("--resume continues RUN_DIR in place; --run-dir and --overwrite do not apply")
         # The latest checkpoint's own config, not config.json: they agree unless a crash came between.
-        raw = apply_overrides(ckpt.checkpoint_config(ckpt.require_checkpoint(run_dir, "latest")), args.overrides)
+        raw = ckpt.checkpoint_config(ckpt.require_checkpoint(run_dir, "latest"))
+        if raw.get("rl"):  # its batches are rollouts of a reward: only `genforge rl` rebuilds them
+            raise GenforgeError(f"'{run_dir}' is an RL fine-tuning run; continue it with "
+                                f"`genforge rl --resume {run_dir}`")
+        raw = apply_overrides(raw, args.overrides)
         cfg, model_cfg = config_from_dict(raw)
     else:
         if not args.preset:
@@ -159,8 +163,11 @@ def _declared_options(args, kind: str) -> dict:
 
 def _sample(args) -> None:
     from genforge.modalities import check_options, generator_for, modality
+    from genforge.outputs import check_out
     from genforge.runs import load_run
 
+    if getattr(args, "out", None) is not None:
+        check_out(args.out)  # before loading and sampling: a refused path costs nothing
     run = load_run(args.run_dir, use_ema=not args.no_ema, device=args.device, checkpoint=args.checkpoint)
     options = check_options(run, _declared_options(args, "sample"), "sample")
     generator, seed = generator_for(next(run.model.parameters()).device, options["seed"])
@@ -186,7 +193,8 @@ def _eval(args) -> None:
 def _fit_extractor(args) -> None:
     from genforge.metrics.extractor import fit_extractor
 
-    entry = fit_extractor(args.dataset, out_dir=args.out, epochs=args.epochs, seed=args.seed)
+    entry = fit_extractor(args.dataset, out_dir=args.out, epochs=args.epochs, seed=args.seed,
+                          val_fraction=args.val_fraction)
     print(f"test accuracy {entry['test_accuracy']:.4f} on {entry['test_images']} held-out images")
     print(f"wrote {entry['path']} (sha256 {entry['sha256'][:12]}...)")
 
@@ -234,6 +242,7 @@ def _metrics_images(args) -> None:
     from genforge.metrics.evaluate_images import load_reference, load_samples, score_images
     from genforge.report import format_report
 
+    _check_json(args.json)
     data = load_reference(args.against)
     samples = load_samples(args.samples, tuple(data.spec.shape))
     result = score_images(samples, data, num_samples=args.num_samples, seed=args.seed,
@@ -247,6 +256,7 @@ def _metrics_molecules(args) -> None:
     from genforge.modalities.molecule import score_smiles_file
     from genforge.report import format_report
 
+    _check_json(args.json)
     result = score_smiles_file(args.samples, against=args.against, train=args.train, column=args.column,
                                num_samples=args.num_samples, workers=args.workers,
                                progress=not args.no_progress)
@@ -255,9 +265,17 @@ def _metrics_molecules(args) -> None:
     _write_json(args.json, result)
 
 
+def _check_json(path: str | None) -> None:
+    """Before scoring (minutes): --json must name a new file, never a folder or an existing file."""
+    if path:
+        from genforge.outputs import check_out
+
+        check_out(path, "--json")
+
+
 def _write_json(path: str | None, result: dict) -> None:
     if path:
-        from genforge.checkpoint import atomic_write_text
+        from genforge.atomic import atomic_write_text
 
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -383,6 +401,9 @@ def build_parser(declared: bool = True) -> argparse.ArgumentParser:
     fe.add_argument("dataset", help="dataset name from `genforge list`, a folder of images or an .npz")
     fe.add_argument("--epochs", type=int, default=None, help="training epochs (default: per-dataset recipe)")
     fe.add_argument("--seed", type=int, default=0, help="random seed (default 0, as shipped)")
+    fe.add_argument("--val-fraction", type=float, default=None, metavar="F",
+                    help="the data.val_fraction of the runs to score (it decides the test split of "
+                         "datasets that ship none; default: the default split)")
     fe.add_argument("--out", metavar="DIR", default=None,
                     help="folder for weights + manifest (default: $GENFORGE_CACHE/extractors)")
     fe.set_defaults(func=_fit_extractor)
@@ -453,9 +474,19 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library warning as one line, without the source path and code line Python adds."""
+    text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+    print(f"genforge: warning: {text}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         args.func(args)
     except Interrupted as e:
@@ -465,13 +496,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genforge: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a read-only folder or a full disk the library did not anticipate
+        import errno
+
         where = f": {e.filename}" if e.filename else ""
-        print(f"genforge: error: {e.strerror or e}{where}; check the folder is writable and the disk "
-              "has space", file=sys.stderr)
+        # The hint only where it is the cause, not for every OSError (it misled before).
+        hint = {errno.EACCES: "; check the folder is writable", errno.EPERM: "; check the folder is writable",
+                errno.EROFS: "; the filesystem is read-only", errno.ENOSPC: "; the disk is full",
+                errno.EDQUOT: "; the disk quota is exceeded"}.get(e.errno, "")
+        print(f"genforge: error: {e.strerror or e}{where}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("genforge: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
     return 0
 
 

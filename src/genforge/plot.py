@@ -8,7 +8,7 @@ and evaluation rows with ``"split": "val"``. :func:`plot_runs` writes
   throughput, validation terms as ``val/<key>``, ...),
 
 with one colour per run, labelled with the run folder's name, so runs compare by eye.
-Files are written atomically (a temporary file in the same folder, then ``os.replace``).
+Files are written atomically (``genforge.atomic``).
 matplotlib is used without pyplot (a bare ``Figure`` renders with Agg): no display, no
 global state.
 """
@@ -18,11 +18,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 from genforge import GenforgeError
+from genforge.atomic import atomic_write
 
 # Logged, but not worth a curve against the step.
 SKIP_KEYS = {"step", "split", "best", "weights", "elapsed_s", "epoch"}
@@ -75,15 +75,7 @@ def read_metrics(run_dir: Path) -> tuple[Series, Series]:
 
 
 def _save(fig, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except OSError as e:
-        raise GenforgeError(f"cannot write {path} ({e.strerror or e})") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
     return path
 
 

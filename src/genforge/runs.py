@@ -39,6 +39,7 @@ def load_run(run_dir: str | Path, use_ema: bool = True, device: str = "auto",
     from genforge.families import build_model
 
     run_dir = Path(run_dir)
+    target = pick_device(device, option="--device")  # before any loading: a wrong device fails fast
     path = ckpt.require_checkpoint(run_dir, checkpoint)
     manifest = ckpt.verify_checkpoint(path)
     cfg, model_cfg = config_from_dict(ckpt.checkpoint_config(path))
@@ -51,7 +52,7 @@ def load_run(run_dir: str | Path, use_ema: bool = True, device: str = "auto",
     ema = use_ema and (path / ckpt.EMA_WEIGHTS).is_file()
     if ema:
         ckpt.load_ema_weights(model, path)
-    model.to(pick_device(device)).eval()
+    model.to(target).eval()
     tokenizer = None
     if (run_dir / "tokenizer.json").is_file():
         from genforge.data.tokenizers import load_tokenizer

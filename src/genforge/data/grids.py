@@ -14,6 +14,12 @@ from genforge import GenforgeError
 from genforge.data.images import ImageSplit, to_range, to_unit
 from genforge.data.spec import DataSpec
 
+# The most images one PNG grid holds: 400 cells of >= 32 px is a ~14-megapixel image already;
+# more go to an .npz. Every grid (previews, samples, latent paths, nearest pairs) goes through
+# make_grid, so the limit holds everywhere (an --interp-points 100000 path was 3.4M px tall).
+MAX_GRID = 400
+TOO_MANY = "write them as an .npz (--out FILE.npz) or ask for fewer"
+
 
 def _cells(images: torch.Tensor, spec: DataSpec, min_cell: int) -> tuple[np.ndarray, int]:
     """(N, C, H, W) in spec.pixel_range -> (N, h, w, 3) uint8, upscaled (nearest) to >= min_cell px."""
@@ -27,14 +33,22 @@ def _cells(images: torch.Tensor, spec: DataSpec, min_cell: int) -> tuple[np.ndar
     return (x.permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).astype(np.uint8), scale
 
 
+def check_grid_size(n: int, too_many: str = TOO_MANY) -> None:
+    """Refuse more than MAX_GRID images in one grid; ``too_many`` tells the user what to change
+    (callers name their flag, e.g. "lower --interp-points")."""
+    if n > MAX_GRID:
+        raise GenforgeError(f"{n} images do not fit one PNG grid (at most {MAX_GRID}); {too_many}")
+
+
 def make_grid(images: torch.Tensor, spec: DataSpec, labels: Sequence | None = None,
-              nrow: int | None = None, min_cell: int = 32, pad: int = 2):
+              nrow: int | None = None, min_cell: int = 32, pad: int = 2, too_many: str = TOO_MANY):
     """A PIL image of ``images`` (N, C, H, W) in rows of ``nrow``; each cell captioned by ``labels``.
 
     A label is a class index (named through ``spec.class_names``) or any string.
     """
     from PIL import Image, ImageDraw, ImageFont
 
+    check_grid_size(images.shape[0] if images.dim() == 4 else 0, too_many)
     cells, _ = _cells(images, spec, min_cell)
     n, h, w, _ = cells.shape
     nrow = nrow or max(1, math.ceil(math.sqrt(n)))
@@ -58,11 +72,15 @@ def make_grid(images: torch.Tensor, spec: DataSpec, labels: Sequence | None = No
 
 
 def save_grid(images: torch.Tensor, path: str | Path, spec: DataSpec, labels: Sequence | None = None,
-              nrow: int | None = None) -> Path:
-    """Write ``images`` (N, C, H, W), in ``spec.pixel_range``, as one PNG grid (optionally captioned)."""
+              nrow: int | None = None, too_many: str = TOO_MANY) -> Path:
+    """Write ``images`` (N, C, H, W), in ``spec.pixel_range``, as one PNG grid (optionally captioned),
+    atomically."""
+    from genforge.atomic import atomic_write
+
     path = Path(path)
+    grid = make_grid(images, spec, labels, nrow, too_many=too_many)
     path.parent.mkdir(parents=True, exist_ok=True)
-    make_grid(images, spec, labels, nrow).save(path, format="PNG")
+    atomic_write(path, lambda f: grid.save(f, format="PNG"))
     return path
 
 

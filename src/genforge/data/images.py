@@ -22,10 +22,8 @@ import hashlib
 import io
 import json
 import math
-import os
 import pickle
 import tarfile
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ import numpy as np
 import torch
 
 from genforge import GenforgeError
+from genforge.atomic import atomic_write_text
 from genforge.data.locate import locate
 from genforge.data.spec import DataSpec
 
@@ -450,7 +449,7 @@ class ImageData:
         info = {"name": self.spec.name, "train": len(self.train), "val": len(self.val),
                 "test": len(self.test), "split_seed": self.split_seed,
                 "val_fingerprint": self.val_fingerprint, "test_fingerprint": self.fingerprint}
-        _write_atomic(Path(run_dir) / "data.json", json.dumps(info, indent=2) + "\n")
+        atomic_write_text(Path(run_dir) / "data.json", json.dumps(info, indent=2) + "\n")
 
 
 def saved_test_fingerprint(run_dir: Path) -> str | None:
@@ -467,19 +466,6 @@ def saved_test_fingerprint(run_dir: Path) -> str | None:
     except (OSError, json.JSONDecodeError) as e:
         raise GenforgeError(f"cannot read {path} ({e}); the run directory is damaged") from None
     return info.get("test_fingerprint") if "test" in info else info.get("val_fingerprint")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # A crash mid-write must never leave a half-written file where a reader expects a whole one.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def split_indices(n: int, fraction: float, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from genforge import GenforgeError
+from genforge.atomic import atomic_write, atomic_write_text
 from genforge.data.locate import cache_dir, cache_write_error, locate
 from genforge.data.spec import DataSpec
 from genforge.data.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
@@ -137,20 +137,19 @@ def _write_cache(chunks, tokenizer, bin_path: Path, tok_path: Path, meta_path: P
     """Tokenize the corpus chunk by chunk into ``bin_path`` (renamed into place last)."""
     bin_path.parent.mkdir(parents=True, exist_ok=True)
     dtype = np.uint16 if tokenizer.vocab_size < 2**16 else np.uint32
-    n_chars = n_tokens = 0
-    tmp = bin_path.with_suffix(f".{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as out:  # stream: the corpus is never held whole
-            for chunk in chunks():
-                ids = tokenizer.encode_array(chunk).astype(dtype)
-                out.write(ids.tobytes())
-                n_chars, n_tokens = n_chars + len(chunk), n_tokens + len(ids)
+
+    def write(out) -> None:  # stream: the corpus is never held whole
+        n_chars = n_tokens = 0
+        for chunk in chunks():
+            ids = tokenizer.encode_array(chunk).astype(dtype)
+            out.write(ids.tobytes())
+            n_chars, n_tokens = n_chars + len(chunk), n_tokens + len(ids)
+        # tokenizer and counts before the tokens file appears: its presence means a whole cache
         tokenizer.save(tok_path)
-        meta_path.write_text(json.dumps({"dtype": np.dtype(dtype).name, "chars": n_chars,
-                                         "tokens": n_tokens}))
-        os.replace(tmp, bin_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        atomic_write_text(meta_path, json.dumps({"dtype": np.dtype(dtype).name, "chars": n_chars,
+                                                 "tokens": n_tokens}))
+
+    atomic_write(bin_path, write)
 
 
 def load_text(data_cfg, block_size: int) -> TextData:
@@ -168,6 +167,8 @@ def load_text(data_cfg, block_size: int) -> TextData:
             _write_cache(chunks, tokenizer, bin_path, tok_path, meta_path)
         except OSError as e:  # read-only or full cache: say where and how to move it
             raise cache_write_error(folder, e) from None
+        except GenforgeError as e:  # from the atomic writer (a full disk mid-write)
+            raise GenforgeError(f"{e}, or set $GENFORGE_CACHE to another folder") from None
     meta = json.loads(meta_path.read_text())
     tokenizer = load_tokenizer(tok_path)
     tokens = np.memmap(bin_path, dtype=meta["dtype"], mode="r")

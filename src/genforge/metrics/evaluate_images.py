@@ -35,6 +35,7 @@ from genforge.metrics.frechet import frechet_distance, kernel_distance
 from genforge.metrics.manifold import density_coverage, memorization, precision_recall
 
 MIN_IMAGES = 10
+DEFAULT_SAMPLES = 10000
 # Keys whose values are counts: reported as ints even when a family hands them over as floats.
 COUNT_KEYS = frozenset({"step", "samples", "nll_images", "iwae_k", "active_units", "latent_dim",
                         "extractor_version", "tokens"})
@@ -121,6 +122,16 @@ def image_report(fake: torch.Tensor, data, extractor: Extractor, requested: torc
     return out
 
 
+def _shortfall(requested: int | None, scored: int, data, otherwise: str) -> dict:
+    """When a given --num-samples could not be met: the request and a one-line note (printed
+    with the report and kept in eval.json), never a silent smaller number."""
+    if requested is None or scored >= requested:
+        return {}
+    why = (f"the test split of '{data.spec.name}' has {len(data.test)} images"
+           if scored == len(data.test) else otherwise)
+    return {"samples_requested": int(requested), "note": f"scored {scored} of {requested} requested: {why}"}
+
+
 # --------------------------------------------------------------------------- a run's samples
 
 
@@ -147,13 +158,14 @@ def _check_inception(inception_weights: str | None) -> None:
 
 
 @torch.no_grad()
-def evaluate_images(run, max_batches: int | None = None, num_samples: int = 10000, batch_size: int = 250,
+def evaluate_images(run, max_batches: int | None = None, num_samples: int | None = None, batch_size: int = 250,
                     nll_images: int = 1000, seed: int = 0, progress: bool = True,
                     inception_weights: str | None = None, **family_options) -> dict:
     """Feature-space metrics of ``run``'s samples against its dataset's test split.
 
-    ``num_samples`` generated images are compared with as many test images (all of
-    them when fewer); ``max_batches`` caps that at ``max_batches * batch_size``.
+    ``num_samples`` (default 10000) generated images are compared with as many test images (all
+    of them when fewer: a request the test split cannot meet is scored on all of it and says so
+    in ``note``); ``max_batches`` caps that at ``max_batches * batch_size``.
     The family's held-out numbers (a VAE's likelihood bound) use the first ``nll_images``
     test images. ``family_options`` are the family's declared eval options: those it also
     declares for sampling (a diffusion sampler and step count) go to ``model.sample``, the
@@ -168,7 +180,7 @@ def evaluate_images(run, max_batches: int | None = None, num_samples: int = 1000
     data = _load_heldout(run)
     extractor = load_extractor(data)
     _check_extractor(extractor, data.spec.shape, spec.name)
-    n = min(num_samples, len(data.test))
+    n = min(num_samples or DEFAULT_SAMPLES, len(data.test))
     if max_batches:
         n = min(n, max_batches * batch_size)
     if n < MIN_IMAGES:
@@ -186,6 +198,7 @@ def evaluate_images(run, max_batches: int | None = None, num_samples: int = 1000
 
     out: dict = {"step": int(run.step)}
     out.update(image_report(fake, data, extractor, requested, seed=seed, inception_weights=inception_weights))
+    out.update(_shortfall(num_samples, n, data, f"--max-batches {max_batches} x --batch-size {batch_size}"))
     if nll_images > 0:
         m = min(nll_images, n)
         bs = max(1, min(batch_size, 100))
@@ -291,6 +304,9 @@ def score_images(samples: torch.Tensor, against, num_samples: int | None = None,
     if not torch.is_tensor(samples) or samples.ndim != 4:
         raise GenforgeError(f"samples must be a tensor (N, C, H, W), got shape "
                             f"{tuple(getattr(samples, 'shape', ()))}")
+    if samples.shape[0] < MIN_IMAGES:  # before any loading; an empty tensor has no min() either
+        raise GenforgeError(f"feature metrics need at least {MIN_IMAGES} sample images, got "
+                            f"{samples.shape[0]}")
     data = load_reference(against) if isinstance(against, str) else against
     against = data.spec.name
     if tuple(samples.shape[1:]) != tuple(data.spec.shape):
@@ -307,4 +323,5 @@ def score_images(samples: torch.Tensor, against, num_samples: int | None = None,
     if n < len(samples):
         pick = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))[:n]
         samples = samples[pick.sort().values]
-    return _as_counts(image_report(samples, data, extractor, seed=seed, inception_weights=inception_weights))
+    out = image_report(samples, data, extractor, seed=seed, inception_weights=inception_weights)
+    return _as_counts({**out, **_shortfall(num_samples, n, data, f"the samples hold {n} images")})

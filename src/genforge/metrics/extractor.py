@@ -157,7 +157,8 @@ def load_extractor(dataset) -> Extractor:
         raise GenforgeError(f"no feature extractor was fitted on the test images of '{name}' "
                             f"(fingerprint {data.fingerprint}; genforge ships digits and fashion-mnist, "
                             f"with the default data.val_fraction); fit one with "
-                            f"`genforge metrics fit-extractor {name}`")
+                            f"`genforge metrics fit-extractor {name}` (add --val-fraction F for a run "
+                            f"with data.val_fraction=F)")
     path, entry = found
     got = sha256_file(path)
     if got != entry["sha256"]:
@@ -210,7 +211,10 @@ def fit_extractor(dataset: str, out_dir: str | Path | None = None, epochs: int |
 
     cfg = DataConfig(name=dataset, pixel_range=(0.0, 1.0))
     if val_fraction is not None:
-        cfg = DataConfig(name=dataset, pixel_range=(0.0, 1.0), val_fraction=val_fraction)
+        from genforge.config import validate
+
+        cfg = validate(DataConfig, {"name": dataset, "pixel_range": (0.0, 1.0), "val_fraction": val_fraction},
+                       "data")
     data = load_images(cfg)
     if data.spec.num_classes < 2:
         raise GenforgeError(f"dataset '{dataset}' has no class labels; the feature extractor is a "
@@ -252,6 +256,9 @@ def fit_extractor(dataset: str, out_dir: str | Path | None = None, epochs: int |
     out = Path(out_dir) if out_dir is not None else user_dir()
     out.mkdir(parents=True, exist_ok=True)
     name = file_name(dataset)
+    if cfg.val_fraction != DataConfig.model_fields["val_fraction"].default:
+        # another split, another test set: its own file, so the default one is not replaced
+        name = name.replace("-extractor-", f"-{data.fingerprint[:8]}-extractor-")
     meta = {"dataset": dataset, "version": str(EXTRACTOR_VERSION), "seed": str(seed),
             "in_channels": str(data.spec.shape[0]), "num_classes": str(data.spec.num_classes),
             "input_shape": json.dumps(list(data.spec.shape)), "feature_dim": str(FEATURE_DIM),

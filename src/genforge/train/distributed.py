@@ -20,12 +20,16 @@ class DistInfo:
         return self.rank == 0
 
 
-def pick_device(preference: str, local_rank: int = 0) -> torch.device:
+def pick_device(preference: str, local_rank: int = 0, option: str = "train.device") -> torch.device:
+    """``option`` is how the user chose the device (``train.device`` in a config, ``--device`` on
+    `sample`/`eval`), so the error names what they typed."""
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             from genforge import GenforgeError
 
-            raise GenforgeError("train.device=cuda but no CUDA GPU is visible; use train.device=auto")
+            given, auto = (f"{option} cuda", f"{option} auto") if option.startswith("--") else \
+                (f"{option}=cuda", f"{option}=auto")
+            raise GenforgeError(f"{given} but no CUDA GPU is visible; use {auto} or cpu")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -138,15 +137,17 @@ class Trainer:
             if self.dist.is_main:
                 self._write_run_files()
         except BaseException:
-            self.close()
-            if created and ckpt.is_empty_dir(self.run_dir):
-                shutil.rmtree(self.run_dir, ignore_errors=True)  # no debris from a failed start
+            lock, self.lock = self.lock, None
+            if lock is not None:  # no debris from a failed start: the .lock it made, the folder it made
+                ckpt.release_claim(self.run_dir, lock, created and ckpt.is_empty_dir(self.run_dir),
+                                   had_lock=not lock.created_file)
             raise
 
     # -- set-up -------------------------------------------------------------------------
     def _setup(self, model: GenerativeModel, batches: BatchSource | None, resume: bool) -> None:
         tc = self.tc
         self.model = model.to(self.device).train()
+        model.bind_data(self.data)  # e.g. the GAN scores in features fitted on this run's own split
         groups = model.optimizer_groups()
         unknown = sorted(set(tc.optim) - set(groups))
         if unknown:
@@ -266,7 +267,12 @@ class Trainer:
                 self.ema.load_state_dict(shadow)
             except ValueError:
                 raise GenforgeError(f"checkpoint {path}: its EMA weights do not match the model") from None
-        self.batches.load_state_dict(state["batches"])
+        try:
+            self.batches.load_state_dict(state["batches"])
+        except (KeyError, ValueError, TypeError) as e:  # e.g. an RL run's rollout state
+            raise GenforgeError(f"checkpoint {path} was written by another kind of run (its batch "
+                                f"state lacks {e}); an RL run continues with `genforge rl --resume "
+                                f"{self.run_dir}`") from None
         ckpt.set_rng_state(state["rng"])
         self.step = int(state["step"])
         if self.step >= self.tc.max_steps:

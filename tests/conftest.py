@@ -16,6 +16,20 @@ def isolated_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
+def device():
+    """The test device (see helpers.device_under_test): GENFORGE_TEST_DEVICE=cuda forces the GPU."""
+    from helpers import device_under_test
+
+    return device_under_test()
+
+
+def pytest_report_header(config):
+    from helpers import device_under_test
+
+    return f"genforge test device: {device_under_test()} (set GENFORGE_TEST_DEVICE to choose)"
+
+
+@pytest.fixture
 def corpus(tmp_path):
     """A small text file with a fixed vocabulary."""
     path = tmp_path / "corpus.txt"

@@ -213,3 +213,32 @@ def test_family_resume_is_exact(family, tmp_path):
     train(tmp_path, family, "paused", "train.max_steps=7", resume=True)
     assert train_losses(tmp_path / "straight") == train_losses(tmp_path / "paused")
     assert len(train_losses(tmp_path / "paused")) == 7
+
+
+# Family options a modality still resolves itself (to move into the family's plan_sampling).
+RESOLVED_BY_MODALITY = {"molecule": {"around", "radius"}}
+
+
+@pytest.mark.parametrize("kind", ["text", "image", "molecule"])
+def test_modalities_name_no_family_option(kind):
+    """A family resolves its own sample options (``plan_sampling``: a GAN's --interpolate-seeds,
+    diffusion's --init/--mask/--trajectory); a modality never names one, so a new family's
+    options need no modality edit. Options shared on purpose (common, a modality's own,
+    --prompt, the latent-variable tools) are not a family's."""
+    import re
+
+    from genforge.families import family_class
+    from genforge.families.base import PROMPT, LatentVariableModel
+    from genforge.modalities import COMMON_EVAL_OPTIONS, COMMON_SAMPLE_OPTIONS, MODALITIES, modality
+
+    shared = {o.name for o in (*COMMON_SAMPLE_OPTIONS, *COMMON_EVAL_OPTIONS, *LatentVariableModel.sample_options, PROMPT)}
+    for m in MODALITIES:
+        shared |= {o.name for o in (*modality(m).sample_options, *modality(m).eval_options)}
+    source = Path(__import__(f"genforge.modalities.{kind}", fromlist=["_"]).__file__).read_text()
+    named = set()
+    for family in FAMILIES:
+        cls = family_class(family)
+        for name in {o.name for o in (*cls.sample_options, *cls.eval_options)} - shared:
+            if re.search(rf"[\"']{name}[\"']|\b{name}=", source):  # a key, or a keyword parameter
+                named.add(name)
+    assert named == RESOLVED_BY_MODALITY.get(kind, set()), named

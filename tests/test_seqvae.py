@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import make_trainer
+from helpers import gen, make_trainer, on
 from pydantic import ValidationError
 
 from genforge.config import DataConfig, load_config
@@ -179,7 +179,7 @@ def test_greedy_decoding_reconstructs_training_molecules(overfit):
     model, data = trainer.model.eval(), trainer.data
     assert len(trained) >= 3
     for smiles in trained:
-        ids, mask = framed(data, smiles)
+        ids, mask = on(framed(data, smiles), model)
         mu, _ = model.encode(ids, mask)
         assert data.decode(model.decode(mu, temperature=0.0)[0]) == smiles
 
@@ -187,12 +187,12 @@ def test_greedy_decoding_reconstructs_training_molecules(overfit):
 def test_around_at_radius_0_is_the_reconstruction(overfit):
     trainer, _, trained = overfit
     model, data = trainer.model.eval(), trainer.data
-    ids, mask = framed(data, trained[0])
-    rows = model.around(ids, mask, 3, torch.Generator().manual_seed(0), 0.0, 0.0)
+    ids, mask = on(framed(data, trained[0]), model)
+    rows = model.around(ids, mask, 3, gen(0, model), 0.0, 0.0)
     assert [data.decode(r) for r in rows] == [trained[0]] * 3
     assert rows[0][-1] == data.tokenizer.eos_id
-    far = model.around(ids, mask, 4, torch.Generator().manual_seed(1), 2.0, 1.0)
-    assert far == model.around(ids, mask, 4, torch.Generator().manual_seed(1), 2.0, 1.0) and len(far) == 4
+    far = model.around(ids, mask, 4, gen(1, model), 2.0, 1.0)
+    assert far == model.around(ids, mask, 4, gen(1, model), 2.0, 1.0) and len(far) == 4
 
 
 @pytest.mark.parametrize("method", ["slerp", "lerp"])
@@ -200,11 +200,11 @@ def test_interpolation_endpoints_are_the_two_molecules(overfit, method):
     trainer, _, trained = overfit
     model, data = trainer.model.eval(), trainer.data
     a, b = trained[0], trained[-1]
-    rows = model.interpolate(*framed(data, a), *framed(data, b), 5, method)
+    rows = model.interpolate(*on(framed(data, a), model), *on(framed(data, b), model), 5, method)
     assert len(rows) == 5
     assert data.decode(rows[0]) == a and data.decode(rows[-1]) == b
     with pytest.raises(ValueError, match="at least 2"):
-        model.interpolate(*framed(data, a), *framed(data, b), 1, method)
+        model.interpolate(*on(framed(data, a), model), *on(framed(data, b), model), 1, method)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_trainer
+from helpers import make_trainer, on, subprocess_env
 from helpers import train_losses as losses
 
 from genforge import GenforgeError
@@ -66,7 +66,7 @@ def test_training_writes_a_complete_run_dir(corpus, tmp_path):
     from safetensors.torch import load_file
 
     saved = load_file(str(ckpt / "ema.safetensors"))
-    assert torch.equal(ema.tok_emb.weight, saved["tok_emb.weight"])
+    assert torch.equal(ema.tok_emb.weight.cpu(), saved["tok_emb.weight"])
 
 
 def test_best_validation_checkpoint_is_kept(corpus, tmp_path):
@@ -113,9 +113,9 @@ def test_gradient_accumulation_matches_a_bigger_batch(corpus, tmp_path):
     t1 = make_trainer(one, m1, tmp_path / "one", progress=False)
     t2 = make_trainer(acc, m2, tmp_path / "acc", progress=False)
     before = t1.model.tok_emb.weight.detach().clone()
-    batch = t1.data.train.get(torch.arange(8))
+    batch = on(t1.data.train.get(torch.arange(8)), t1.model)
     t1.model.train_step([batch], t1.ctx)
-    t2.model.train_step([t2.data.train.get(torch.arange(4)), t2.data.train.get(torch.arange(4, 8))], t2.ctx)
+    t2.model.train_step([on(t2.data.train.get(torch.arange(4)), t2.model), on(t2.data.train.get(torch.arange(4, 8)), t2.model)], t2.ctx)
     for p, q in zip(t1.model.parameters(), t2.model.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6)
     assert not torch.equal(before, t1.model.tok_emb.weight)
@@ -126,8 +126,9 @@ def test_ddp_two_processes_match_one_process_with_alternating_optimizers(tmp_pat
     with batch B end with the weights of 1 process with batch 2B. No retries: a generous
     timeout, and stderr in the failure message."""
     toy = str(Path(__file__).with_name("toy-digits.toml"))
-    common = ["train.max_steps=3", "train.log_every=1", "train.eval_every=0", "train.plot=false"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    # on the CPU (gloo) whatever the test device: two ranks need two GPUs otherwise
+    common = ["train.max_steps=3", "train.log_every=1", "train.eval_every=0", "train.plot=false", "train.device=cpu"]
+    env = subprocess_env()
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "genforge.cli", "train", toy, *common, "train.batch_size=8",
@@ -137,8 +138,8 @@ def test_ddp_two_processes_match_one_process_with_alternating_optimizers(tmp_pat
     single_cfg, single_m = load_config(toy, [*common, "train.batch_size=16"])
     make_trainer(single_cfg, single_m, tmp_path / "one", progress=False).fit()
     assert len(losses(tmp_path / "ddp")) == 3  # only rank 0 logged
-    a = load_run(tmp_path / "ddp", checkpoint="latest").model.state_dict()
-    b = load_run(tmp_path / "one", checkpoint="latest").model.state_dict()
+    a = load_run(tmp_path / "ddp", checkpoint="latest", device="cpu").model.state_dict()
+    b = load_run(tmp_path / "one", checkpoint="latest", device="cpu").model.state_dict()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
 
@@ -147,7 +148,7 @@ def test_ddp_two_processes_match_one_process_with_alternating_optimizers(tmp_pat
 
 
 def _cli(*args, **kw):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    env = subprocess_env()
     return subprocess.Popen([sys.executable, "-m", "genforge", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, **kw)
 
@@ -289,7 +290,7 @@ def test_per_optimizer_settings_and_no_gradient_leaks(tmp_path):
     assert critic.param_groups[0]["base_lr"] == 4e-3 and critic.param_groups[0]["betas"] == (0.0, 0.99)
     assert gen.param_groups[0]["base_lr"] == 3e-3 and gen.param_groups[0]["betas"] == (0.9, 0.99)
     model = trainer.model
-    batch = trainer.data.train.get(torch.arange(8))
+    batch = on(trainer.data.train.get(torch.arange(8)), model)
     model(batch, part="gen")["loss"].backward()  # reaches the critic's parameters too
     assert model.critic.weight.grad is not None
     trainer.ctx.step("gen")

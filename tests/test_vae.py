@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from helpers import make_trainer
+from helpers import gen, make_trainer, on
 
 from genforge import GenforgeError
 from genforge.cli import main
@@ -57,8 +57,8 @@ def test_loss_decreases_on_digits(tmp_path):
 def test_iwae_bound_is_above_the_elbo_and_tightens_with_k(trained):
     trainer, _ = trained
     model, data = trainer.model.eval(), trainer.data
-    batch = data.val.get(torch.arange(120))
-    g = torch.Generator().manual_seed(0)
+    batch = on(data.val.get(torch.arange(120)), model)
+    g = gen(0, model)
     target = model.target(batch["x"], g)  # one fixed binarization for every k
     bounds = {k: model.iwae_log_likelihood(target, batch["y"], k=k, generator=g).mean().item()
               for k in (1, 10, 100)}
@@ -72,8 +72,8 @@ def test_iwae_bound_is_above_the_elbo_and_tightens_with_k(trained):
 def test_heldout_metrics_report_nats_bits_and_active_units(trained):
     trainer, _ = trained
     model = trainer.model.eval()
-    batches = [trainer.data.val.get(torch.arange(s, s + 60)) for s in (0, 60)]
-    out = model.heldout_metrics(batches, torch.Generator().manual_seed(0), iwae_k=20)
+    batches = [on(trainer.data.val.get(torch.arange(s, s + 60)), model) for s in (0, 60)]
+    out = model.heldout_metrics(batches, gen(0, model), iwae_k=20)
     assert out["nll_iwae_nats"] < -out["elbo_nats"]  # same draws: Jensen's inequality, exactly
     assert out["nll_bits_per_dim"] == pytest.approx(out["nll_iwae_nats"] / (64 * math.log(2)))
     assert 1 <= out["active_units"] <= 8
@@ -83,7 +83,7 @@ def test_conditional_samples_respect_labels(trained):
     trainer, _ = trained
     model = trainer.model.eval()
     labels = torch.arange(200) % 10
-    samples = model.sample(200, torch.Generator().manual_seed(1), labels)
+    samples = model.sample(200, gen(1, model), labels).cpu()
     _, probs = load_extractor("digits").run(samples)
     assert label_agreement(probs, labels) > 0.8  # chance is 0.1
 
@@ -91,7 +91,7 @@ def test_conditional_samples_respect_labels(trained):
 def test_interpolation_endpoints_reconstruct_the_inputs(trained):
     trainer, _ = trained
     model = trainer.model.eval()
-    batch = trainer.data.val.get(torch.tensor([0, 1]))
+    batch = on(trainer.data.val.get(torch.tensor([0, 1])), model)
     xa, xb, ya, yb = batch["x"][0], batch["x"][1], batch["y"][0], batch["y"][1]
     for method in ("lerp", "slerp"):
         path = interpolate(model, xa, xb, points=5, method=method, y_a=ya, y_b=yb)

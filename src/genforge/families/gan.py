@@ -307,6 +307,7 @@ class GAN(GenerativeModel):
         # a buffer, so a resumed run continues the count.
         self.register_buffer("d_wins_in_a_row", torch.zeros((), dtype=torch.long))
         self._extractor = None
+        self._data = None  # the run's data (bind_data); its test split picks the extractor
 
     def ema_target(self) -> nn.Module:
         return self.generator
@@ -414,12 +415,23 @@ class GAN(GenerativeModel):
                 **({"gp": d_out["gp"]} if "gp" in d_out else {})}
 
     # -- health --------------------------------------------------------------------------
+    def bind_data(self, data) -> None:
+        """Selection scores in the extractor of *this run's* test split (found by its content
+        hash, as `eval` and RL find theirs). Loading the dataset by name would give the default
+        split, whose extractor, with another data.val_fraction, was trained on part of this
+        run's test images."""
+        if self._data is not data:
+            self._data, self._extractor = data, None
+
     def extractor(self):
-        """The dataset's fixed feature extractor (loaded once)."""
+        """The fixed feature extractor of the bound data's test split (loaded once)."""
         if self._extractor is None:
             from genforge.metrics.extractor import load_extractor
 
-            self._extractor = load_extractor(self.spec.name)
+            if self._data is None:
+                raise GenforgeError("the gan's evaluation needs the run's data: call "
+                                    "model.bind_data(data) first (the trainer does)")
+            self._extractor = load_extractor(self._data)
         return self._extractor
 
     @torch.no_grad()

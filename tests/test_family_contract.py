@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import gen, make_trainer, on, device_under_test, train_losses
+from helpers import device_under_test, gen, make_trainer, on, train_losses
 from safetensors.torch import load_file
 
 from genforge.checkpoint import best_checkpoint, latest_checkpoint

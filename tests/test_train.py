@@ -1,7 +1,6 @@
 """The generic trainer on a tiny GPT: learning, checkpoints, exact resume, failures, DDP."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

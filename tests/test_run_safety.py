@@ -327,3 +327,14 @@ def test_eval_says_when_the_test_split_is_smaller_than_asked(tmp_path, capsys):
     assert "scored 180 of 5000 requested: the test split of 'digits' has 180 images" in out
     saved = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert saved["samples"] == 180 and saved["samples_requested"] == 5000 and "180 of 5000" in saved["note"]
+
+
+def test_molecule_workers_leave_ctrl_c_to_the_parent():
+    """A Ctrl-C during `metrics molecules` prints genforge's one line, not a worker traceback."""
+    import signal
+
+    pytest.importorskip("rdkit")
+    from genforge.metrics.molecules.chem import process_pool
+
+    with process_pool(2) as pool:
+        assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN

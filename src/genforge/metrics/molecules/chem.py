@@ -100,8 +100,13 @@ def canonical_smiles(smiles: str) -> str | None:
 
 
 def _worker_init() -> None:
+    import signal
+
     from rdkit import RDLogger
 
+    # Ctrl-C is the parent's to handle (it terminates the pool); a worker that took it too
+    # would print its own KeyboardInterrupt traceback after genforge's one-line message.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     RDLogger.DisableLog("rdApp.*")
     torch.set_num_threads(1)
 

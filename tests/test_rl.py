@@ -83,7 +83,11 @@ def test_clipped_loss_kl_and_gaussian_pieces_match_their_formulas():
     p, q = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
     assert float(alg.kl_k3(p, q)) == pytest.approx(0.5 - math.log(0.5) - 1)
     assert float(alg.kl_k3(p, p)) == 0.0
-    assert alg.sequence_kl(logp, old, mask).tolist() == pytest.approx([math.log(2)])
+    # the logged KL is the k3 sum the penalty uses (0.5 - log 0.5 - 1 = 0.193 here, never negative);
+    # k1 (log 2 here) is logged beside it as kl_k1 and goes negative when the ratios are below 1
+    assert alg.sequence_kl(logp, old, mask).tolist() == pytest.approx([0.5 - math.log(0.5) - 1])
+    assert alg.sequence_kl_k1(logp, old, mask).tolist() == pytest.approx([math.log(2)])
+    assert float(alg.sequence_kl_k1(old, logp, mask)) < 0 < float(alg.sequence_kl(old, logp, mask))
     x, mean = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
     expect = torch.distributions.Normal(mean, 0.3).log_prob(x).flatten(1).sum(1)
     assert torch.allclose(alg.gaussian_logprob(x, mean, 0.3), expect, atol=1e-4)
@@ -194,10 +198,29 @@ def test_builtin_molecule_rewards_fold_in_validity():
         == [1.0, 0.0]
     logp = build_reward(["plogp"], {}, "molecule")(["CCCCCCCC", "xx"])[0].tolist()
     assert logp[1] == -10.0 and logp[0] > -10.0
-    cached = build_reward(["validity"], {}, "molecule")
-    cached(["CCO", "CCO", "C1CC"])
-    cached(["CCO"])
-    assert cached.calls == 2  # distinct molecules, as PMO counts oracle calls
+
+
+
+def test_oracle_calls_count_distinct_canonical_molecules_as_pmo():
+    pytest.importorskip("rdkit")
+    from genforge.rl.finetune import oracle_scores
+
+    cached = build_reward(["qed"], {}, "molecule")
+    total, _, _ = cached(["CCO", "OCC", "C(O)C"])  # ethanol three ways: one molecule, one call
+    assert cached.calls == 1 and len(oracle_scores(cached)) == 1 and list(cached.scored) == ["CCO"]
+    assert total.tolist() == [total[0].item()] * 3
+    cached(["C1CC", "xx", "CCO"])  # invalid SMILES are scored (0) but never an oracle call
+    assert cached.calls == 1
+    cached(["c1ccccc1"], counted=False)  # pre-flight and evaluation: scored, not counted, not cached
+    assert cached.calls == 1 and "c1ccccc1" not in cached.scored
+    cached(["c1ccccc1"])
+    assert cached.calls == 2
+    # a term reading a prompt column may score a molecule per prompt: the cache keys both
+    by_prompt = build_reward(["validity"], {}, "molecule")
+    by_prompt.terms[0].takes = frozenset({"prompt"})
+    by_prompt.terms[0].fn = lambda samples, prompt: [1.0 for _ in samples]
+    by_prompt(["CCO", "OCC", "CCO"], {"prompt": ["C", "C", "O"]})
+    assert by_prompt.calls == 2
 
 
 # --------------------------------------------------------------------------- runs
@@ -219,7 +242,7 @@ def text_base(tmp_path_factory):
 
 def _rl(base, reward_file, run_dir, *extra, reward="e_fraction"):
     return main(["rl", str(base), "--reward", f"{reward_file}:{reward}", "--run-dir", str(run_dir),
-                 "--batch-size", "16", "--group-size", "4", "--max-new-tokens", "12", "--no-progress",
+                 "--batch-size", "16", "--max-new-tokens", "12", "--no-progress",
                  *extra])
 
 
@@ -284,7 +307,7 @@ def test_python_api_entropy_bonus_and_best_checkpoint_by_tradeoff(text_base, tmp
 
     base, rewards = text_base
     settings = RLConfig(base_run=str(base), reward=[f"{rewards}:zero"], entropy_coef=0.5, kl_coef=0.0,
-                        group_size=4, max_new_tokens=12, select_kl_weight=1.0, eval_samples=16)
+                        max_new_tokens=12, select_kl_weight=1.0, eval_samples=16)
     run = tmp_path / "rl"
     result = finetune(base, settings, run, train_overrides={"max_steps": 6, "batch_size": 16, "lr": 3e-3,
                                                               "eval_every": 2}, progress=False)
@@ -330,7 +353,9 @@ def test_bad_rewards_and_options_fail_with_one_line(text_base, tmp_path, capsys)
     assert "the oracle is down" in err and "Traceback" not in err
     for extra, message in [(["--algo", "ddpo"], "ddpo fine-tunes diffusion"),
                            (["--sampling-steps", "5"], "apply to DDPO"),
-                           (["--group-size", "3"], "not a multiple of the group size"),
+                           (["--group-size", "4"], "applies with several prompts"),
+                           (["--prompt", "the", "--prompt", "we", "--group-size", "3"],
+                            "--batch-size 16 is not a multiple of --group-size 3"),
                            (["--algo", "reinforce", "--group-size", "4"], "reinforce uses the batch mean"),
                            (["--max-new-tokens", "100"], "does not fit the context"),
                            (["--reward-arg", "nope.x=1"], "no reward 'nope'"),
@@ -361,23 +386,33 @@ MOLECULES = ["CCO", "CC(=O)Oc1ccccc1C(=O)O", "c1ccccc1", "CCN(CC)CC", "CC(C)Cc1c
              "O=C(Nc1ccccc1)c1ccccc1", "CCCCCCCC(=O)O", "CS(=O)(=O)c1ccc(C)cc1", "c1ccc(cc1)-c1ccncc1"]
 
 
-def test_molecule_rl_counts_oracle_calls_and_writes_them(tmp_path):
+@pytest.fixture(scope="module")
+def mol_base(tmp_path_factory):
     pytest.importorskip("rdkit")
-    smi = tmp_path / "mols.smi"
+    tmp = tmp_path_factory.mktemp("rl-mol")
+    smi = tmp / "mols.smi"
     smi.write_text("\n".join(MOLECULES * 3) + "\n")
-    base = tmp_path / "base"
-    assert main(["train", "gpt-demo", f"data.name={smi}", "train.max_steps=40", *TINY_GPT,
+    base = tmp / "base"
+    assert main(["train", "gpt-demo", f"data.name={smi}", "train.max_steps=120", *TINY_GPT,
                  "--run-dir", str(base), "--no-progress"]) == 0
+    return base
+
+
+def test_molecule_rl_counts_oracle_calls_and_writes_them(mol_base, tmp_path):
+    from genforge.metrics.molecules import canonicalize
+
     run = tmp_path / "rl"
-    assert main(["rl", str(base), "--reward", "qed", "--reward", "validity=0.5", "--steps", "20",
-                 "--batch-size", "16", "--group-size", "4", "--max-oracle-calls", "60", "--diversity-filter", "5",
+    assert main(["rl", str(mol_base), "--reward", "qed", "--reward", "validity=0.5", "--steps", "20",
+                 "--batch-size", "16", "--max-oracle-calls", "12", "--diversity-filter", "5",
                  "--eval-samples", "8", "--run-dir", str(run), "--no-progress"]) == 0
     rows = _rows(run)
     assert rows[-1]["event"] == "stopped" and "oracle budget spent" in rows[-1]["reason"]
     oracle = (run / "oracle.csv").read_text().splitlines()
     assert oracle[0] == "call,smiles,score,qed,validity"
     calls = len(oracle) - 1
-    assert 60 <= calls == len({line.split(",")[1] for line in oracle[1:]})  # each distinct molecule once
+    smiles = [line.split(",")[1] for line in oracle[1:]]
+    assert 12 <= calls == len(set(smiles)) == rows[-1]["oracle_calls"]  # each distinct molecule once
+    assert all(canonicalize(s) == s for s in smiles)  # valid, canonical: what PMO counts
     train = [r for r in rows if "event" not in r]
     assert {"top1", "top10", "auc_top10", "intdiv", "valid", "filtered"} <= set(train[-1])
 
@@ -389,7 +424,7 @@ def test_ddpo_raises_brightness_on_digits(tmp_path):
                  "train.eval_batches=1", "train.plot=false", "--run-dir", str(base), "--no-progress"]) == 0
     run = tmp_path / "rl"
     assert main(["rl", str(base), "--reward", "brightness", "--steps", "12", "--lr", "1e-3",  # ddpo by default
-                 "--batch-size", "16", "--group-size", "8", "--sampling-steps", "6", "--kl-coef", "0",
+                 "--batch-size", "16", "--sampling-steps", "6", "--kl-coef", "0",
                  "--eval-samples", "32", "--run-dir", str(run), "--no-progress"]) == 0
     evals = _rows(run, "val")
     assert evals[-1]["reward"] > evals[0]["reward"] + 0.02, [e["reward"] for e in evals]

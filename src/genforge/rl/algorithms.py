@@ -79,9 +79,15 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 def sequence_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(N,) KL(policy || reference) of each whole sample, estimated by sum_t (log pi - log pi_ref)
-    over its actions ("k1": unbiased for samples drawn from the policy; the number a
-    reward-KL curve plots, in nats)."""
+    """(N,) KL(policy || reference) of each whole sample: the sum of :func:`kl_k3` over its
+    actions, the estimate the penalty differentiates. Never negative, so the logged ``kl``,
+    the KL budget and the adaptive controller never see a negative KL; in nats."""
+    return (kl_k3(logp, ref_logp) * mask.to(logp.dtype)).sum(-1)
+
+
+def sequence_kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N,) sum_t (log pi - log pi_ref) over each sample's actions ("k1"): unbiased for samples
+    drawn from the policy but negative on some batches; logged as ``kl_k1`` beside ``kl``."""
     return ((logp - ref_logp) * mask.to(logp.dtype)).sum(-1)
 
 
@@ -105,7 +111,10 @@ def adapt_kl_coef(coef: float, kl: float, target: float, gain: float = 0.1) -> f
 
 def gaussian_logprob(x: torch.Tensor, mean: torch.Tensor, std: float) -> torch.Tensor:
     """log N(x; mean, std^2 I) summed over every dimension but the first: (B, ...) -> (B,).
-    A DDPM/DDIM ancestral step is this Gaussian, so DDPO scores x_{t-1} under it."""
+    A DDPM/DDIM ancestral step is this Gaussian, so DDPO scores x_{t-1} under it. ``std``
+    must be > 0: a zero-variance step is no action (its density is a delta)."""
+    if not std > 0:
+        raise ValueError(f"a Gaussian action needs std > 0, got {std}")
     d = x[0].numel()
     sq = ((x - mean) ** 2).flatten(1).sum(1)
     return -sq / (2 * std * std) - d * (math.log(std) + 0.5 * math.log(2 * math.pi))
@@ -113,4 +122,6 @@ def gaussian_logprob(x: torch.Tensor, mean: torch.Tensor, std: float) -> torch.T
 
 def gaussian_kl(mean_p: torch.Tensor, mean_q: torch.Tensor, std: float) -> torch.Tensor:
     """KL(N(mean_p, std^2 I) || N(mean_q, std^2 I)) = |mean_p - mean_q|^2 / (2 std^2): (B, ...) -> (B,)."""
+    if not std > 0:
+        raise ValueError(f"a Gaussian action needs std > 0, got {std}")
     return ((mean_p - mean_q) ** 2).flatten(1).sum(1) / (2 * std * std)

@@ -9,8 +9,19 @@ run continues exactly.
 
 An RL run directory is a run directory of the base family (``sample``/``eval`` load it
 like any run) plus ``reference/`` (the frozen starting weights, so the run does not
-depend on the base run staying put) and, for molecules, ``oracle.csv`` (every distinct
-molecule scored, in call order: what PMO's top-k and AUC are computed from).
+depend on the base run staying put) and, for molecules, ``oracle.csv`` (every counted oracle
+call, in call order: each distinct canonical SMILES of a training rollout, invalid ones
+never; what PMO's top-k and AUC are computed from). ``oracle.csv`` is rewritten atomically
+with every checkpoint, so after Ctrl-C it matches the checkpoint's ``oracle_calls``.
+
+With one prompt (or none: unconditional molecules, images) every sample of a rollout comes
+from the same distribution, so the group baselines (RLOO, GRPO, DDPO) are the batch's and
+``--group-size`` does not apply. With ``grad_accum`` k, one optimizer step takes k rollouts
+and ``updates_per_rollout`` counts optimizer steps on them.
+
+A reward that fails mid-run stops it with one line: a run with a checkpoint continues with
+``genforge rl --resume RUN`` once the reward is fixed; one without is removed, so the same
+command can simply be run again.
 """
 
 from __future__ import annotations
@@ -28,13 +39,16 @@ import torch
 
 from genforge import GenforgeError
 from genforge import checkpoint as ckpt
+from genforge.atomic import atomic_write_text
 from genforge.config import RLConfig, RunConfig, TrainConfig, config_from_dict, validate
 from genforge.families.base import StopTraining
 from genforge.metrics.optimization import top_k_auc, top_k_mean
 from genforge.rl import algorithms as alg
-from genforge.rl.diversity import PRIMARY, DiversityFilter, murcko_key, word_ngrams
+from genforge.rl.diversity import DiversityFilter
 from genforge.rl.policy import DiffusionPolicy, Prompts, policy_class
-from genforge.rl.rewards import Reward, build_reward
+from genforge.rl.rewards import Reward, RewardError, build_reward
+from genforge.rl.specs import rl_spec
+from genforge.train.trainer import Trainer
 
 # The trainer's settings an RL run starts from (any train.* override replaces them):
 # a small constant LR, no weight decay toward zero (the KL term keeps the policy near
@@ -45,21 +59,30 @@ RL_TRAIN_DEFAULTS = {"lr": 1e-4, "min_lr": 1e-4, "lr_schedule": "constant", "war
 
 
 class Rollouts:
-    """The RL batch source: one rollout batch per ``updates_per_rollout`` optimizer steps."""
+    """The RL batch source. An optimizer step draws ``grad_accum`` micro-batches, each one
+    rollout of ``batch_size`` samples; the same rollouts serve ``updates_per_rollout``
+    optimizer steps, then new ones are drawn."""
 
     def __init__(self, policy, reward: Reward, settings: RLConfig, batch_size: int, seed: int,
-                 modality: str, dfilter: DiversityFilter | None):
+                 modality: str, dfilter: DiversityFilter | None, grad_accum: int = 1):
         self.policy, self.reward, self.rl = policy, reward, settings
         self.batch_size, self.modality, self.filter = batch_size, modality, dfilter
-        self.group = settings.group_size if settings.algo != "reinforce" else 1
+        self.grad_accum = grad_accum
+        # Group baselines compare samples of one prompt; with a single prompt that is the batch.
+        single = policy.rl_prompt_count() == 1
+        self.group = 1 if settings.algo == "reinforce" else batch_size if single else settings.group_size
+        if self.group < 2 and settings.algo != "reinforce":
+            raise GenforgeError(f"{settings.algo} compares samples of one prompt with each other; --batch-size "
+                                f"{batch_size} leaves none to compare (use at least 2)")
         if batch_size % self.group:
-            raise GenforgeError(f"train.batch_size {batch_size} is not a multiple of the group size "
-                                f"{self.group}; each prompt is sampled group_size times")
+            raise GenforgeError(f"--batch-size {batch_size} is not a multiple of --group-size {self.group}: "
+                                f"each prompt is sampled group-size times (e.g. --batch-size "
+                                f"{max(1, batch_size // self.group) * self.group})")
         self.seed, self._generator = seed, None
         self.order = torch.Generator().manual_seed(seed + 1)  # prompt order and DDPO timesteps
         self.perm: list[int] = []
-        self.cached: dict[str, torch.Tensor] | None = None
-        self.served = 0
+        self.cached: list[dict[str, torch.Tensor]] = []  # this step's rollouts (grad_accum of them)
+        self.served = 0  # micro-batches served from them
         self.kl_coef = settings.kl_coef
         self.low_diversity = self.high_kl = 0
         self.exhausted = False
@@ -78,11 +101,15 @@ class Rollouts:
         return self.perm.pop()
 
     def next(self) -> dict[str, torch.Tensor]:
-        if self.cached is not None and self.served < self.rl.updates_per_rollout:
-            self.served += 1
-            return self.cached
-        self.cached, self.served = self._collect(), 1
-        return self.cached
+        """Micro-batch i of an optimizer step is rollout i % grad_accum; after
+        grad_accum x updates_per_rollout micro-batches (that many optimizer steps), new rollouts."""
+        if self.served == self.grad_accum * self.rl.updates_per_rollout:
+            self.cached, self.served = [], 0
+        i = self.served % self.grad_accum
+        if i == len(self.cached):  # drawn during the first step, all from the same weights
+            self.cached.append(self._collect())
+        self.served += 1
+        return self.cached[i]
 
     def _collect(self) -> dict[str, torch.Tensor]:
         rl = self.rl
@@ -96,13 +123,18 @@ class Rollouts:
         t_rollout = time.perf_counter() - t0
         total, applies, means = self.reward(roll.samples, self.policy.rl_columns(rows))
         t_reward = time.perf_counter() - t0 - t_rollout
+        if not applies.any():
+            raise StopTraining(f"no reward applied to any of the {len(rows)} samples of this rollout (every "
+                               "reward returned None), so there is nothing to learn from; check the "
+                               "reward", {"reward_applies": 0.0, "oracle_calls": float(self.reward.calls)})
         filtered, penalized = self.filter(roll.samples, total) if self.filter else (total, 0.0)
         adv = alg.advantages(filtered, applies, "grpo" if rl.algo == "ddpo" else rl.algo, self.group)
         diversity = self.policy.rl_diversity(roll.samples)
         kl = float(roll.kl.mean())
         stats = {"reward": float(total[applies].mean()) if applies.any() else 0.0,
                  **{f"reward_{k}": v for k, v in means.items() if math.isfinite(v)},
-                 "kl": kl, "kl_coef": self.kl_coef, **diversity, "oracle_calls": float(self.reward.calls),
+                 "kl": kl, **({"kl_k1": float(roll.kl_k1.mean())} if roll.kl_k1 is not None else {}),
+                 "kl_coef": self.kl_coef, **diversity, "oracle_calls": float(self.reward.calls),
                  "rollout_s": t_rollout, "reward_s": t_reward, "reward_applies": float(applies.float().mean())}
         if self.filter is not None:
             stats["filtered"] = penalized
@@ -125,7 +157,7 @@ class Rollouts:
 
     def _guard(self, diversity: dict[str, float], kl: float, stats: dict[str, float]) -> None:
         rl = self.rl
-        name = PRIMARY[self.modality]
+        name = rl_spec(self.modality).primary
         value = diversity[name]
         self.low_diversity = self.low_diversity + 1 if rl.min_diversity is not None and value < rl.min_diversity else 0
         self.high_kl = self.high_kl + 1 if rl.kl_budget is not None and kl > rl.kl_budget else 0
@@ -146,7 +178,9 @@ class Rollouts:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"].cpu())  # generator states are CPU byte tensors
         self.order.set_state(state["order"])
-        self.perm, self.cached, self.served = list(state["perm"]), state["cached"], int(state["served"])
+        cached = state["cached"]  # older checkpoints hold one rollout, or None
+        self.cached = [cached] if isinstance(cached, dict) else list(cached or [])
+        self.perm, self.served = list(state["perm"]), int(state["served"])
         self.kl_coef, self.exhausted = float(state["kl_coef"]), bool(state["exhausted"])
         self.low_diversity, self.high_kl = int(state["low_diversity"]), int(state["high_kl"])
         self.reward.load_state_dict(state["reward"])
@@ -174,9 +208,9 @@ def oracle_summary(reward: Reward, max_calls: int | None) -> dict[str, float]:
 def load_prompts(settings: RLConfig, data, modality: str) -> Prompts | None:
     """Token prompts from ``prompts`` or ``prompt_file`` (their other fields become reward
     columns); None for images. Molecule prompts are SMILES prefixes after <bos>."""
-    if modality == "image":
+    if not rl_spec(modality).prompts:
         if settings.prompts or settings.prompt_file:
-            raise GenforgeError("prompts apply to text and molecule runs; this diffusion run is "
+            raise GenforgeError(f"prompts apply to text and molecule runs; this {modality} run is "
                                 "unconditional")
         return None
     texts, columns = list(settings.prompts), {}
@@ -224,14 +258,16 @@ def _read_prompt_file(path: Path) -> tuple[list[str], dict[str, list]]:
 def _diversity_filter(settings: RLConfig, modality: str) -> DiversityFilter | None:
     if settings.diversity_filter is None:
         return None
-    if modality == "image":
-        raise GenforgeError("diversity_filter buckets SMILES scaffolds or text n-grams; images have neither "
-                            "(watch min_diversity instead)")
-    keys = (lambda s: [murcko_key(s)]) if modality == "molecule" else word_ngrams
+    keys = rl_spec(modality).filter_keys
+    if keys is None:
+        raise GenforgeError(f"--diversity-filter buckets SMILES scaffolds or text n-grams; {modality} samples "
+                            "have neither (watch --min-diversity instead)")
     return DiversityFilter(keys, settings.diversity_filter)
 
 
-def _check_settings(settings: RLConfig, family_policy: type) -> None:
+def _check_settings(settings: RLConfig, family_policy: type, prompt_count: int, fresh: bool) -> None:
+    """Refuse what cannot work or would be ignored. ``fresh``: a new run (the options the user
+    gave are ``settings.model_fields_set``); a resumed run was checked when it started."""
     ddpo = issubclass(family_policy, DiffusionPolicy)
     if ddpo and settings.algo != "ddpo":
         raise GenforgeError(f"diffusion runs are fine-tuned with --algo ddpo, not {settings.algo}")
@@ -242,10 +278,15 @@ def _check_settings(settings: RLConfig, family_policy: type) -> None:
     if not ddpo and (settings.sampling_steps != RLConfig.model_fields["sampling_steps"].default
                      or settings.timestep_fraction != 1.0):
         raise GenforgeError("--sampling-steps and --timestep-fraction apply to DDPO (diffusion runs)")
-    if settings.algo in ("rloo", "grpo", "ddpo") and settings.group_size < 2:
-        raise GenforgeError(f"{settings.algo} needs group_size >= 2 (its baseline is the group's other samples)")
-    if settings.algo == "reinforce" and settings.group_size != RLConfig.model_fields["group_size"].default:
-        raise GenforgeError("--group-size applies to rloo, grpo and ddpo; reinforce uses the batch mean")
+    if settings.algo in ("rloo", "grpo", "ddpo") and prompt_count > 1 and settings.group_size < 2:
+        raise GenforgeError(f"{settings.algo} needs --group-size >= 2 (its baseline is the group's other samples)")
+    if fresh and "group_size" in settings.model_fields_set:
+        if settings.algo == "reinforce":
+            raise GenforgeError("--group-size applies to rloo, grpo and ddpo; reinforce uses the batch mean")
+        if prompt_count == 1:
+            raise GenforgeError("--group-size applies with several prompts (samples per prompt); with one "
+                                "prompt or none, every sample shares it and the baseline is the whole batch "
+                                "(drop --group-size)")
 
 
 def _base_checkpoint(base_run: Path, which: str) -> Path:
@@ -283,7 +324,6 @@ def finetune(base_run: str | Path | None, settings: RLConfig | None, run_dir: st
     """
     from genforge.families import build_model, family_class
     from genforge.modalities import load_data
-    from genforge.train.trainer import Trainer
 
     run_dir = Path(run_dir)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -300,6 +340,7 @@ def finetune(base_run: str | Path | None, settings: RLConfig | None, run_dir: st
         ckpt.verify_checkpoint(base_path)
     else:
         base_run = Path(base_run)
+        _refuse_overlap(run_dir, base_run)
         base_path = _base_checkpoint(base_run, checkpoint)
         base_cfg = validate(RunConfig, ckpt.checkpoint_config(base_path))
         overrides = dict(train_overrides or {})
@@ -319,7 +360,8 @@ def finetune(base_run: str | Path | None, settings: RLConfig | None, run_dir: st
     cls = policy_class(family_class(cfg.family))
     data = load_data(cfg.data, cls.data_needs(model_cfg))
     modality = data.spec.modality
-    _check_settings(settings, cls)
+    prompts = load_prompts(settings, data, modality)
+    _check_settings(settings, cls, len(prompts) if prompts is not None else 1, fresh=not resume)
     if not resume:
         _same_data(Path(settings.base_run), data)
     torch.manual_seed(cfg.train.seed)
@@ -328,24 +370,65 @@ def finetune(base_run: str | Path | None, settings: RLConfig | None, run_dir: st
     policy = cls(model_cfg, data.spec)
     policy.load_state_dict(reference.state_dict())  # start where the reference is
     reward = build_reward(settings.reward, settings.reward_args, modality, data)
-    prompts = load_prompts(settings, data, modality)
     policy.attach(reference, reward, settings, data, prompts)
     rollouts = Rollouts(policy, reward, settings, cfg.train.batch_size, cfg.train.seed, modality,
-                        _diversity_filter(settings, modality))
-    if not resume:  # a reward that breaks its contract fails here, before a folder exists
+                        _diversity_filter(settings, modality), cfg.train.grad_accum)
+    if not resume:  # a reward that breaks its contract fails here, before a folder exists (not counted)
         preflight = policy.rollout_batch([0, 0], torch.Generator(device=policy_device(policy)).manual_seed(0))
-        reward(preflight.samples, policy.rl_columns([0, 0]))
-    trainer = Trainer(cfg, policy, data, run_dir, resume=resume, overwrite=overwrite, stop_after=stop_after,
-                      progress=progress, batches=rollouts, eval_at_start=True,
-                      resume_command="genforge rl --resume")
+        reward(preflight.samples, policy.rl_columns([0, 0]), counted=False)
+    trainer = RLTrainer(cfg, policy, data, run_dir, resume=resume, overwrite=overwrite, stop_after=stop_after,
+                        progress=progress, batches=rollouts, eval_at_start=True,
+                        resume_command="genforge rl --resume")
     if not resume:
         _save_reference(run_dir, base_path)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except RewardError as e:
+        raise _after_reward_failure(e, run_dir, resume) from None
+    never = reward.never_applied()
+    if never and trainer.step > 0:
+        print(f"genforge: warning: reward {', '.join(never)} returned None for every training sample of this "
+              "run; it never applied", flush=True)
     if reward.cache:
-        write_oracle_file(run_dir / "oracle.csv", reward)
         result.update(oracle_summary(reward, settings.max_oracle_calls))
     result["oracle_calls"] = reward.calls
     return result
+
+
+class RLTrainer(Trainer):
+    """The generic trainer, plus ``oracle.csv`` rewritten (atomically) with every checkpoint,
+    so it always matches the checkpoint's oracle count, also after Ctrl-C."""
+
+    def save(self, best: bool = False) -> None:
+        super().save(best)
+        reward = self.batches.reward
+        if self.dist.is_main and reward.cache:
+            write_oracle_file(self.run_dir / "oracle.csv", reward)
+
+
+def _refuse_overlap(run_dir: Path, base_run: Path) -> None:
+    """Writing the RL run into the base run, around it or inside it would let --overwrite (or
+    the run itself) clobber the base the run starts from and copies: refused before anything
+    is touched. Paths are compared resolved (symlinks, ``..``)."""
+    run, base = run_dir.resolve(), base_run.resolve()
+    if run == base or base.is_relative_to(run) or run.is_relative_to(base):
+        where = "is" if run == base else "contains" if base.is_relative_to(run) else "lies inside"
+        raise GenforgeError(f"--run-dir '{run_dir}' {where} the base run '{base_run}'; write the RL run to a "
+                            "folder of its own (the default is BASE_RUN-rl-TIMESTAMP beside it)")
+
+
+def _after_reward_failure(e: RewardError, run_dir: Path, resume: bool) -> RewardError:
+    """A reward that failed mid-run: keep a run that has a checkpoint (resumable), remove one
+    that has none (this call made it: a claimed folder is new, empty or a cleared run), so
+    neither a half-made run nor a forced --overwrite is left to the user."""
+    last = ckpt.latest_checkpoint(run_dir)
+    if last is not None:
+        return RewardError(f"{e}. The run is kept at {last.name}: fix the reward, then continue it with "
+                           f"`genforge rl --resume {run_dir}`")
+    if not resume:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return RewardError(f"{e}. No checkpoint was written, so '{run_dir}' was removed: fix the reward and run "
+                       "the same command again")
 
 
 def policy_device(policy) -> torch.device:
@@ -371,9 +454,11 @@ def _save_reference(run_dir: Path, base_path: Path) -> None:
 
 
 def write_oracle_file(path: Path, reward: Reward) -> None:
+    """One row per counted oracle call, in call order: the canonical SMILES (the cache key)."""
     rows = ["call,smiles,score," + ",".join(reward.names)]
-    for i, (sample, values) in enumerate(reward.scored.items(), 1):
+    for i, (key, values) in enumerate(reward.scored.items(), 1):
+        smiles = key[0] if isinstance(key, tuple) else key  # (canonical, prompt columns) when a term reads them
         total = reward.total(values)
         cells = ["" if v is None else f"{v:.6g}" for v in values]
-        rows.append(f"{i},{sample},{total:.6g}," + ",".join(cells))
-    ckpt.atomic_write_text(path, "\n".join(rows) + "\n")
+        rows.append(f"{i},{smiles},{total:.6g}," + ",".join(cells))
+    atomic_write_text(path, "\n".join(rows) + "\n")

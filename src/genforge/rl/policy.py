@@ -1,7 +1,8 @@
 """RL policies: a trained family's own model, taught by rewards.
 
 :func:`policy_class` turns a family class into its RL subclass (``RLGPT``, ``RLDiffusion``)
-by putting a mixin in front of it. The subclass keeps the family's network, state-dict keys,
+by putting the mixin its ``policy_kind`` names in front of it (``tokens``: :class:`SequencePolicy`;
+``gaussian_steps``: :class:`DiffusionPolicy`), so a new family joins RL by declaring that. The subclass keeps the family's network, state-dict keys,
 sampling and preview, so an RL run's checkpoints are plain checkpoints of the base family:
 ``genforge sample`` and ``eval`` load them like any run. The mixin adds
 
@@ -15,10 +16,21 @@ sampling and preview, so an RL run's checkpoints are plain checkpoints of the ba
   select_kl_weight x KL, the selection metric of ``checkpoints/best``.
 
 The generic trainer runs it all: checkpoints, exact resume, logging, signals.
+
+On-policy exactness: rollout, reference and update compute log-probs with one function, in
+one mode and one precision. The policy stays in eval mode for the whole run (dropout off:
+``train()`` is a no-op), and log-probs and DDPO's step Gaussians are computed in fp32 with
+autocast off, also inside the trainer's bf16 autocast. So on the first update after a
+rollout the importance ratio is exactly 1, nothing is clipped and the KL to the (equal)
+reference is exactly 0 (tested with a dropout base under autocast).
+
+``kl`` is the per-sample sum of the k3 estimate the penalty uses (never negative; DDPO: the
+exact Gaussian KL of its steps); ``kl_k1`` the plain log-ratio sum, for comparison.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass, field
@@ -29,7 +41,8 @@ import torch
 from genforge import GenforgeError
 from genforge.families.base import Selection
 from genforge.rl import algorithms as alg
-from genforge.rl.diversity import PRIMARY, image_diversity, molecule_diversity, text_diversity
+from genforge.rl.diversity import image_diversity
+from genforge.rl.specs import rl_spec
 
 EVAL_SEED = 4242
 # DDPO's actions are the chain's steps down to this noise level (in [-1, 1] data units).
@@ -56,7 +69,13 @@ class Prompts:
 class RolloutBatch:
     samples: Any  # list[str] (text, SMILES) or (N, C, H, W) images in [0, 1]
     tensors: dict[str, torch.Tensor]  # what the loss needs
-    kl: torch.Tensor  # (N,) KL(policy || reference) of each sample, nats
+    kl: torch.Tensor  # (N,) KL(policy || reference) of each sample, nats (k3 sums; DDPO: exact)
+    kl_k1: torch.Tensor | None = None  # (N,) the k1 (log-ratio) sums, token policies only
+
+
+def fp32(device: torch.device):
+    """Autocast off: log-probs are computed in fp32 in rollout and update alike."""
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
 class PolicyMixin:
@@ -65,12 +84,19 @@ class PolicyMixin:
     selection = Selection("score", "max")
     progress_keys = ("reward", "kl")
 
+    def train(self, mode: bool = True):
+        """Always eval mode: dropout off in rollout, reference and update, so the policy that is
+        updated is the one that sampled (the trainer calls ``train()`` around every step)."""
+        return super().train(False)
+
     def attach(self, reference: torch.nn.Module, reward, settings, data, prompts: Prompts | None) -> None:
         """Wire in the frozen reference, the reward, the RL settings (``RLConfig``) and data."""
         reference.requires_grad_(False)
         self.reference = reference.eval()
         self.reward, self.rl, self.rl_data, self.rl_prompts = reward, settings, data, prompts
-        self.progress_keys = ("reward", "kl", PRIMARY[self.spec.modality])
+        self.rl_spec = rl_spec(self.spec.modality)
+        self.progress_keys = ("reward", "kl", self.rl_spec.primary)
+        self.eval()
         self.rl_check()
 
     def rl_check(self) -> None:
@@ -104,10 +130,12 @@ class PolicyMixin:
         g = torch.Generator(device=device).manual_seed(EVAL_SEED)
         rows = [i % self.rl_prompt_count() for i in range(self.rl.eval_samples)]
         roll = self.rollout_batch(rows, g)
-        total, applies, means = self.reward(roll.samples, self.rl_columns(rows))
+        total, applies, means = self.reward(roll.samples, self.rl_columns(rows), counted=False)
         out["reward"] = float(total[applies].mean()) if applies.any() else 0.0
         out.update({f"reward_{k}": v for k, v in means.items() if math.isfinite(v)})
         out["kl"] = float(roll.kl.mean())
+        if roll.kl_k1 is not None:
+            out["kl_k1"] = float(roll.kl_k1.mean())
         out.update(self.rl_diversity(roll.samples))
         out.update(self.rl_eval_extra(roll, batches))
         out["score"] = out["reward"] - self.rl.select_kl_weight * out["kl"]
@@ -134,6 +162,13 @@ class SequencePolicy(PolicyMixin):
     def rl_check(self) -> None:
         self.rl_max_new_tokens()
 
+    @staticmethod
+    def rl_logprobs(model, ids: torch.Tensor, entropy: bool = False):
+        """The one log-prob function of rollout, reference and update: (B, T) ids -> (B, T-1)
+        log-probs (and entropies), fp32 whatever autocast the caller runs under."""
+        with fp32(ids.device):
+            return model.token_logprobs(ids, entropy=entropy)
+
     def rl_max_new_tokens(self) -> int:
         longest = max(len(p) for p in self.rl_prompts.ids)
         room = self.config.block_size + 1 - longest
@@ -144,8 +179,8 @@ class SequencePolicy(PolicyMixin):
         if room < 1:
             raise GenforgeError(f"a prompt of {longest} tokens fills the model's context "
                                 f"({self.config.block_size}); use shorter prompts")
-        default = room if self.spec.special_ids else min(64, room)
-        return self.rl.max_new_tokens or default
+        default = self.rl_spec.max_new_tokens
+        return self.rl.max_new_tokens or (min(default, room) if default else room)
 
     @torch.no_grad()
     def rollout_batch(self, rows: list[int], generator: torch.Generator) -> RolloutBatch:
@@ -163,17 +198,21 @@ class SequencePolicy(PolicyMixin):
             ids[i, : lengths[i]] = torch.tensor(p + t)
             action[i, len(p) - 1 : lengths[i] - 1] = True  # logits at t predict token t + 1
         ids, action = ids.to(device), action.to(device)
-        old_logp = self.token_logprobs(ids) * action
-        ref_logp = self.reference.token_logprobs(ids) * action
-        samples = [self.rl_data.decode(t) for t in gen.tokens]
+        old_logp = self.rl_logprobs(self, ids) * action
+        ref_logp = self.rl_logprobs(self.reference, ids) * action
+        # A SMILES prefix is part of the molecule a reward scores; a text prompt is not part of
+        # the answer (rewards get it as the ``prompt`` column).
+        whole = self.rl_spec.prompt_in_sample
+        samples = [self.rl_data.decode(p + t if whole else t) for p, t in zip(prompts, gen.tokens, strict=True)]
         tensors = {"x": ids, "action": action, "old_logp": old_logp, "ref_logp": ref_logp}
-        return RolloutBatch(samples, tensors, alg.sequence_kl(old_logp, ref_logp, action))
+        return RolloutBatch(samples, tensors, alg.sequence_kl(old_logp, ref_logp, action),
+                            alg.sequence_kl_k1(old_logp, ref_logp, action))
 
     def forward(self, batch, **kwargs):
         if "advantages" not in batch:
             return super().forward(batch, **kwargs)
         ids, action = batch["x"], batch["action"]
-        logp, entropy = self.token_logprobs(ids, entropy=True)
+        logp, entropy = self.rl_logprobs(self, ids, entropy=True)
         length = float(self.rl_max_new_tokens())
         pg, clip_frac = alg.clipped_policy_loss(logp, batch["old_logp"], batch["advantages"], action,
                                                 self.rl.clip, length)
@@ -188,7 +227,7 @@ class SequencePolicy(PolicyMixin):
         yield out
 
     def rl_diversity(self, samples) -> dict[str, float]:
-        return molecule_diversity(samples) if self.spec.special_ids else text_diversity(samples)
+        return self.rl_spec.diversity(samples)
 
 
 class DiffusionPolicy(PolicyMixin):
@@ -209,17 +248,32 @@ class DiffusionPolicy(PolicyMixin):
     def rl_sigmas(self, device) -> torch.Tensor:
         from genforge.diffusion import schedules
 
-        return schedules.sampling_sigmas(self.config.schedule, self.rl.sampling_steps, self.sigma_min,
-                                         self.sigma_max).to(device)
+        sigmas = schedules.sampling_sigmas(self.config.schedule, self.rl.sampling_steps, self.sigma_min,
+                                           self.sigma_max).to(device)
+        # An ancestral step from s to s' has std s' sqrt(s^2 - s'^2) / s: zero where a level
+        # repeats, and a zero-variance Gaussian has no log-density for DDPO to differentiate.
+        repeats = (sigmas[:-1] <= sigmas[1:]).nonzero().flatten().tolist()
+        if repeats or float(sigmas[-1]) < 0:
+            raise GenforgeError(f"the {self.config.schedule} schedule at --sampling-steps {self.rl.sampling_steps} "
+                                f"does not strictly decrease (step {repeats[0] if repeats else len(sigmas) - 1}), "
+                                "so a DDPO step would have zero variance; choose other --sampling-steps")
+        return sigmas
 
     def _step(self, net_owner, x, sigmas, t):
         """The step's Gaussian: ancestral (an action) down to MIN_ACTION_SIGMA, deterministic below."""
         from genforge.diffusion.samplers import ancestral_step
 
         s, s_next = float(sigmas[t]), float(sigmas[t + 1])
-        level = torch.full((x.shape[0],), s, device=x.device, dtype=x.dtype)
-        denoised = net_owner.denoiser(x, level, None).float()
-        return ancestral_step(x.float(), denoised, s, s_next, eta=1.0 if s_next >= MIN_ACTION_SIGMA else 0.0)
+        with fp32(x.device):  # one precision in rollout and update, under any autocast
+            x = x.float()
+            level = torch.full((x.shape[0],), s, device=x.device, dtype=x.dtype)
+            denoised = net_owner.denoiser(x, level, None).float()
+            return ancestral_step(x, denoised, s, s_next, eta=1.0 if self._is_action(s, s_next) else 0.0)
+
+    @staticmethod
+    def _is_action(s: float, s_next: float) -> bool:
+        """A random step: it ends at or above MIN_ACTION_SIGMA and its std is > 0 (s > s')."""
+        return s_next >= MIN_ACTION_SIGMA and s > s_next
 
     @torch.no_grad()
     def rollout_batch(self, rows: list[int], generator: torch.Generator) -> RolloutBatch:
@@ -232,14 +286,15 @@ class DiffusionPolicy(PolicyMixin):
         x = float(sigmas[0]) * torch.randn((n, self.C, self.H, self.W), device=device, generator=generator)
         chain, old_logp, ref_means = [x], [], []
         kl = torch.zeros(n, device=device)
+        active = set(self.rl_active_steps(sigmas))
         for t in range(steps):
             mean, std = self._step(self, x, sigmas, t)
             ref_mean, _ = self._step(self.reference, x, sigmas, t)
-            if std > 0:
+            if t in active:
                 x = mean + std * torch.randn(mean.shape, device=device, generator=generator)
                 old_logp.append(alg.gaussian_logprob(x, mean, std))
                 kl += alg.gaussian_kl(mean, ref_mean, std)
-            else:  # the last step to sigma = 0 is deterministic: no action
+            else:  # the last steps, down to sigma = 0, are deterministic: no action
                 x = mean
                 old_logp.append(torch.zeros(n, device=device))
             chain.append(x)
@@ -250,8 +305,8 @@ class DiffusionPolicy(PolicyMixin):
         return RolloutBatch(images, tensors, kl)
 
     def rl_active_steps(self, sigmas: torch.Tensor) -> list[int]:
-        """Steps with a random action: those ending at sigma >= MIN_ACTION_SIGMA."""
-        return [t for t in range(len(sigmas) - 1) if float(sigmas[t + 1]) >= MIN_ACTION_SIGMA]
+        """Steps with a random action (std > 0): those ending at sigma >= MIN_ACTION_SIGMA."""
+        return [t for t in range(len(sigmas) - 1) if self._is_action(float(sigmas[t]), float(sigmas[t + 1]))]
 
     def forward(self, batch, timestep: int | None = None, **kwargs):
         if "advantages" not in batch:
@@ -259,6 +314,8 @@ class DiffusionPolicy(PolicyMixin):
         t = int(timestep)
         chain, sigmas = batch["chain"], batch["sigmas"]
         mean, std = self._step(self, chain[:, t], sigmas, t)
+        if not std > 0:  # only rl_active_steps are trained; never a zero-variance step
+            raise GenforgeError(f"DDPO step {t} has zero variance and is not an action")
         logp = alg.gaussian_logprob(chain[:, t + 1].float(), mean, std)
         ones = torch.ones_like(logp)[:, None]
         pg, clip_frac = alg.clipped_policy_loss(logp[:, None], batch["old_logp"][:, t, None],
@@ -302,19 +359,18 @@ class DiffusionPolicy(PolicyMixin):
         return out
 
 
-def policy_class(base: type) -> type:
-    """The RL subclass of a family class: ``RL<Name>(mixin, base)``. GPT -> token policy;
-    diffusion -> DDPO; other families have no per-sample likelihood to steer here."""
-    from genforge.families.diffusion import Diffusion
-    from genforge.families.gpt import GPT
+POLICIES = {"tokens": SequencePolicy, "gaussian_steps": DiffusionPolicy}
 
-    return _policy_class(base, SequencePolicy if issubclass(base, GPT) else
-                         DiffusionPolicy if issubclass(base, Diffusion) else None)
+
+def policy_class(base: type) -> type:
+    """The RL subclass of a family class: ``RL<Name>(mixin, base)``, the mixin named by the
+    family's ``policy_kind`` (token log-probs: PPO/GRPO; Gaussian chain steps: DDPO)."""
+    return _policy_class(base, POLICIES.get(base.policy_kind))
 
 
 @functools.cache
 def _policy_class(base: type, mixin: type | None) -> type:
     if mixin is None:
-        raise GenforgeError(f"RL fine-tuning works on gpt runs (text, SMILES) and diffusion runs (DDPO); "
-                            f"'{base.__name__}' is neither")
+        raise GenforgeError(f"RL fine-tuning needs per-sample log-probs (gpt runs on text or SMILES; "
+                            f"diffusion runs with DDPO); '{base.__name__}' declares no policy_kind")
     return type(f"RL{base.__name__}", (mixin, base), {"__module__": __name__})

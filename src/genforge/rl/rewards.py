@@ -3,9 +3,15 @@
 ``samples`` are strings for text and SMILES, an (N, C, H, W) float tensor in [0, 1] for
 images; ``columns`` are the extra columns of a prompt file, one value per sample. A
 reward returns one float per sample, or None where it does not apply. Several rewards
-combine with weights (:class:`Reward`), each logged under its own name, and every
-sample scored is one counted oracle call. A reward that raises, or returns the wrong
-length, NaN or inf, stops the run with a :class:`RewardError`; it is never silently zero.
+combine with weights (:class:`Reward`), each logged under its own name. A reward that
+raises, or returns the wrong length, NaN or inf, stops the run with a :class:`RewardError`;
+it is never silently zero.
+
+What counts as an oracle call (``oracle_calls``, ``--max-oracle-calls``): each scoring of
+a training rollout's sample. For molecules (PMO's rule, Gao et al. 2022) only the first
+scoring of each distinct canonical SMILES counts (repeats and other spellings are answered
+from the cache) and invalid SMILES never count. The pre-flight check and the evaluation
+rollouts never count, and never fill the cache.
 
 Built-ins are small documented functions registered in :data:`BUILTINS`; a user's own
 reward is named ``package.module:function`` or ``path/to/file.py:function``.
@@ -18,9 +24,11 @@ import importlib
 import importlib.util
 import inspect
 import io
+import json
 import math
 import numbers
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,29 +174,23 @@ def plogp(samples: Sequence[str]) -> list[float]:
 
 @functools.lru_cache(maxsize=8)
 def _target_fingerprint(target: str):
-    from genforge.metrics.molecules import _fingerprint
+    from genforge.metrics.molecules import fingerprint
 
     mols = _mols([target])
     if mols[0] is None:
         raise RewardError(f"tanimoto reward: target {target!r} is not a valid SMILES")
-    return _fingerprint(mols[0]).astype(bool)
+    return fingerprint(mols[0])
 
 
 def tanimoto(samples: Sequence[str], target: str) -> list[float]:
     """Tanimoto similarity in [0, 1] of Morgan fingerprints (radius 2, 1024 bits, as MOSES)
-    to the ``target`` SMILES; 0 for invalid SMILES."""
-    from genforge.metrics.molecules import _fingerprint
+    to the ``target`` SMILES, by the metrics' one Tanimoto (SNN's); 0 for invalid SMILES."""
+    from genforge.metrics.molecules import morgan_fingerprints, tanimoto_to
 
     ref = _target_fingerprint(target)
-    out = []
-    for m in _mols(samples):
-        if m is None:
-            out.append(0.0)
-            continue
-        fp = _fingerprint(m).astype(bool)
-        union = int((fp | ref).sum())
-        out.append(int((fp & ref).sum()) / union if union else 0.0)
-    return out
+    mols = _mols(samples)
+    sims = iter(tanimoto_to(morgan_fingerprints([m for m in mols if m is not None]), ref).tolist())
+    return [0.0 if m is None else next(sims) for m in mols]
 
 
 # --------------------------------------------------------------------------- images
@@ -288,7 +290,7 @@ def _load_user_function(path: str) -> Callable:
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
         else:
-            module = importlib.import_module(module_name)
+            module = _import_with_cwd(module_name)
     except RewardError:
         raise
     except Exception as e:  # the user's module: any import error is theirs to see
@@ -297,6 +299,20 @@ def _load_user_function(path: str) -> Callable:
     if not callable(fn):
         raise RewardError(f"reward '{path}': {module_name} has no function '{attr}'")
     return fn
+
+
+def _import_with_cwd(name: str):
+    """``import name`` with the current folder on the import path for this lookup only, so
+    ``--reward myrewards:fn`` finds ./myrewards.py as users expect (``python -m`` does the same)."""
+    cwd = str(Path.cwd())
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(name)
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
 
 
 def parse_spec(spec: str) -> tuple[str, float]:
@@ -325,19 +341,40 @@ class RewardTerm:
         return columns if self.takes is None else {k: v for k, v in columns.items() if k in self.takes}
 
 
+def _hashable(value: Any) -> Any:
+    """A column value as part of a cache key (prompt-file fields may be lists or dicts)."""
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return json.dumps(value, sort_keys=True, default=str)
+
+
 @dataclass
 class Reward:
     """A weighted sum of reward terms with the contract checked, and oracle calls counted.
 
-    ``cache=True`` (molecules) scores each distinct sample once and answers repeats from
-    the cache, so ``calls`` counts distinct molecules, as the PMO benchmark counts oracle
-    calls (Gao et al. 2022); otherwise every scored sample is a call.
+    With ``key`` (molecules: canonical SMILES) each distinct key is scored once and answered
+    from the cache afterwards, so ``calls`` counts distinct molecules as the PMO benchmark
+    counts oracle calls (Gao et al. 2022); a sample whose key is None (invalid SMILES) is
+    scored but neither counted nor cached. The key also holds the values of the prompt
+    columns a term reads, since such a term may score one molecule differently per prompt.
+    Without ``key`` every scored sample is a call. ``counted=False`` (pre-flight, evaluation)
+    scores without counting or caching.
     """
 
     terms: list[RewardTerm]
-    cache: bool = False
+    key: Callable[[Any], Any] | None = None
     calls: int = 0
-    scored: dict[Any, tuple] = field(default_factory=dict)  # sample -> per-term values, in call order
+    scored: dict[Any, tuple] = field(default_factory=dict)  # key -> per-term values, in call order
+    applied: list[int] = field(default_factory=list)  # per term: counted samples it applied to
+
+    def __post_init__(self):
+        self.applied = self.applied or [0] * len(self.terms)
+
+    @property
+    def cache(self) -> bool:
+        return self.key is not None
 
     @property
     def names(self) -> list[str]:
@@ -375,58 +412,97 @@ class Reward:
             out.append(float(v))
         return out
 
-    def score_terms(self, samples, columns: dict | None = None) -> list[list[float | None]]:
+    def _keys(self, samples, columns: dict) -> list:
+        """The cache key of each sample: its oracle key, plus the columns any term reads."""
+        read = sorted(columns) if any(t.takes is None for t in self.terms) else \
+            sorted({c for t in self.terms for c in t.takes} & set(columns))
+        keys = []
+        for i, s in enumerate(samples):
+            k = self.key(s)
+            if k is not None and read:
+                k = (k, *(_hashable(columns[c][i]) for c in read))
+            keys.append(k)
+        return keys
+
+    def score_terms(self, samples, columns: dict | None = None, counted: bool = True) -> list[list[float | None]]:
         """Per-term values: a list over terms of lists over samples."""
         columns = columns or {}
         n = len(samples)
-        for key, values in columns.items():
+        for name, values in columns.items():
             if len(values) != n:
-                raise RewardError(f"column '{key}' has {len(values)} values for {n} samples")
-        if not self.cache or columns:
-            self.calls += n
+                raise RewardError(f"column '{name}' has {len(values)} values for {n} samples")
+        if self.key is None:
+            if counted:
+                self.calls += n
             return [self._call_term(t, samples, columns) for t in self.terms]
-        new = list(dict.fromkeys(s for s in samples if s not in self.scored))
-        if new:
-            per_term = [self._call_term(t, new, {}) for t in self.terms]
-            for j, s in enumerate(new):
-                self.scored[s] = tuple(values[j] for values in per_term)
-            self.calls += len(new)
-        return [[self.scored[s][k] for s in samples] for k in range(len(self.terms))]
+        keys = self._keys(samples, columns)
+        todo, first = [], set()  # invalid samples, and the first sample of each new key
+        for i, k in enumerate(keys):
+            if k is None or (k not in self.scored and k not in first):
+                todo.append(i)
+                if k is not None:
+                    first.add(k)
+        found: dict[Any, tuple] = {}
+        invalid: dict[int, tuple] = {}
+        if todo:
+            sub = [samples[i] for i in todo]
+            per_term = [self._call_term(t, sub, {c: [v[i] for i in todo] for c, v in columns.items()})
+                        for t in self.terms]
+            for j, i in enumerate(todo):
+                values = tuple(p[j] for p in per_term)
+                if keys[i] is None:
+                    invalid[i] = values
+                else:
+                    found[keys[i]] = values
+        if counted:
+            self.scored.update(found)
+            self.calls += len(found)
+        rows = [invalid[i] if k is None else found[k] if k in found else self.scored[k] for i, k in enumerate(keys)]
+        return [[row[t] for row in rows] for t in range(len(self.terms))]
 
-    def __call__(self, samples, columns: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    def __call__(self, samples, columns: dict | None = None, counted: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """-> (total (N,), applies (N,) bool, {term name: mean over samples it applies to}).
 
         ``total`` is sum_k w_k r_k over the terms that apply to a sample; a sample no term
         applies to has ``applies`` False (and total 0): it gets no advantage."""
-        per_term = self.score_terms(samples, columns)
+        per_term = self.score_terms(samples, columns, counted)
         n = len(samples)
         total = torch.zeros(n, dtype=torch.float64)
         applies = torch.zeros(n, dtype=torch.bool)
         means = {}
-        for term, values in zip(self.terms, per_term, strict=True):
+        for k, (term, values) in enumerate(zip(self.terms, per_term, strict=True)):
             got = [v for v in values if v is not None]
             means[term.name] = sum(got) / len(got) if got else float("nan")
+            if counted:
+                self.applied[k] += len(got)
             for i, v in enumerate(values):
                 if v is not None:
                     total[i] += term.weight * v
                     applies[i] = True
         return total.float(), applies, means
 
+    def never_applied(self) -> list[str]:
+        """Names of the terms that returned None for every training sample so far."""
+        return [t.name for t, n in zip(self.terms, self.applied, strict=True) if n == 0]
+
     def total(self, values: Sequence[float | None]) -> float:
         """sum_k w_k r_k over the terms that apply, for one sample's per-term values."""
         return sum(t.weight * v for t, v in zip(self.terms, values, strict=True) if v is not None)
 
     def state_dict(self) -> dict:
-        return {"calls": self.calls, "scored": list(self.scored.items())}
+        return {"calls": self.calls, "scored": list(self.scored.items()), "applied": list(self.applied)}
 
     def load_state_dict(self, state: dict) -> None:
         self.calls = int(state["calls"])
         self.scored = dict(state["scored"])
+        self.applied = list(state.get("applied", [1] * len(self.terms)))  # older runs: not tracked
 
 
 def build_reward(specs: Sequence[str], args: dict[str, dict[str, Any]], modality: str,
                  data: Any = None) -> Reward:
-    """Rewards from ``--reward`` specs and ``--reward-arg`` values ({reward name: {key: value}}).
+    """Rewards from ``--reward`` specs and ``--reward-arg`` values ({reward name: {key: value}}),
+    counting oracle calls by the modality's oracle key (``rl.specs``).
 
     A built-in of another modality, an unknown name, or an argument the function does not
     take are errors that list what would work."""
@@ -471,4 +547,9 @@ def build_reward(specs: Sequence[str], args: dict[str, dict[str, Any]], modality
     unused = sorted(set(args) - seen)
     if unused:
         raise RewardError(f"--reward-arg {unused[0]}.…: no reward '{unused[0]}' was named with --reward")
-    return Reward(terms, cache=modality == "molecule")
+    if all(t.weight == 0 for t in terms):
+        raise RewardError("every --reward has weight 0, so every sample scores 0 and there is nothing to "
+                          "learn; give at least one reward a nonzero weight (NAME=WEIGHT)")
+    from genforge.rl.specs import rl_spec
+
+    return Reward(terms, key=rl_spec(modality).oracle_key)

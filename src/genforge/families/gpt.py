@@ -66,6 +66,7 @@ class Block(nn.Module):
 
 class GPT(GenerativeModel):
     Config = GPTConfig
+    policy_kind = "tokens"  # RL: PPO/GRPO on token_logprobs
 
     def __init__(self, config: GPTConfig, spec):
         super().__init__(config, spec)

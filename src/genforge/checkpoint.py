@@ -21,7 +21,9 @@ safetensors header are an error, not blank samples.
 A checkpoint is written into a hidden temporary folder, its files fsynced, renamed
 into place, and only then named by ``latest``/``best`` (pointer files replaced with
 ``os.replace``), so a crash at any moment leaves the previous checkpoint intact and
-pointed to. Frozen parts (``model.frozen_parts()``) are rebuilt by the family and
+pointed to. Re-saving the step ``latest`` names (a resumed run's first save) moves the old
+folder aside (``.old-NAME-PID``), renames the new one in, then deletes the old; a crash in
+between is repaired by the next read or save. Frozen parts (``model.frozen_parts()``) are rebuilt by the family and
 never written.
 """
 

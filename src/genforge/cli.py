@@ -307,7 +307,9 @@ def build_parser(declared: bool = True) -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     t.add_argument("--run-dir", help="where to write the run (default: OUT_DIR/PRESET-TIMESTAMP); "
                                      "must be empty unless --overwrite")
-    t.add_argument("--overwrite", action="store_true", help="clear a non-empty --run-dir and train anew")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the genforge run in --run-dir and train anew (a folder holding "
+                        "anything a run does not write is refused, nothing deleted)")
     t.add_argument("--stop-after", type=int, metavar="N",
                    help="checkpoint and stop after N steps of this session (resume later)")
     t.add_argument("--no-progress", action="store_true",
@@ -376,7 +378,8 @@ def build_parser(declared: bool = True) -> argparse.ArgumentParser:
                    help="ddpo: fraction of each chain's steps trained on (default 1)")
     r.add_argument("--checkpoint", default="auto", help="base run checkpoint to start from (default auto)")
     r.add_argument("--run-dir", help="where to write the RL run (default: BASE_RUN-rl-TIMESTAMP beside it)")
-    r.add_argument("--overwrite", action="store_true", help="clear a non-empty --run-dir first")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace the genforge run in --run-dir (any other folder is refused)")
     r.add_argument("--resume", metavar="RUN", help="continue an RL run from its latest checkpoint")
     r.add_argument("--stop-after", type=int, metavar="N", help="checkpoint and stop after N steps of this session")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -112,7 +112,8 @@ class Trainer:
     """Trains ``model`` on ``data`` (or on any :class:`BatchSource`) into ``run_dir``.
 
     ``resume`` continues from the run's latest checkpoint; otherwise ``run_dir`` must be
-    empty or absent, unless ``overwrite`` (which clears it). Nothing is written into the
+    empty or absent, unless ``overwrite`` (which replaces a genforge run, and refuses any other
+    folder: ``checkpoint.claim_run_dir``). Nothing is written into the
     folder until the model is built and any checkpoint has loaded, so a failed start leaves
     an existing run untouched and creates no folder.
     """

@@ -13,7 +13,7 @@ import torch
 from helpers import device_under_test, gen, make_trainer, on, train_losses
 from safetensors.torch import load_file
 
-from genforge.checkpoint import best_checkpoint, latest_checkpoint
+from genforge.checkpoint import best_checkpoint, foreign_entries, latest_checkpoint
 from genforge.config import load_config
 from genforge.evaluate import evaluate_run
 from genforge.families import FAMILIES
@@ -104,6 +104,9 @@ def test_family_contract(family, tmp_path):
     model = trainer.model
     assert isinstance(model, GenerativeModel)
     assert len(train_losses(run_dir)) == 6 and any((run_dir / "samples").iterdir())
+    # everything a run writes is a known run entry, so `--overwrite` can replace this run (and
+    # only runs): a new file a family or modality writes must join checkpoint.RUN_FILES
+    assert foreign_entries(run_dir) == []
 
     # the run directory alone rebuilds the trained (raw) weights, frozen parts included
     raw = load_run(run_dir, use_ema=False, checkpoint="latest", device=device_under_test().type)

@@ -12,10 +12,11 @@ import torch
 from tqdm.auto import tqdm
 
 from genforge import GenforgeError
+from genforge.data.grids import MAX_GRID, check_grid_size  # one limit for every grid
 from genforge.families.base import LatentVariableModel, SampleOption
 from genforge.modalities import EVAL_NUM_SAMPLES, Modality
+from genforge.outputs import unique_output
 
-MAX_GRID = 400  # more images than this go to an .npz, not one giant PNG
 LATENT_TOOLS = ("interpolate", "interp_points", "interp_method", "attribute")
 
 
@@ -61,13 +62,15 @@ class ImageModality(Modality):
         if out is not None and Path(out).suffix.lower() not in (".png", ".npz"):
             raise GenforgeError(f"--out {out}: images are written as a .png grid or an .npz array")
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        points = tools.get("interp_points") or family_options.get("interp_points") or 0
+        check_grid_size(points, "lower --interp-points (a path is one PNG row)")  # before sampling
         if tools.get("interpolate") or tools.get("attribute"):
             if nearest:
                 raise GenforgeError("--nearest applies to samples, not to --interpolate/--attribute paths")
             if tools.get("interpolate") and tools.get("attribute"):
                 raise GenforgeError("give either --interpolate or --attribute, not both")
             images, labels, name, nrow = _latent_tool(run, class_label, num_samples, **tools)
-            path = Path(out) if out else run.run_dir / "samples" / f"{name}-{stamp}.png"
+            path = Path(out) if out else unique_output(run.run_dir / "samples", f"{name}-{stamp}", ".png")
             _save_png(images, path, spec, labels, nrow)
             return
         n = 64 if num_samples is None else num_samples
@@ -99,7 +102,8 @@ class ImageModality(Modality):
             chunks.append(_to_uint8(x.cpu(), spec))  # uint8 on the CPU: 100k 28x28 images are 78 MB
         images = torch.cat(chunks)
         if out is None:
-            out = run.run_dir / "samples" / (f"sample-{stamp}.png" if n <= MAX_GRID else f"sample-{stamp}.npz")
+            # a new name even when another `sample` ran in the same second (O_EXCL, -2, -3, ...)
+            out = unique_output(run.run_dir / "samples", f"sample-{stamp}", ".png" if n <= MAX_GRID else ".npz")
         path = Path(out)
         if steps:
             _save_png(_trajectory_grid(model, steps), path.with_name(path.stem + "-trajectory.png"), spec,
@@ -170,19 +174,13 @@ def _save_png(images: torch.Tensor, path: Path, spec, labels, nrow) -> None:
 
 def _save_npz(path: Path, images: torch.Tensor, labels: torch.Tensor | None, spec) -> None:
     """uint8 (N, C, H, W) under ``images`` (+ ``labels``), written atomically."""
-    import os
+    from genforge.atomic import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
     arrays = {"images": images.numpy()}
     if labels is not None:
         arrays["labels"] = labels.cpu().numpy().astype(np.int64)
-    try:
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise GenforgeError(f"cannot write {path} ({e.strerror or e})") from None
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
     print(f"wrote {images.shape[0]} images to {path} (uint8, N x C x H x W)")
 
 
@@ -221,7 +219,8 @@ def _load_image(run, ref: str, cache: dict) -> tuple[torch.Tensor, int | None]:
     try:
         with Image.open(path) as im:
             im = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
-            arr = torch.from_numpy(np.asarray(im, dtype=np.uint8).reshape(h, w, c)).permute(2, 0, 1)
+            # np.array copies: PIL's buffer is read-only and torch warns about wrapping it
+            arr = torch.from_numpy(np.array(im, dtype=np.uint8).reshape(h, w, c)).permute(2, 0, 1)
     except OSError as e:
         raise GenforgeError(f"cannot read image {path} ({e})") from None
     return _from_uint8(arr, run.spec), None

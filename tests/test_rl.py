@@ -380,43 +380,6 @@ def test_rl_resume_is_exact(text_base, tmp_path):
     assert main(["rl", "--resume", str(tmp_path / "twice"), "--reward", "x"]) == 2
 
 
-MOLECULES = ["CCO", "CC(=O)Oc1ccccc1C(=O)O", "c1ccccc1", "CCN(CC)CC", "CC(C)Cc1ccc(C(C)C(=O)O)cc1",
-             "O=C(O)c1ccccc1O", "CCOc1ccc(NC(C)=O)cc1", "CC(=O)c1ccc(O)cc1", "NC(=O)c1cccnc1",
-             "Oc1ccc(Cl)cc1Cl", "CC1CCCCC1N", "OCCN1CCOCC1", "CCN1CCN(c2ccccc2)CC1", "COc1ccccc1N",
-             "O=C(Nc1ccccc1)c1ccccc1", "CCCCCCCC(=O)O", "CS(=O)(=O)c1ccc(C)cc1", "c1ccc(cc1)-c1ccncc1"]
-
-
-@pytest.fixture(scope="module")
-def mol_base(tmp_path_factory):
-    pytest.importorskip("rdkit")
-    tmp = tmp_path_factory.mktemp("rl-mol")
-    smi = tmp / "mols.smi"
-    smi.write_text("\n".join(MOLECULES * 3) + "\n")
-    base = tmp / "base"
-    assert main(["train", "gpt-demo", f"data.name={smi}", "train.max_steps=120", *TINY_GPT,
-                 "--run-dir", str(base), "--no-progress"]) == 0
-    return base
-
-
-def test_molecule_rl_counts_oracle_calls_and_writes_them(mol_base, tmp_path):
-    from genforge.metrics.molecules import canonicalize
-
-    run = tmp_path / "rl"
-    assert main(["rl", str(mol_base), "--reward", "qed", "--reward", "validity=0.5", "--steps", "20",
-                 "--batch-size", "16", "--max-oracle-calls", "12", "--diversity-filter", "5",
-                 "--eval-samples", "8", "--run-dir", str(run), "--no-progress"]) == 0
-    rows = _rows(run)
-    assert rows[-1]["event"] == "stopped" and "oracle budget spent" in rows[-1]["reason"]
-    oracle = (run / "oracle.csv").read_text().splitlines()
-    assert oracle[0] == "call,smiles,score,qed,validity"
-    calls = len(oracle) - 1
-    smiles = [line.split(",")[1] for line in oracle[1:]]
-    assert 12 <= calls == len(set(smiles)) == rows[-1]["oracle_calls"]  # each distinct molecule once
-    assert all(canonicalize(s) == s for s in smiles)  # valid, canonical: what PMO counts
-    train = [r for r in rows if "event" not in r]
-    assert {"top1", "top10", "auc_top10", "intdiv", "valid", "filtered"} <= set(train[-1])
-
-
 def test_ddpo_raises_brightness_on_digits(tmp_path):
     base = tmp_path / "base"
     assert main(["train", "diffusion-digits", "model.channels=[16, 32]", "model.attention=[false, false]",

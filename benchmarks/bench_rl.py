@@ -101,8 +101,8 @@ def text() -> None:
     out = {"base": str(TEXT_BASE.relative_to(ROOT)), "runs": {}}
     for algo, coef in [("grpo", "0.01"), ("grpo", "0.1"), ("grpo", "0.3"), ("rloo", "0.1"), ("reinforce", "0.1")]:
         name = f"text-{algo}-kl{coef}"
-        groups = [] if algo == "reinforce" else ["--group-size", "8"]  # reinforce: the batch-mean baseline
-        run, meta = rl(name, TEXT_BASE, *TEXT_COMMON, *groups, "--algo", algo, "--kl-coef", coef)
+        # one (default) prompt: every baseline is the batch's (--group-size applies to several prompts)
+        run, meta = rl(name, TEXT_BASE, *TEXT_COMMON, "--algo", algo, "--kl-coef", coef)
         out["runs"][name] = {**meta, **summary(run)}
     out["samples_before"] = samples(TEXT_BASE, 5, extra=("--max-new-tokens", "120", "--checkpoint", "auto"))
     out["samples_after"] = samples(RUNS / "text-grpo-kl0.1", 5, extra=("--max-new-tokens", "120"))
@@ -114,7 +114,7 @@ def guard() -> None:
     """A run that would collapse (no KL, a high LR) is stopped by min_diversity; the same run
     with the REINVENT-style n-gram diversity filter, for comparison."""
     common = ["--reward", "sentiment", "--steps", "150", "--lr", "3e-4", "--kl-coef", "0",
-              "--batch-size", "64", "--group-size", "8", "--max-new-tokens", "64"]
+              "--batch-size", "64", "--max-new-tokens", "64"]
     out = {}
     run, meta = rl("guard-stop", TEXT_BASE, *common, "--min-diversity", "0.35", "--guard-patience", "3")
     out["stop"] = {**meta, **summary(run)}
@@ -127,7 +127,7 @@ def guard() -> None:
     store("guard", out)
 
 
-QED_COMMON = ["--reward", "qed", "--steps", "2000", "--batch-size", "64", "--group-size", "8",
+QED_COMMON = ["--reward", "qed", "--steps", "2000", "--batch-size", "64",
               "--diversity-filter", "25", "--max-oracle-calls", "10000", "--eval-samples", "64",
               "train.eval_every=20"]
 
@@ -171,7 +171,11 @@ def _molecules(key: str, name: str, *args: str, common: list[str] = QED_COMMON, 
     run, meta = rl(name, base, *common, *args)
     result = {**meta, **summary(run)}
     final = result["train"][-1]
+    # PMO's numbers: oracle calls are distinct valid canonical SMILES of training rollouts (the
+    # pre-flight and evaluations are free), so top-k ranks distinct canonical molecules.
     result["pmo"] = {k: final.get(k) for k in ("top1", "top10", "top100", "auc_top10", "oracle_calls")}
+    oracle = (run / "oracle.csv").read_text().splitlines()[1:]
+    result["pmo"]["distinct_in_oracle_csv"] = len({line.split(",")[1] for line in oracle})
     from genforge.rl.diversity import molecule_diversity
     from genforge.rl.rewards import qed
 
@@ -188,7 +192,7 @@ def _molecules(key: str, name: str, *args: str, common: list[str] = QED_COMMON, 
 def ddpo() -> None:
     """DDPO on the Fashion-MNIST diffusion model toward one class (the fixed classifier's
     probability of Trouser) and toward JPEG incompressibility."""
-    common = ["--algo", "ddpo", "--steps", "40", "--lr", "3e-5", "--batch-size", "32", "--group-size", "32",
+    common = ["--algo", "ddpo", "--steps", "40", "--lr", "3e-5", "--batch-size", "32",
               "--sampling-steps", "10", "--timestep-fraction", "0.5", "--kl-coef", "0", "--eval-samples", "256"]
     out = {}
     run, meta = rl("ddpo-trouser", IMAGE_BASE, "--reward", "classifier", "--reward-arg", "target=Trouser", *common)
@@ -213,7 +217,7 @@ def throughput() -> None:
                                                                                          "--max-new-tokens", "64"]),
         "molecules (4x256 SMILES GPT, 64 samples)": (MOL_BASE, ["--reward", "qed", "--batch-size", "64"]),
         "ddpo (2.7M UNet, 32 images x 10 steps, half the steps trained)": (
-            IMAGE_BASE, ["--reward", "brightness", "--algo", "ddpo", "--batch-size", "32", "--group-size", "32",
+            IMAGE_BASE, ["--reward", "brightness", "--algo", "ddpo", "--batch-size", "32",
                          "--sampling-steps", "10", "--timestep-fraction", "0.5"]),
     }
     out = {}

@@ -346,9 +346,11 @@ def build_parser(declared: bool = True) -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, metavar="N", help="samples per rollout (default 64)")
     r.add_argument("--lr", type=float, help="learning rate (default 1e-4, constant)")
     r.add_argument("--seed", type=int, help="seed of rollouts and prompt order (default: the base run's)")
-    r.add_argument("--group-size", type=int, metavar="G", help="rloo/grpo/ddpo: samples per prompt (default 8)")
+    r.add_argument("--group-size", type=int, metavar="G", help="rloo/grpo with several prompts: samples per prompt (default 8); "
+                        "with one prompt or none the baseline is the whole batch")
     r.add_argument("--updates-per-rollout", type=int, metavar="K",
-                   help="optimizer steps per rollout batch (default 1)")
+                   help="optimizer steps on each rollout batch (default 1; with train.grad_accum=A a step "
+                        "takes A rollouts)")
     r.add_argument("--clip", type=float, metavar="EPS", help="importance-ratio clip (default 0.2)")
     r.add_argument("--kl-coef", type=float, metavar="BETA", help="KL penalty weight (default 0.05)")
     r.add_argument("--kl-target", type=float, metavar="NATS", help="adapt --kl-coef toward this KL per sample")
@@ -363,7 +365,8 @@ def build_parser(declared: bool = True) -> argparse.ArgumentParser:
                    help="REINVENT diversity filter: after BUCKET samples share a scaffold (molecules) or a "
                         "word 3-gram (text), further ones lose that share of their reward")
     r.add_argument("--max-oracle-calls", type=int, metavar="N",
-                   help="stop after N reward calls (distinct molecules for SMILES runs, as PMO counts)")
+                   help="stop after N oracle calls: scorings of training-rollout samples; for SMILES, "
+                        "distinct valid canonical molecules, as PMO counts (pre-flight and evaluation are free)")
     r.add_argument("--select-kl-weight", type=float, metavar="W",
                    help="checkpoints/best maximizes eval reward - W x eval KL (default 0: reward)")
     r.add_argument("--eval-samples", type=int, metavar="N", help="samples per evaluation (default 64)")

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
-from helpers import make_trainer
+from helpers import gen, make_trainer, on
 
+from genforge import GenforgeError
 from genforge.cli import main
 from genforge.config import load_config
 from genforge.data.captions import PARAPHRASES, SYNONYMS, TEMPLATES, class_captions
@@ -33,8 +34,8 @@ def class_model(tmp_path_factory):
 def agreement(model, data, **options):
     extractor = load_extractor(data)
     labels = torch.arange(100) % 10
-    x = model.sample(100, torch.Generator().manual_seed(0), labels=labels, **options)
-    _, probs = extractor.run(x.float())
+    x = model.sample(100, gen(0, model), labels=labels, **options)
+    _, probs = extractor.run(x.float().cpu())
     return label_agreement(probs, labels)
 
 
@@ -58,31 +59,31 @@ def test_guidance_at_scale_one_equals_the_conditional_model(class_model):
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_editing_with_every_sampler(class_model, sampler):
     model, data = class_model
-    image = data.test.get(torch.tensor([0]))["x"][0]  # (1, 8, 8) in pixel range
-    same = model.sample(2, torch.Generator().manual_seed(0), labels=torch.tensor([1, 2]), sampler=sampler,
+    image = on(data.test.get(torch.tensor([0])), model)["x"][0]  # (1, 8, 8) in pixel range
+    same = model.sample(2, gen(0, model), labels=torch.tensor([1, 2]), sampler=sampler,
                         init=image, strength=0.0)
     assert torch.allclose(same, image.expand_as(same), atol=1e-6)  # SDEdit at strength 0 returns the input
-    mask = torch.zeros(1, 8, 8)
+    mask = torch.zeros(1, 8, 8, device=image.device)
     mask[:, :, 4:] = 1  # regenerate the right half
-    out = model.sample(2, torch.Generator().manual_seed(0), labels=torch.tensor([1, 2]), sampler=sampler,
+    out = model.sample(2, gen(0, model), labels=torch.tensor([1, 2]), sampler=sampler,
                        sampling_steps=5, init=image, mask=mask)
     assert torch.allclose(out[..., :4], image[..., :4].expand_as(out[..., :4]), atol=1e-5)
     assert not torch.allclose(out[..., 4:], image[..., 4:].expand_as(out[..., 4:]), atol=1e-2)
-    varied = model.sample(2, torch.Generator().manual_seed(0), labels=torch.tensor([1, 1]), sampler=sampler,
+    varied = model.sample(2, gen(0, model), labels=torch.tensor([1, 1]), sampler=sampler,
                           sampling_steps=5, init=image, strength=0.5)
     assert varied.shape == (2, 1, 8, 8) and not torch.equal(varied[0], varied[1])
 
 
 def test_bits_per_dim_is_finite_and_in_a_sane_range(class_model):
     model, data = class_model
-    batch = data.test.get(torch.arange(16))
-    out = model.heldout_metrics([batch], torch.Generator().manual_seed(0), bpd_steps=10, bpd_images=16)
+    batch = on(data.test.get(torch.arange(16)), model)
+    out = model.heldout_metrics([batch], gen(0, model), bpd_steps=10, bpd_images=16)
     assert 0.0 < out["bits_per_dim"] < 8.0 and out["bpd_images"] == 16
 
 
 def test_bad_sampling_options_are_refused(class_model):
     model, _ = class_model
-    g = torch.Generator().manual_seed(0)
+    g = gen(0, model)
     for kwargs, message in [({"eta": 0.5, "sampler": "euler"}, "--eta applies to the ddim"),
                             ({"guidance": float("nan")}, "--guidance must be"),
                             ({"strength": 0.5}, "give it with --init"),
@@ -128,6 +129,7 @@ def test_cli_sample_and_eval(tmp_path, capsys):
                           (["--prompt", "a seven"], "needs a text-conditional"),
                           (["--mask", "nowhere.png", "--init", "test:0"], "--mask nowhere.png"),
                           (["--latent-temperature", "0.5"], "does not apply"),
+                          (["--temperature", "0"], "--temperature does not apply"),  # 0 is given too
                           (["--sampling-steps", "0"], "at least 1")]:
         assert main(["sample", str(run), "--num-samples", "2", *argv]) == 2
         err = capsys.readouterr().err
@@ -152,11 +154,11 @@ def test_text_conditioning_follows_unseen_paraphrases(text_model):
     extractor = load_extractor(data)
     hits = []
     for text, k in PARAPHRASES["digits"]:
-        x = model.sample(10, torch.Generator().manual_seed(0), prompt=[text], sampling_steps=8, guidance=3.0)
-        hits.append(label_agreement(extractor.run(x)[1], torch.full((10,), k)))
+        x = model.sample(10, gen(0, model), prompt=[text], sampling_steps=8, guidance=3.0)
+        hits.append(label_agreement(extractor.run(x.cpu())[1], torch.full((10,), k)))
     assert sum(hits) / len(hits) > 0.5, hits  # chance is 0.1
     # the prompt moves samples: "seven" prompts give more sevens than "zero" prompts do
-    sevens = [model.sample(20, torch.Generator().manual_seed(1), prompt=[p], sampling_steps=8, guidance=3.0)
+    sevens = [model.sample(20, gen(1, model), prompt=[p], sampling_steps=8, guidance=3.0)
               for p in ("a hand-written seven", "a scribbled zero")]
     frac = [float((extractor.run(x)[1].argmax(1) == 7).float().mean()) for x in sevens]
     assert frac[0] > frac[1] + 0.3, frac
@@ -196,6 +198,87 @@ def test_cli_prompt_trajectory_and_masks(tmp_path, capsys):
     assert out.is_file() and (tmp_path / "t-trajectory.png").is_file()
     capsys.readouterr()
     assert main(["sample", str(run), "--class-label", "3"]) == 2
-    assert "class-conditional" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the key that exists (issue #16 suggested model.conditional=true)
+    assert "class-conditional" in err and "model.conditioning=class" in err and "conditional=true" not in err
     assert main(["sample", str(run), "--guidance", "3"]) == 2  # refused, not ignored
     assert "unconditional" in capsys.readouterr().err
+
+
+def tiny_model(**config):
+    """An untrained 8x8 model: enough to count steps and calls, and to check finiteness."""
+    from helpers import device_under_test
+
+    from genforge.data.spec import DataSpec
+    from genforge.families.diffusion import Diffusion, DiffusionConfig
+
+    spec = DataSpec("image", shape=(1, 8, 8), pixel_range=(0.0, 1.0), name="tiny")
+    cfg = DiffusionConfig(channels=(8, 16), attention=(False, True), heads=2, **config)
+    return Diffusion(cfg, spec).to(device_under_test()).eval()
+
+
+@pytest.mark.parametrize("noise", ["lognormal", "linear", "cosine"])
+def test_dpmpp_2m_at_the_step_counts_that_crashed(noise):
+    """Issue #16: --schedule linear --sampling-steps 20 and cosine at 200 and 1000 steps crashed
+    dpmpp-2m (ZeroDivisionError on a repeated level), whatever the training noise."""
+    model = tiny_model(training_noise=noise)
+    for schedule, steps in [("linear", 20), ("cosine", 200), ("cosine", 1000)]:
+        x = model.sample(1, gen(0, model), sampler="dpmpp-2m", schedule=schedule, sampling_steps=steps)
+        assert torch.isfinite(x).all(), (schedule, steps)
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_sample_calls_back_once_per_step(sampler):
+    model = tiny_model()
+    steps = []
+    model.sample(2, gen(0, model), sampler=sampler, sampling_steps=4, callback=lambda info: steps.append(info["step"]))
+    assert steps == [0, 1, 2, 3]
+
+
+def test_step_progress_bar_counts_steps_and_feeds_the_familys_observer(capsys):
+    from genforge.families.base import SamplingPlan
+    from genforge.modalities import step_progress
+
+    seen = []
+    plan = SamplingPlan({}, per_step=True, on_step=lambda info: seen.append(info["step"]))
+    model = tiny_model()
+    with step_progress(plan, "batch 1/1", enabled=True) as extra:
+        model.sample(2, gen(0, model), sampling_steps=3, **extra)
+    assert seen == [0, 1, 2] and "3/3" in capsys.readouterr().err
+    with step_progress(SamplingPlan({}), "batch 1/1", enabled=True) as extra:
+        assert extra == {}  # a family without steps gets no callback
+
+
+@pytest.mark.parametrize("bpd_steps", [1, 3])
+def test_bits_per_dim_runs_bpd_steps_heun_steps(bpd_steps):
+    """Issue #16: --bpd-steps N ran N-1 Heun steps (1 ran none). N steps are 2N denoiser calls."""
+    model = tiny_model()
+    calls = []
+    plain = model.denoiser
+
+    def counted(x, sigma, cond):
+        calls.append(x.shape[0])
+        return plain(x, sigma, cond)
+
+    model.denoiser = counted
+    batch = {"x": torch.rand(4, 1, 8, 8, generator=gen(0, model), device=gen(0, model).device)}
+    out = model.heldout_metrics([batch], gen(0, model), bpd_steps=bpd_steps, bpd_images=4)
+    assert len(calls) == 2 * bpd_steps and out["bpd_steps"] == bpd_steps
+    assert torch.isfinite(torch.tensor(out["bits_per_dim"]))
+
+
+def test_zero_counts_as_a_given_option():
+    """Issue #16: `0 in (None, False)` is True, so --temperature 0 on a diffusion run was silently
+    ignored while 0.5 was refused. Any value but None (and an unset switch) is given."""
+    from types import SimpleNamespace
+
+    from genforge.modalities import check_options
+
+    run = SimpleNamespace(model=tiny_model(), config=SimpleNamespace(family="diffusion"),
+                          spec=SimpleNamespace(modality="image"))
+    for value in (0, 0.0, 0.5):
+        with pytest.raises(GenforgeError, match="--temperature does not apply"):
+            check_options(run, {"temperature": value})
+    with pytest.raises(GenforgeError, match="--top-k does not apply"):
+        check_options(run, {"top_k": 0})
+    filled = check_options(run, {"eta": 0.0, "guidance": 0.0, "trajectory": None})
+    assert filled["eta"] == 0.0 and filled["guidance"] == 0.0 and filled["batch_size"] == 64

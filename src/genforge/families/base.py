@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -87,6 +87,20 @@ TEMPERATURE = SampleOption("temperature", "softmax temperature; 0 is greedy (def
 
 INTERP_POINTS = SampleOption("interp_points", "images on an interpolation path (default 8)", int, 8,
                              metavar="N", minimum=2)
+
+
+@dataclass
+class SamplingPlan:
+    """What a family's own `genforge sample` options mean for one request (its
+    :meth:`GenerativeModel.plan_sampling`), so a modality names no family's option."""
+
+    options: dict[str, Any]  # keyword arguments for ``sample``, references already resolved
+    count: int | None = None  # images drawn whatever --num-samples says (a GAN's seed path)
+    one_row: bool = False  # a path: drawn in one call, laid out as one row
+    per_step: bool = False  # ``sample`` takes ``callback(info)`` once per step (progress)
+    on_step: Callable[[dict], None] | None = None  # the family's own per-step observer
+    extras: Callable[[], dict[str, tuple[torch.Tensor, int]]] = dict
+    """After sampling: extra grids to write beside the output, name suffix -> (images, nrow)."""
 
 
 class Diverged(GenforgeError):
@@ -161,6 +175,8 @@ class GenerativeModel(nn.Module):
     """Training metrics the progress bar shows (an RL policy: reward, KL, diversity)."""
     sample_options: tuple[SampleOption, ...] = ()
     eval_options: tuple[SampleOption, ...] = ()
+    class_conditioning: str | None = None
+    """The override that trains this family class-conditional (hints), e.g. "model.conditional=true"."""
     policy_kind: Literal["tokens", "gaussian_steps"] | None = None
     """How `genforge rl` steers it: per-token log-probs (``token_logprobs``: PPO/GRPO), per-step
     Gaussian log-probs of an ancestral sampling chain (DDPO), or None: no RL."""
@@ -261,6 +277,12 @@ class GenerativeModel(nn.Module):
     def preview(self, data: Any, generator: torch.Generator) -> Any:
         """A few samples for the run directory: a str for text, an (N,C,H,W) tensor for images."""
         return None
+
+    def plan_sampling(self, options: dict[str, Any], num_samples: int | None, refs: Any) -> SamplingPlan:
+        """`genforge sample`: resolve this family's own options into a :class:`SamplingPlan`.
+        ``refs`` is the modality's resolver of references to data (images: ``refs.image(ref)``,
+        ``refs.mask(ref)``), so a family never reads files. Default: options as given."""
+        return SamplingPlan(dict(options))
 
 
 class LatentVariableModel(GenerativeModel):

@@ -21,7 +21,6 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 from torch import nn
-from tqdm.auto import tqdm
 
 from genforge import GenforgeError
 from genforge.config import Strict
@@ -29,8 +28,8 @@ from genforge.data.images import from_signed, to_signed
 from genforge.diffusion import schedules
 from genforge.diffusion.denoisers import denoise, diffusion_loss, with_known_region
 from genforge.diffusion.likelihood import ode_bits_per_dim
-from genforge.diffusion.samplers import SAMPLERS, evaluations
-from genforge.families.base import PROMPT, Batch, GenerativeModel, SampleOption
+from genforge.diffusion.samplers import SAMPLERS
+from genforge.families.base import PROMPT, Batch, GenerativeModel, SampleOption, SamplingPlan
 from genforge.nn.unet import UNet
 
 
@@ -92,6 +91,7 @@ STEP_OPTIONS = (
 
 class Diffusion(GenerativeModel):
     Config = DiffusionConfig
+    class_conditioning = "model.conditioning=class"
     policy_kind = "gaussian_steps"  # RL: DDPO on the ancestral chain
     sample_options = (
         *STEP_OPTIONS,
@@ -268,8 +268,8 @@ class Diffusion(GenerativeModel):
         ``prompt`` (captions, cycled over the n images) conditions a text model. ``init`` (C, H, W) in pixel_range
         starts from that image noised to ``strength`` (SDEdit); ``mask`` (1, H, W) in {0, 1}
         regenerates only where it is 1 (inpainting). Both work with every sampler.
-        ``callback(info)`` sees every step (``samplers.py``); ``trajectory`` is the CLI's
-        switch for it and is handled by the image modality, which passes a callback.
+        ``callback(info)`` is called once per step (``samplers.py``: progress, trajectories);
+        ``trajectory`` is the CLI's switch for one, resolved by :meth:`plan_sampling`.
         """
         guidance_given = guidance is not None
         sampler, steps, schedule, guidance, eta = self._resolve(sampler, sampling_steps, schedule, guidance, eta)
@@ -296,20 +296,9 @@ class Diffusion(GenerativeModel):
         else:
             x = float(sigmas[0]) * torch.randn(shape, device=device, generator=generator)
         extra = {"eta": eta} if eta is not None else {}
-        total = len(sigmas) - 1
-        bar = tqdm(total=total, desc=f"{sampler} x{n}", unit="step", leave=False,
-                   disable=None if n * evaluations(sampler, total) >= 2000 else True)
-
-        def report(info):
-            bar.update(1)
-            if callback is not None:
-                callback(info)
-
-        try:
-            x = SAMPLERS[sampler](denoiser, x, sigmas, cond=cond, guidance=guidance if cond else 1.0,
-                                  generator=generator, callback=report, **extra)
-        finally:
-            bar.close()
+        # no progress bar here: the CLI passes one as ``callback`` (plan_sampling: per_step)
+        x = SAMPLERS[sampler](denoiser, x, sigmas, cond=cond, guidance=guidance if cond else 1.0,
+                              generator=generator, callback=callback, **extra)
         return self.from_model_units(x)
 
     def _sampling_condition(self, n: int, labels, prompt: list[str] | None, device) -> dict | None:
@@ -335,6 +324,29 @@ class Diffusion(GenerativeModel):
         rows = self.caption_table[labels, 0]  # each class's first caption, "a <name>"
         return {"context": self.caption_tokens[rows], "context_mask": self.caption_mask[rows],
                 "pooled": self.caption_pooled[rows], "uncond": torch.zeros(n, dtype=torch.bool, device=device)}
+
+    def plan_sampling(self, options, num_samples, refs) -> SamplingPlan:
+        """--init/--mask references become tensors (``refs``: the image modality's resolver);
+        --trajectory keeps each step's denoised estimate of the first batch's first 8 samples
+        and adds them as FILE-trajectory.png, one row per sample, noise to image."""
+        options = dict(options)
+        if options.get("init") is not None:
+            options["init"] = refs.image(options["init"])
+        if options.get("mask") is not None:
+            options["mask"] = refs.mask(options["mask"])
+        plan = SamplingPlan(options, per_step=True)
+        if options.pop("trajectory", False):
+            frames: list[torch.Tensor] = []  # (8, C, H, W) per step, model units
+
+            def keep(info):
+                if len(frames) < info["steps"]:  # the first batch only
+                    frames.append(info["denoised"][:8].cpu())
+
+            def grid():  # (rows * steps, C, H, W) in pixel range
+                return {"trajectory": (self.from_model_units(torch.stack(frames, 1)).flatten(0, 1), len(frames))}
+
+            plan.on_step, plan.extras = keep, grid
+        return plan
 
     @torch.no_grad()
     def preview(self, data, generator: torch.Generator) -> torch.Tensor:

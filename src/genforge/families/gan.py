@@ -37,6 +37,7 @@ from genforge.families.base import (
     Diverged,
     GenerativeModel,
     SampleOption,
+    SamplingPlan,
     Selection,
 )
 
@@ -280,6 +281,7 @@ class Discriminator(nn.Module):
 
 class GAN(GenerativeModel):
     Config = GANConfig
+    class_conditioning = "model.conditional=true"
     selection = Selection("fd", "min")
     sample_options = (
         SampleOption("truncation", "gan: resample latent entries beyond +-T (truncation trick; "
@@ -495,3 +497,14 @@ class GAN(GenerativeModel):
             k = min(self.K, 10)
             return self.sample(k * k, generator, torch.arange(k, device=self.d_wins_in_a_row.device).repeat_interleave(k))
         return self.sample(64, generator)
+
+    def plan_sampling(self, options, num_samples, refs) -> SamplingPlan:
+        """--interpolate-seeds: --interp-points images on one latent path, one row."""
+        if not options.get("interpolate_seeds"):
+            return SamplingPlan(dict(options))
+        if num_samples is not None:
+            raise GenforgeError("--interpolate-seeds draws --interp-points images; drop --num-samples")
+        from genforge.data.grids import check_grid_size
+
+        check_grid_size(options["interp_points"], "lower --interp-points (a path is one PNG row)")
+        return SamplingPlan(dict(options), count=options["interp_points"], one_row=True)

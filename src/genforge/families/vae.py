@@ -82,6 +82,7 @@ def discretized_logistic_logp(x: torch.Tensor, mean: torch.Tensor, log_scale: to
 
 class VAE(LatentVariableModel):
     Config = VAEConfig
+    class_conditioning = "model.conditional=true"
     sample_options = (
         *LatentVariableModel.sample_options,
         SampleOption("latent_temperature", "scale of the prior's standard deviation (default 1.0)",

@@ -9,7 +9,9 @@ branch on a modality name.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -165,3 +167,30 @@ def generator_for(device: torch.device, seed: int | None) -> tuple[torch.Generat
 
         seed = int.from_bytes(os.urandom(4), "little")
     return torch.Generator(device=device).manual_seed(seed), seed
+
+
+@contextlib.contextmanager
+def step_progress(plan, desc: str, enabled: bool | None = None):
+    """Extra keyword arguments for one ``model.sample`` call of a :class:`SamplingPlan` whose
+    family reports every step (``plan.per_step``): a ``callback`` that advances a progress bar
+    on stderr (by default only when stderr is a terminal; ``enabled`` forces it) and feeds the
+    family's own observer (``plan.on_step``). The library samplers stay free of any bar."""
+    if not plan.per_step:
+        yield {}
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=desc, unit="step", leave=False, file=sys.stderr, dynamic_ncols=True,
+               disable=None if enabled is None else not enabled)
+
+    def callback(info: dict) -> None:
+        if bar.total != info["steps"]:
+            bar.total = info["steps"]
+        bar.update(1)
+        if plan.on_step is not None:
+            plan.on_step(info)
+
+    try:
+        yield {"callback": callback}
+    finally:
+        bar.close()

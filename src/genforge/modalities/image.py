@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from genforge import GenforgeError
 from genforge.data.grids import MAX_GRID, check_grid_size  # one limit for every grid
 from genforge.families.base import LatentVariableModel, SampleOption
-from genforge.modalities import EVAL_NUM_SAMPLES, Modality
+from genforge.modalities import EVAL_NUM_SAMPLES, Modality, step_progress
 from genforge.outputs import unique_output
 
 LATENT_TOOLS = ("interpolate", "interp_points", "interp_method", "attribute")
@@ -62,8 +62,7 @@ class ImageModality(Modality):
         if out is not None and Path(out).suffix.lower() not in (".png", ".npz"):
             raise GenforgeError(f"--out {out}: images are written as a .png grid or an .npz array")
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        points = tools.get("interp_points") or family_options.get("interp_points") or 0
-        check_grid_size(points, "lower --interp-points (a path is one PNG row)")  # before sampling
+        check_grid_size(tools.get("interp_points") or 0, "lower --interp-points (a path is one PNG row)")
         if tools.get("interpolate") or tools.get("attribute"):
             if nearest:
                 raise GenforgeError("--nearest applies to samples, not to --interpolate/--attribute paths")
@@ -73,11 +72,12 @@ class ImageModality(Modality):
             path = Path(out) if out else unique_output(run.run_dir / "samples", f"{name}-{stamp}", ".png")
             _save_png(images, path, spec, labels, nrow)
             return
-        n = 64 if num_samples is None else num_samples
-        if family_options.get("interpolate_seeds"):  # a GAN's latent path: one image per point
-            if num_samples is not None:
-                raise GenforgeError("--interpolate-seeds draws --interp-points images; drop --num-samples")
-            n = family_options["interp_points"]
+        # the family resolves its own options (a GAN's seed path, diffusion's --init/--trajectory)
+        plan = model.plan_sampling(family_options, num_samples, ImageRefs(run))
+        family_options = plan.options
+        n = plan.count or (64 if num_samples is None else num_samples)
+        if plan.one_row:  # a path: one call, one PNG row
+            batch_size = n
         if out is not None and Path(out).suffix.lower() == ".png" and n > MAX_GRID:
             raise GenforgeError(f"{n} images do not fit one PNG grid (at most {MAX_GRID}); "
                                 "write them with --out FILE.npz")
@@ -85,35 +85,26 @@ class ImageModality(Modality):
         if prompts and class_label is not None:
             raise GenforgeError("give either --prompt or --class-label, not both")
         y = None if prompts else class_labels(model, spec, class_label, n)
-        _resolve_edit_images(run, family_options)
-        steps: list[torch.Tensor] = []
         chunks: list[torch.Tensor] = []
-        if family_options.pop("trajectory", False):
-
-            def keep_step(info):  # the first batch's first 8 samples, every step
-                if not chunks:
-                    steps.append(info["denoised"][:8].cpu())
-
-            family_options["callback"] = keep_step
         starts = range(0, n, batch_size)
         for s in tqdm(starts, desc="sample", unit="batch", disable=len(starts) < 2):
             batch_y = None if y is None else y[s : s + batch_size]
-            x = model.sample(min(batch_size, n - s), generator, labels=batch_y, **family_options)
+            with step_progress(plan, f"batch {s // batch_size + 1}/{len(starts)}") as per_step:
+                x = model.sample(min(batch_size, n - s), generator, labels=batch_y, **family_options, **per_step)
             chunks.append(_to_uint8(x.cpu(), spec))  # uint8 on the CPU: 100k 28x28 images are 78 MB
         images = torch.cat(chunks)
         if out is None:
             # a new name even when another `sample` ran in the same second (O_EXCL, -2, -3, ...)
             out = unique_output(run.run_dir / "samples", f"sample-{stamp}", ".png" if n <= MAX_GRID else ".npz")
         path = Path(out)
-        if steps:
-            _save_png(_trajectory_grid(model, steps), path.with_name(path.stem + "-trajectory.png"), spec,
-                      None, len(steps))
+        for suffix, (extra, extra_nrow) in plan.extras().items():  # e.g. FILE-trajectory.png
+            _save_png(extra, path.with_name(f"{path.stem}-{suffix}.png"), spec, None, extra_nrow)
         if path.suffix.lower() == ".npz":
             _save_npz(path, images, y, spec)
         else:
             captions = [prompts[i % len(prompts)] for i in range(n)] if prompts else None
             nrow = None
-            if family_options.get("interpolate_seeds"):
+            if plan.one_row:
                 nrow = n  # a latent path reads as one row
             elif y is not None and class_label is None:
                 nrow = model.conditioning_classes  # labels cycle through the classes: one class per column
@@ -134,7 +125,9 @@ def class_labels(model, spec, class_label: str | None, n: int) -> torch.Tensor |
     device = next(model.parameters()).device
     if class_label is not None:
         if not model.conditioning_classes:
-            raise GenforgeError("--class-label needs a class-conditional model (e.g. model.conditional=true)")
+            how = f"train one with {model.class_conditioning}" if model.class_conditioning else \
+                f"the {type(model).__name__} family has no class conditioning"
+            raise GenforgeError(f"--class-label needs a class-conditional model; this run is unconditional ({how})")
         return torch.full((n,), class_index(spec, class_label), device=device)
     if model.conditioning_classes:
         return torch.arange(n, device=device) % model.conditioning_classes
@@ -226,22 +219,22 @@ def _load_image(run, ref: str, cache: dict) -> tuple[torch.Tensor, int | None]:
     return _from_uint8(arr, run.spec), None
 
 
-def _trajectory_grid(model, steps: list[torch.Tensor]) -> torch.Tensor:
-    """Per-step denoised estimates (model units) -> (rows * steps, C, H, W) in pixel range, one
-    row per sample, left to right from noise to image."""
-    frames = torch.stack([model.from_model_units(d) for d in steps], 1)  # (rows, steps, C, H, W)
-    return frames.flatten(0, 1)
-
-
 MASK_SHAPES = ("left", "right", "top", "bottom", "center")
 
 
-def _resolve_edit_images(run, options: dict) -> None:
-    """--init and --mask name files (or test:INDEX); the family receives tensors."""
-    if options.get("init") is not None:
-        options["init"] = _load_image(run, options["init"], {})[0]
-    if options.get("mask") is not None:
-        options["mask"] = load_mask(options["mask"], run.spec.shape)
+class ImageRefs:
+    """What a family's ``plan_sampling`` may turn into tensors: an image named on the command
+    line (a PNG/JPEG file, test:INDEX or val:INDEX) -> (C, H, W) in pixel range, and an
+    inpainting mask -> (1, H, W) in {0, 1}."""
+
+    def __init__(self, run):
+        self.run, self.cache = run, {}
+
+    def image(self, ref: str) -> torch.Tensor:
+        return _load_image(self.run, ref, self.cache)[0]
+
+    def mask(self, ref: str) -> torch.Tensor:
+        return load_mask(ref, self.run.spec.shape)
 
 
 def load_mask(ref: str, shape) -> torch.Tensor:

@@ -26,8 +26,6 @@ command can simply be run again.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import shutil
@@ -45,7 +43,8 @@ from genforge.families.base import StopTraining
 from genforge.metrics.optimization import top_k_auc, top_k_mean
 from genforge.rl import algorithms as alg
 from genforge.rl.diversity import DiversityFilter
-from genforge.rl.policy import DiffusionPolicy, Prompts, policy_class
+from genforge.rl.policy import DiffusionPolicy, policy_class
+from genforge.rl.prompts import load_prompts
 from genforge.rl.rewards import Reward, RewardError, build_reward
 from genforge.rl.specs import rl_spec
 from genforge.train.trainer import Trainer
@@ -203,56 +202,6 @@ def oracle_summary(reward: Reward, max_calls: int | None) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- set-up
-
-
-def load_prompts(settings: RLConfig, data, modality: str) -> Prompts | None:
-    """Token prompts from ``prompts`` or ``prompt_file`` (their other fields become reward
-    columns); None for images. Molecule prompts are SMILES prefixes after <bos>."""
-    if not rl_spec(modality).prompts:
-        if settings.prompts or settings.prompt_file:
-            raise GenforgeError(f"prompts apply to text and molecule runs; this {modality} run is "
-                                "unconditional")
-        return None
-    texts, columns = list(settings.prompts), {}
-    if settings.prompt_file:
-        if texts:
-            raise GenforgeError("give prompts inline or with a prompt file, not both")
-        texts, columns = _read_prompt_file(Path(settings.prompt_file))
-    bos = data.spec.special_ids.get("bos")
-    if not texts:
-        return Prompts([data.prompt_ids()], [data.decode(data.prompt_ids()) if bos is None else ""])
-    try:
-        ids = [([bos] if bos is not None else []) + data.tokenizer.encode(t) for t in texts]
-    except GenforgeError as e:
-        raise GenforgeError(f"a prompt cannot be encoded with the run's tokenizer: {e}") from None
-    if any(not i for i in ids):
-        raise GenforgeError("a prompt is empty; give text to continue")
-    return Prompts(ids, texts, {"prompt": texts, **columns})  # rewards may read the prompt too
-
-
-def _read_prompt_file(path: Path) -> tuple[list[str], dict[str, list]]:
-    if not path.is_file():
-        raise GenforgeError(f"prompt file {path} does not exist")
-    rows: list[dict] = []
-    if path.suffix == ".jsonl":
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise GenforgeError(f"{path}:{n} is not JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise GenforgeError(f"{path}:{n}: each line must be a JSON object with a 'prompt'")
-                rows.append(row)
-    elif path.suffix == ".csv":
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    else:
-        raise GenforgeError(f"prompt file {path}: use .jsonl (one object per line) or .csv")
-    if not rows or any("prompt" not in r or not isinstance(r["prompt"], str) for r in rows):
-        raise GenforgeError(f"prompt file {path}: every row needs a text field 'prompt'")
-    keys = sorted({k for r in rows for k in r} - {"prompt"})
-    return [r["prompt"] for r in rows], {k: [r.get(k) for r in rows] for k in keys}
 
 
 def _diversity_filter(settings: RLConfig, modality: str) -> DiversityFilter | None:

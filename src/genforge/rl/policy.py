@@ -30,7 +30,6 @@ exact Gaussian KL of its steps); ``kl_k1`` the plain log-ratio sum, for comparis
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from dataclasses import dataclass, field

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """Distinct word n-grams over all n-grams in the set (Li et al. 2016); 0 for no n-grams."""
     grams = [tuple(words[i:i + n]) for t in texts for words in [t.split()] for i in range(len(words) - n + 1)]

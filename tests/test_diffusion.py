@@ -243,7 +243,10 @@ def test_step_progress_bar_counts_steps_and_feeds_the_familys_observer(capsys):
     model = tiny_model()
     with step_progress(plan, "batch 1/1", enabled=True) as extra:
         model.sample(2, gen(0, model), sampling_steps=3, **extra)
-    assert seen == [0, 1, 2] and "3/3" in capsys.readouterr().err
+    assert seen == [0, 1, 2] and "batch 1/1" in capsys.readouterr().err  # the bar, on stderr
+    with step_progress(plan, "batch 1/1", enabled=False) as extra:
+        model.sample(2, gen(0, model), sampling_steps=2, **extra)
+    assert seen == [0, 1, 2, 0, 1] and capsys.readouterr().err == ""  # off: the observer still runs
     with step_progress(SamplingPlan({}), "batch 1/1", enabled=True) as extra:
         assert extra == {}  # a family without steps gets no callback
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from helpers import make_trainer
+from helpers import gen, make_trainer
 
 from genforge import GenforgeError
 from genforge.config import load_config
@@ -122,7 +122,7 @@ def test_short_conditional_run_is_recognised_above_chance(tmp_path):
     trainer = make_trainer(cfg, mcfg, tmp_path / "run", progress=False)
     trainer.fit()
     labels = torch.arange(200) % 10
-    x = trainer.model.sample(200, torch.Generator().manual_seed(0), labels)
+    x = trainer.model.sample(200, gen(0, trainer.model), labels).cpu()
     acc = label_agreement(load_extractor(trainer.data).run(x)[1], labels)
     assert acc > 0.3, acc  # chance is 0.1
 

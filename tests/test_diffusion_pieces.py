@@ -181,12 +181,13 @@ def test_vp_schedule_on_its_whole_curve_walks_its_training_timesteps():
 def test_every_sampler_with_every_schedule_and_step_count(name, schedule):
     """Finite samples and one callback per step, for every sampler x schedule x step count
     (dpmpp-2m with linear at 20 or cosine at 200 and 1000 steps crashed, issue #16)."""
+    steps: list[int] = []
     for lo, hi in MODEL_RANGES.values():
         for n in STEP_COUNTS:
             sigmas = schedules.sampling_sigmas(schedule, n, lo, hi)
             g = torch.Generator().manual_seed(n)
             x = float(sigmas[0]) * torch.randn(2, 1, 2, 2, generator=g, dtype=torch.float64)
-            steps = []
+            steps.clear()
             out = SAMPLERS[name](gaussian_denoiser, x, sigmas, generator=g, callback=lambda i: steps.append(i["step"]))
             assert torch.isfinite(out).all(), (schedule, n, lo, hi)
             assert steps == list(range(n))

@@ -171,8 +171,3 @@ SAMPLERS: dict[str, Callable] = {
     "heun": sample_heun,
     "dpmpp-2m": sample_dpmpp_2m,
 }
-
-
-def evaluations(sampler: str, steps: int) -> int:
-    """Network evaluations (NFE) of ``steps`` steps of ``sampler`` (before the x2 of guidance)."""
-    return 2 * steps - 1 if sampler == "heun" else steps

@@ -1,7 +1,7 @@
 """Noise schedules as pure functions. Every function returns float64 sigmas on the CPU.
 
-Sampling schedules are descending and end with an appended 0: ``n`` steps use
-``n + 1`` entries, and the last step lands exactly on the data (sigma = 0).
+Sampling schedules are strictly descending and end with an appended 0: ``n`` steps use
+``n + 1`` distinct entries, and the last step lands exactly on the data (sigma = 0).
 """
 
 from __future__ import annotations

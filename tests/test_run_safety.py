@@ -259,6 +259,12 @@ def test_sample_never_replaces_a_file_or_a_folder(tmp_path, capsys):
     assert (tmp_path / "keep.png").read_bytes() == b"mine"
     assert main(["sample", str(run), "--num-samples", "4", "--out", str(tmp_path / "new.png")]) == 0
     assert (tmp_path / "new.png").stat().st_size > 0
+    # a companion file (-nearest.png, -trajectory.png) follows the same rule, checked before writing
+    (tmp_path / "b-nearest.png").write_bytes(b"mine")
+    assert main(["sample", str(run), "--num-samples", "4", "--nearest", "--out", str(tmp_path / "b.png")]) == 2
+    err = capsys.readouterr().err
+    assert "b-nearest.png already exists" in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert (tmp_path / "b-nearest.png").read_bytes() == b"mine" and not (tmp_path / "b.png").exists()
 
 
 def test_two_samples_in_the_same_second_get_two_files(tmp_path, monkeypatch):

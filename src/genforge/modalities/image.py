@@ -15,7 +15,7 @@ from genforge import GenforgeError
 from genforge.data.grids import MAX_GRID, check_grid_size  # one limit for every grid
 from genforge.families.base import LatentVariableModel, SampleOption
 from genforge.modalities import EVAL_NUM_SAMPLES, Modality, step_progress
-from genforge.outputs import unique_output
+from genforge.outputs import check_out, unique_output
 
 LATENT_TOOLS = ("interpolate", "interp_points", "interp_method", "attribute")
 
@@ -81,6 +81,8 @@ class ImageModality(Modality):
         if out is not None and Path(out).suffix.lower() == ".png" and n > MAX_GRID:
             raise GenforgeError(f"{n} images do not fit one PNG grid (at most {MAX_GRID}); "
                                 "write them with --out FILE.npz")
+        if out is not None and nearest:  # derived files follow --out's rule: never replace one
+            check_out(Path(out).with_name(Path(out).stem + "-nearest.png"), "--out's companion file")
         prompts = family_options.get("prompt")
         if prompts and class_label is not None:
             raise GenforgeError("give either --prompt or --class-label, not both")
@@ -97,8 +99,11 @@ class ImageModality(Modality):
             # a new name even when another `sample` ran in the same second (O_EXCL, -2, -3, ...)
             out = unique_output(run.run_dir / "samples", f"sample-{stamp}", ".png" if n <= MAX_GRID else ".npz")
         path = Path(out)
-        for suffix, (extra, extra_nrow) in plan.extras().items():  # e.g. FILE-trajectory.png
-            _save_png(extra, path.with_name(f"{path.stem}-{suffix}.png"), spec, None, extra_nrow)
+        extras = {path.with_name(f"{path.stem}-{suffix}.png"): grid for suffix, grid in plan.extras().items()}
+        for extra_path in extras:  # e.g. FILE-trajectory.png: checked before anything is written
+            check_out(extra_path, "--out's companion file")
+        for extra_path, (extra, extra_nrow) in extras.items():
+            _save_png(extra, extra_path, spec, None, extra_nrow)
         if path.suffix.lower() == ".npz":
             _save_npz(path, images, y, spec)
         else:

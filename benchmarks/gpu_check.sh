@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU check in one script, for a lent GPU machine (see benchmarks/README.md).
 # Expects: wheels for missing packages in .whl/, Tiny Shakespeare under .gpu/data.
-# Usage: bash benchmarks/gpu_check.sh [train] [generation]
+# Usage: bash benchmarks/gpu_check.sh [train] [generation] [suite]
+# suite: the whole test suite on the GPU (GENFORGE_TEST_DEVICE=cuda); carry pydantic's wheels
+# (pydantic, pydantic-core, annotated-types, typing-inspection) in .whl/, the machine lacks them.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 what=${*:-train generation}
@@ -21,4 +23,8 @@ fi
 if [[ $what == *generation* ]]; then
   timeout 150 python3 benchmarks/bench_generation.py --recompute-batch16-repeats 3 2>&1 | tee "$OUT/generation.log"
   cp benchmarks/results/generation_gpu.* "$OUT/" 2>/dev/null
+fi
+if [[ $what == *suite* ]]; then
+  # every test on the GPU; tests needing RDKit or the MiniLM weights skip where those are missing
+  GENFORGE_TEST_DEVICE=cuda timeout 540 python3 -m pytest -q -rs -p no:cacheprovider tests 2>&1 | tee "$OUT/suite_cuda.log"
 fi

@@ -128,14 +128,18 @@ def render(data: dict) -> None:
     if runs:
         lines += ["## Molecules: QED with at most 10,000 oracle calls", "",
                   "Bases: the CPU SMILES GPT 4x256 of `moses.md` after 9 minutes (MOSES validity 0.75) and "
-                  "after 25 minutes (validity 0.90, FCD/Test 0.29). GRPO, groups "
-                  "of 8, 64 molecules per step, diversity filter on Murcko scaffolds (bucket 25), stop at "
-                  "10,000 oracle calls (distinct SMILES scored, evaluation samples included, as PMO "
-                  "counts). Top-k and AUC as PMO defines them (Gao et al. 2022), from `oracle.csv`.", "",
+                  "after 25 minutes (validity 0.90, FCD/Test 0.29). GRPO, 64 molecules per step, diversity "
+                  "filter on Murcko scaffolds (bucket 25), stop at 10,000 oracle calls. Top-k and AUC as PMO "
+                  "defines them (Gao et al. 2022), from `oracle.csv`. Rows marked * count oracle calls as PMO "
+                  "does (issue #16): distinct valid canonical SMILES of training rollouts only (pre-flight "
+                  "and evaluation free), so top-k ranks distinct molecules; their baseline is the whole "
+                  "batch (one prompt). Unmarked rows predate that fix: they counted distinct raw strings "
+                  "(evaluation samples and invalid ones included) and normalized advantages in groups of 8.", "",
                   "| run | top-1 | top-10 | top-100 | AUC top-10 | oracle calls | steps | stopped |",
                   "|---|---|---|---|---|---|---|---|"]
         for key, label in runs:
             mo, p = data[key], data[key]["pmo"]
+            label = label + (" *" if "distinct_in_oracle_csv" in p else "")
             lines.append(f"| {label} | {_f(p['top1'])} | **{_f(p['top10'])}** | {_f(p['top100'])} | "
                          f"{_f(p.get('auc_top10'))} | {p['oracle_calls']:.0f} | {mo['steps']} | {mo['stopped'] or 'no'} |")
         lines += ["", "The generated set (1,000 fresh samples at temperature 1 from the last checkpoint):", "",

@@ -15,6 +15,7 @@ global state.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -98,18 +99,34 @@ def plot_runs(run_dirs: list[Path], out: Path) -> list[Path]:
     Returns the paths written: ``out/loss.png`` and, when anything else was logged,
     ``out/metrics.png``.
     """
-    Figure = _matplotlib()
+    _matplotlib()
     if not run_dirs:
         raise GenforgeError("name at least one run directory to plot")
     runs = [(Path(r), *read_metrics(Path(r))) for r in run_dirs]
     names = [r.resolve().name or str(r) for r, _, _ in runs]
-    colours = [f"C{i % 10}" for i in range(len(runs))]
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise GenforgeError(f"cannot create {out} ({e.strerror or e})") from None
-    written = []
+    drawn = figures([(name, train, val) for name, (_, train, val) in zip(names, runs, strict=True)])
+    return [_save(fig, out / name) for name, fig in drawn.items()]
+
+
+def figure_png(fig) -> bytes:
+    """One figure as PNG bytes (`genforge report` inlines them)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def figures(runs: list[tuple[str, Series, Series]]) -> dict:
+    """{"loss.png": Figure, "metrics.png": Figure (when anything else was logged)} for
+    ``runs`` = [(label, training series, validation series)], one colour per run."""
+    Figure = _matplotlib()
+    names = [name for name, _, _ in runs]
+    colours = [f"C{i % 10}" for i in range(len(runs))]
+    drawn = {}
 
     fig = Figure(figsize=(7, 4.5), dpi=100)
     ax = fig.add_subplot()
@@ -129,7 +146,7 @@ def plot_runs(run_dirs: list[Path], out: Path) -> list[Path]:
     if values:
         ax.legend(fontsize="small")
     fig.tight_layout()
-    written.append(_save(fig, out / "loss.png"))
+    drawn["loss.png"] = fig
 
     keys: list[str] = []  # other metrics, in the order first seen
     for _, train, val in runs:
@@ -160,8 +177,8 @@ def plot_runs(run_dirs: list[Path], out: Path) -> list[Path]:
             if i == 0:
                 ax.legend(fontsize="small")
         fig.tight_layout()
-        written.append(_save(fig, out / "metrics.png"))
-    return written
+        drawn["metrics.png"] = fig
+    return drawn
 
 
 def plot_run(run_dir: Path) -> list[Path]:

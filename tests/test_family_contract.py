@@ -219,7 +219,7 @@ def test_family_resume_is_exact(family, tmp_path):
 
 
 # Family options a modality still resolves itself (to move into the family's plan_sampling).
-RESOLVED_BY_MODALITY = {"molecule": {"around", "radius"}}
+RESOLVED_BY_MODALITY: dict[str, set[str]] = {}  # none left: every family resolves its own
 
 
 @pytest.mark.parametrize("kind", ["text", "image", "molecule"])

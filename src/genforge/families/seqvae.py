@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from pydantic import model_validator
 from torch import nn
 
+from genforge import GenforgeError
 from genforge.config import Strict
-from genforge.families.base import Batch, LatentVariableModel, SampleOption, Selection
+from genforge.families.base import Batch, LatentVariableModel, SampleOption, SamplingPlan, Selection
 from genforge.sampling.images import lerp, slerp
 
 
@@ -321,9 +322,29 @@ class SequenceVAE(LatentVariableModel):
         return [r[: r.index(self.eos_id) + 1] if self.eos_id in r else r for r in rows]
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator, temperature: float = 1.0) -> list[list[int]]:
+    def plan_sampling(self, options, num_samples, refs) -> SamplingPlan:
+        """`genforge sample --around SMILES [--radius R]`: the molecule, framed by the modality's
+        ``refs.encode`` (canonicalized as the training data was), becomes ``sample``'s ``around``."""
+        options = dict(options)
+        around, radius = options.pop("around", None), options.pop("radius", None)
+        if around is not None and not around.strip():
+            raise GenforgeError("--around needs a SMILES string, got an empty one (e.g. --around 'CCO')")
+        if radius is not None and around is None:
+            raise GenforgeError("--radius applies only with --around SMILES (the noise around that molecule)")
+        if radius is not None and not (math.isfinite(radius) and radius >= 0):
+            raise GenforgeError(f"--radius must be >= 0, got {radius}")
+        if around is not None:
+            options["around"] = refs.encode(around)
+            options["radius"] = 0.5 if radius is None else radius
+        return SamplingPlan(options)
+
+    def sample(self, n: int, generator: torch.Generator, temperature: float = 1.0,
+               around: tuple[torch.Tensor, torch.Tensor] | None = None, radius: float = 0.5) -> list[list[int]]:
         """``n`` molecules as token ids (each ending at its ``<eos>``): z ~ N(0, I) from
-        ``generator``, decoded at ``temperature`` (1 samples the model's own distribution)."""
+        ``generator``, decoded at ``temperature`` (1 samples the model's own distribution).
+        ``around`` (framed ids, mask): z = mu + radius * eps around that molecule instead."""
+        if around is not None:
+            return self.around(*around, n, generator, radius, temperature)
         device = self.head.weight.device
         z = torch.randn(n, self.config.latent_size, generator=generator, device=device)
         return self.decode(z, generator, temperature)

@@ -24,7 +24,6 @@ from genforge.families.base import TEMPERATURE, LatentVariableModel, SampleOptio
 from genforge.modalities import EVAL_NUM_SAMPLES, Modality
 
 MAX_DRAWN = 100  # molecules in one PNG grid
-LATENT_TOOLS = ("around", "radius", "interpolate", "interp_points", "interp_method")
 
 
 class MoleculeModality(Modality):
@@ -62,24 +61,18 @@ class MoleculeModality(Modality):
 
     # -- sample ------------------------------------------------------------------------
     def sample_command(self, run, generator, *, num_samples, out, batch_size, seed, temperature,
-                       around=None, radius=None, interpolate=None, interp_points=8,
-                       interp_method="slerp") -> None:
-        latent = isinstance(run.model, LatentVariableModel)
-        if (around is not None or interpolate) and not latent:
-            flag = "--around" if around is not None else "--interpolate"
-            raise GenforgeError(f"{flag} needs a latent-variable run (seqvae); this is a {run.config.family} run")
-        if around is not None and interpolate:
-            raise GenforgeError("give either --around or --interpolate, not both")
-        if around is not None and not around.strip():
-            raise GenforgeError("--around needs a SMILES string, got an empty one (e.g. --around 'CCO')")
-        if radius is not None and around is None:
-            raise GenforgeError("--radius applies only with --around SMILES (the noise around that molecule)")
-        radius = 0.5 if radius is None else radius
+                       interpolate=None, interp_points=8, interp_method="slerp", **family_options) -> None:
+        if interpolate and not isinstance(run.model, LatentVariableModel):
+            raise GenforgeError(f"--interpolate needs a latent-variable run (seqvae); this is a "
+                                f"{run.config.family} run")
         temperature = 1.0 if temperature is None else temperature
         if not math.isfinite(temperature) or temperature < 0:
             raise GenforgeError(f"--temperature must be >= 0 (0 is greedy), got {temperature}")
-        if not math.isfinite(radius) or radius < 0:
-            raise GenforgeError(f"--radius must be >= 0, got {radius}")
+        # the family resolves its own options (seqvae: --around SMILES, --radius)
+        plan = run.model.plan_sampling(family_options, num_samples, SmilesRefs(run))
+        if interpolate and plan.options:
+            given = " ".join(f"--{k.replace('_', '-')}" for k in plan.options)
+            raise GenforgeError(f"give either --interpolate or {given}, not both")
         suffix = Path(out).suffix.lower() if out else None
         if suffix not in (None, ".smi", ".txt", ".csv", ".png"):
             raise GenforgeError(f"--out {out}: molecules are written as .smi, .txt, .csv or a .png grid")
@@ -93,13 +86,7 @@ class MoleculeModality(Modality):
             if suffix == ".png" and n > MAX_DRAWN:
                 raise GenforgeError(f"{n} molecules do not fit one PNG grid (at most {MAX_DRAWN}); "
                                     "write them with --out FILE.smi")
-            if around is not None:
-                mol = _encode_one(run, around)
-                ids = []
-                for s in range(0, n, batch_size):
-                    ids += run.model.around(*mol, min(batch_size, n - s), generator, radius, temperature)
-            else:
-                ids = draw(run.model, n, generator, batch_size, temperature, progress=True)
+            ids = draw(run.model, n, generator, batch_size, temperature, progress=True, **plan.options)
         smiles = [run.tokenizer.decode(row) for row in ids]
         if out is None:
             print("\n".join(smiles))
@@ -195,13 +182,14 @@ def metrics_cache() -> Path:
 
 
 def draw(model, n: int, generator: torch.Generator, batch_size: int, temperature: float,
-         progress: bool) -> list[list[int]]:
-    """``n`` token-id samples in batches of ``batch_size`` (a progress bar when there are several)."""
+         progress: bool, **options) -> list[list[int]]:
+    """``n`` token-id samples in batches of ``batch_size`` (a progress bar when there are several);
+    ``options`` are the family's own, resolved by its ``plan_sampling``."""
     out: list[list[int]] = []
     starts = range(0, n, batch_size)
     for s in tqdm(starts, desc="sample", unit="batch", disable=not progress or len(starts) < 2,
                   file=sys.stderr):
-        out += model.sample(min(batch_size, n - s), generator, temperature=temperature)
+        out += model.sample(min(batch_size, n - s), generator, temperature=temperature, **options)
     return out
 
 
@@ -221,6 +209,17 @@ def heldout_scores(model, split, max_batches: int, batch_size: int) -> dict[str,
         return {f"heldout_{k}": v for k, v in model.evaluate(batches).items()}
     finally:
         model.train(was_training)
+
+
+class SmilesRefs:
+    """What a family's ``plan_sampling`` may turn into tensors on a molecule run: a SMILES
+    string, framed and canonicalized as the training data was (``encode``)."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def encode(self, smiles: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return _encode_one(self.run, smiles)
 
 
 def _encode_one(run, smiles: str) -> tuple[torch.Tensor, torch.Tensor]:

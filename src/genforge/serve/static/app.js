@@ -1,0 +1,414 @@
+// The genforge page. Plain JavaScript, no framework and no network beyond this server.
+// Flow: GET v1/models -> one form per run built from its declared `options` -> POST v1/samples
+// (text streams as server-sent events read with fetch + ReadableStream) -> show and offer a download.
+// All URLs are relative, so the page also works behind a path prefix.
+"use strict";
+
+// Options with a dedicated field (or set by the page itself) are not repeated in the generic form.
+const DEDICATED = new Set(["seed", "prompt", "class_label", "stream", "model"]);
+const KEY_STORE = "genforge.apiKey";
+
+const $ = (id) => document.getElementById(id);
+const state = { models: [], model: null, lastRequest: null, lastSeed: null, downloadUrl: null, busy: false };
+
+// ---- HTTP --------------------------------------------------------------------------------------
+
+function headers(json) {
+  const h = {};
+  if (json) h["Content-Type"] = "application/json";
+  const key = $("api-key").value.trim();
+  if (key) h["Authorization"] = "Bearer " + key;
+  return h;
+}
+
+// The server's errors are {"error": {"message", "type", "param"}}; anything else (a proxy's HTML
+// page, a dropped connection) still becomes one readable line.
+async function errorMessage(response) {
+  const text = await response.text();
+  try {
+    const body = JSON.parse(text);
+    if (body && body.error && body.error.message) return body.error.message;
+    if (body && typeof body.detail === "string") return body.detail;
+  } catch (_) { /* not JSON */ }
+  return `${response.status} ${response.statusText}`.trim() + (text && text.length < 200 ? `: ${text}` : "");
+}
+
+async function getJSON(url) {
+  const response = await fetch(url, { headers: headers(false) });
+  if (!response.ok) throw new Error(await errorMessage(response));
+  return response.json();
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message || "";
+  box.hidden = !message;
+}
+
+// ---- the form, built from a run's declared options ---------------------------------------------
+
+function optionField(option) {
+  const label = document.createElement("label");
+  label.className = "option";
+  label.title = option.help || "";
+  const name = document.createElement("span");
+  name.textContent = option.name;
+  let input;
+  if (Array.isArray(option.choices) && option.choices.length) {
+    input = document.createElement("select");
+    if (option.default === null || option.default === undefined) input.append(new Option("(default)", ""));
+    for (const choice of option.choices) input.append(new Option(String(choice), String(choice)));
+    if (option.default !== null && option.default !== undefined) input.value = String(option.default);
+  } else if (option.type === "boolean") {
+    input = document.createElement("input");
+    input.type = "checkbox";
+    input.checked = option.default === true;
+    label.classList.add("check");
+  } else if (option.type === "array") {
+    input = document.createElement("textarea");  // one value per line (e.g. stop strings)
+    input.rows = 2;
+    if (Array.isArray(option.default)) input.value = option.default.join("\n");
+  } else {
+    input = document.createElement("input");
+    if (option.type === "integer" || option.type === "number") {
+      input.type = "number";
+      input.step = option.type === "integer" ? "1" : "any";
+      if (option.minimum !== null && option.minimum !== undefined) input.min = option.minimum;
+      if (option.maximum !== null && option.maximum !== undefined) input.max = option.maximum;
+    } else {
+      input.type = "text";
+    }
+    if (option.default !== null && option.default !== undefined) input.value = String(option.default);
+    else input.placeholder = "default";
+  }
+  input.name = option.name;
+  input.dataset.type = option.type;
+  label.append(name, input);
+  if (option.help) {
+    const help = document.createElement("small");
+    help.textContent = option.help;
+    label.append(help);
+  }
+  return label;
+}
+
+function showModel(model) {
+  state.model = model;
+  const sha = model.weights_sha256 ? model.weights_sha256.slice(0, 12) : "?";
+  $("model-info").textContent =
+    `${model.family} · ${model.modality} · ${model.dataset} · step ${model.step} · weights ${sha}`;
+  $("prompt-row").hidden = !model.accepts_prompt;
+  const classes = Array.isArray(model.classes) ? model.classes : [];
+  $("class-row").hidden = classes.length === 0;
+  const select = $("class-label");
+  select.replaceChildren(new Option("(any)", ""));
+  for (const c of classes) select.append(new Option(String(c), String(c)));
+  const fieldset = $("options");
+  fieldset.replaceChildren(Object.assign(document.createElement("legend"), { textContent: "Options" }));
+  for (const option of model.options || []) {
+    if (!DEDICATED.has(option.name)) fieldset.append(optionField(option));
+  }
+}
+
+// One option's value from its field, or undefined to leave it to the server's default.
+function fieldValue(input, option) {
+  const type = input.dataset.type;
+  if (input.type === "checkbox") {
+    // Send a switch only when it differs from the default: an untouched form is the default request.
+    return input.checked === (option.default === true) ? undefined : input.checked;
+  }
+  const raw = input.value.trim();
+  if (raw === "") return undefined;
+  if (type === "array") return raw.split("\n").filter((s) => s !== "");
+  if (type === "integer") return Number.parseInt(raw, 10);
+  if (type === "number") return Number.parseFloat(raw);
+  const choice = (option.choices || []).find((c) => String(c) === raw);
+  return choice !== undefined ? choice : raw;
+}
+
+function buildRequest() {
+  const model = state.model;
+  const body = { model: model.id };
+  const byName = new Map((model.options || []).map((o) => [o.name, o]));
+  for (const input of $("options").querySelectorAll("input, select, textarea")) {
+    const value = fieldValue(input, byName.get(input.name) || {});
+    if (value !== undefined) body[input.name] = value;
+  }
+  if (model.accepts_prompt && $("prompt").value !== "") body.prompt = $("prompt").value;
+  if (!$("class-row").hidden && $("class-label").value !== "") body.class_label = $("class-label").value;
+  const seed = $("seed").value.trim();
+  if (seed !== "") body.seed = Number.parseInt(seed, 10);
+  if (model.modality === "text") body.stream = true;
+  return body;
+}
+
+// ---- generating and showing results -------------------------------------------------------------
+
+function setBusy(busy) {
+  state.busy = busy;
+  $("generate").disabled = busy;
+  $("again").disabled = busy || state.lastRequest === null;
+}
+
+function setDownload(blob, filename) {
+  if (state.downloadUrl) URL.revokeObjectURL(state.downloadUrl);
+  state.downloadUrl = blob ? URL.createObjectURL(blob) : null;
+  const link = $("download");
+  link.hidden = !blob;
+  if (blob) {
+    link.href = state.downloadUrl;
+    link.download = filename;
+    link.textContent = `Download ${filename}`;
+  }
+}
+
+function pngBlob(base64) {
+  const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+  return new Blob([bytes], { type: "image/png" });
+}
+
+function describe(result) {
+  const sha = result.identity && result.identity.weights_sha256 ? result.identity.weights_sha256.slice(0, 12) : "?";
+  return `seed ${result.seed} · ${result.model} · weights ${sha}`;
+}
+
+function showImages(result) {
+  const out = $("output");
+  const grid = document.createElement("img");
+  grid.className = "grid";
+  grid.alt = `samples from ${result.model}, seed ${result.seed}`;
+  grid.src = "data:image/png;base64," + result.grid_png;
+  out.replaceChildren(grid);
+  setDownload(pngBlob(result.grid_png), `${result.model}-seed${result.seed}.png`);
+}
+
+function showMolecules(result) {
+  const out = $("output");
+  const list = document.createElement("div");
+  list.className = "molecules";
+  result.smiles.forEach((smiles, i) => {
+    const card = document.createElement("figure");
+    const svg = result.svg && result.svg[i];
+    if (svg) {
+      // As an <img>, an SVG from the server can never run script in this page.
+      const img = document.createElement("img");
+      img.alt = smiles;
+      img.src = "data:image/svg+xml;charset=utf-8," + encodeURIComponent(svg);
+      card.append(img);
+    }
+    const caption = document.createElement("figcaption");
+    caption.textContent = smiles + (result.valid && result.valid[i] === false ? " (invalid)" : "");
+    if (result.valid && result.valid[i] === false) card.classList.add("invalid");
+    card.append(caption);
+    list.append(card);
+  });
+  out.replaceChildren(list);
+  setDownload(new Blob([result.smiles.join("\n") + "\n"], { type: "text/plain" }),
+    `${result.model}-seed${result.seed}.smi`);
+}
+
+function showTextDownload(boxes, result) {
+  const text = boxes.map((b) => b.textContent).join("\n\n") + "\n";
+  setDownload(new Blob([text], { type: "text/plain" }), `${result.model}-seed${result.seed}.txt`);
+}
+
+// Reads `data: ...` server-sent events from a fetch body (EventSource cannot POST or send a
+// bearer header). Events are separated by a blank line; tokens go to their sample's box as they
+// arrive. Returns the final {"done": true, ...} event.
+async function readStream(response, boxes, prompt) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  let done = null;
+  const box = (i) => {
+    while (boxes.length <= i) boxes.push(...textBoxesAppend(1, prompt));
+    return boxes[i];
+  };
+  for (;;) {
+    const { value, done: finished } = await reader.read();
+    if (value) buffer += decoder.decode(value, { stream: true });
+    if (finished) buffer += decoder.decode();
+    buffer = buffer.replace(/\r\n/g, "\n");
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      const data = event.split("\n").filter((l) => l.startsWith("data:"))
+        .map((l) => l.slice(5).replace(/^ /, "")).join("\n");
+      if (data === "" || data === "[DONE]") continue;
+      const message = JSON.parse(data);
+      if (message.error) throw new Error(message.error.message || "generation failed");
+      if (message.done) done = message;
+      else if (typeof message.token === "string") box(message.index || 0).textContent += message.token;
+    }
+    if (finished) break;
+  }
+  if (!done) throw new Error("the stream ended before the server said it was done");
+  return done;
+}
+
+// n more sample boxes under the output, each starting with the prompt it continues.
+function textBoxesAppend(n, prompt) {
+  const out = $("output");
+  const made = [];
+  for (let i = 0; i < n; i++) {
+    const pre = document.createElement("pre");
+    pre.className = "sample";
+    pre.dataset.index = String(out.children.length);
+    pre.textContent = prompt || "";
+    out.append(pre);
+    made.push(pre);
+  }
+  return made;
+}
+
+async function generate(body) {
+  if (state.busy) return;
+  showError("");
+  setBusy(true);
+  setDownload(null);
+  $("status").textContent = "generating…";
+  try {
+    const response = await fetch("v1/samples", { method: "POST", headers: headers(true), body: JSON.stringify(body) });
+    if (!response.ok) throw new Error(await errorMessage(response));
+    let result;
+    if (body.stream) {
+      // Each sample's box starts with its prompt, so the text reads as the model continued it.
+      $("output").replaceChildren();
+      const boxes = textBoxesAppend(Math.max(1, body.num_samples || 1), body.prompt);
+      const done = await readStream(response, boxes, body.prompt);
+      result = { model: body.model, ...done };
+      showTextDownload(boxes, result);
+    } else {
+      result = await response.json();
+      if (result.grid_png) showImages(result);
+      else if (result.smiles) showMolecules(result);
+      else if (result.text) {
+        $("output").replaceChildren();
+        const boxes = textBoxesAppend(result.text.length, "");
+        result.text.forEach((t, i) => { boxes[i].textContent = t; });
+        showTextDownload(boxes, result);
+      }
+    }
+    state.lastRequest = body;
+    state.lastSeed = result.seed;
+    $("status").textContent = describe(result);
+  } catch (err) {
+    $("status").textContent = "";
+    showError(err.message || String(err));
+  } finally {
+    setBusy(false);
+  }
+}
+
+// ---- report tab ---------------------------------------------------------------------------------
+
+// eval.json nests groups ({"fid": ..., "moses": {...}}); flatten to dotted names of numbers.
+function flatten(obj, prefix, out) {
+  for (const [k, v] of Object.entries(obj || {})) {
+    const name = prefix ? `${prefix}.${k}` : k;
+    if (typeof v === "number") out.set(name, v);
+    else if (v && typeof v === "object" && !Array.isArray(v)) flatten(v, name, out);
+  }
+  return out;
+}
+
+function formatNumber(v) {
+  if (Number.isInteger(v)) return String(v);
+  return Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(3) : v.toPrecision(4);
+}
+
+function metricsTable(models) {
+  const table = document.createElement("table");
+  const head = table.createTHead().insertRow();
+  head.append(Object.assign(document.createElement("th"), { textContent: "" }));
+  for (const m of models) head.append(Object.assign(document.createElement("th"), { textContent: m.id }));
+  const body = table.createTBody();
+  const rows = [["family", (m) => m.family], ["modality", (m) => m.modality], ["dataset", (m) => m.dataset],
+    ["step", (m) => String(m.step)]];
+  const flat = models.map((m) => flatten(m.metrics, "", new Map()));
+  const names = [...new Set(flat.flatMap((f) => [...f.keys()]))];
+  for (const name of names) rows.push([name, (m, i) => (flat[i].has(name) ? formatNumber(flat[i].get(name)) : "–")]);
+  for (const [name, cell] of rows) {
+    const row = body.insertRow();
+    row.append(Object.assign(document.createElement("th"), { textContent: name }));
+    models.forEach((m, i) => { row.insertCell().textContent = cell(m, i); });
+  }
+  return table;
+}
+
+async function showReport() {
+  const box = $("report");
+  // The full report (curves, grids, config differences) when the server offers GET /report;
+  // otherwise the held-out metrics from /v1/models, side by side.
+  try {
+    const response = await fetch("report", { headers: headers(false) });
+    if (response.ok && (response.headers.get("content-type") || "").includes("text/html")) {
+      const frame = document.createElement("iframe");
+      frame.title = "report";
+      frame.sandbox = "";  // the report is self-contained and needs no script
+      frame.srcdoc = await response.text();
+      box.replaceChildren(frame);
+      return;
+    }
+  } catch (_) { /* fall back to the metrics table */ }
+  const withMetrics = state.models.filter((m) => m.metrics);
+  const note = document.createElement("p");
+  note.className = "info";
+  note.textContent = withMetrics.length === state.models.length ? "Held-out metrics (eval.json) of the loaded runs."
+    : "Held-out metrics (eval.json) of the loaded runs; runs without eval.json show –. Run `genforge eval RUN_DIR`.";
+  box.replaceChildren(note, metricsTable(state.models));
+}
+
+function selectTab(name) {
+  for (const tab of ["generate", "report"]) {
+    $(`tab-${tab}`).setAttribute("aria-selected", String(tab === name));
+    $(`panel-${tab}`).hidden = tab !== name;
+  }
+  if (name === "report") showReport();
+}
+
+// ---- start --------------------------------------------------------------------------------------
+
+async function loadModels() {
+  showError("");
+  try {
+    const list = await getJSON("v1/models");
+    state.models = list.data || [];
+  } catch (err) {
+    showError(`Could not list the models: ${err.message}`);
+    return;
+  }
+  const select = $("model");
+  const previous = select.value;
+  select.replaceChildren(...state.models.map((m) => new Option(`${m.id} (${m.family}, ${m.modality})`, m.id)));
+  if (state.models.some((m) => m.id === previous)) select.value = previous;
+  if (state.models.length) showModel(state.models.find((m) => m.id === select.value) || state.models[0]);
+}
+
+function start() {
+  const key = $("api-key");
+  key.value = sessionStorage.getItem(KEY_STORE) || "";
+  key.addEventListener("change", () => {
+    if (key.value.trim()) sessionStorage.setItem(KEY_STORE, key.value.trim());
+    else sessionStorage.removeItem(KEY_STORE);
+    loadModels();  // a key entered after a 401 lists the models now
+  });
+  $("model").addEventListener("change", () => {
+    showModel(state.models.find((m) => m.id === $("model").value));
+  });
+  $("form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (!state.model) return;
+    if (!$("form").reportValidity()) return;
+    generate(buildRequest());
+  });
+  $("again").addEventListener("click", () => {
+    if (state.lastRequest) generate({ ...state.lastRequest, seed: state.lastSeed });
+  });
+  $("tab-generate").addEventListener("click", () => selectTab("generate"));
+  $("tab-report").addEventListener("click", () => selectTab("report"));
+  loadModels();
+}
+
+start();

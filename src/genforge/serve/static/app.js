@@ -64,7 +64,7 @@ function optionField(option) {
     input.type = "checkbox";
     input.checked = option.default === true;
     label.classList.add("check");
-  } else if (option.type === "array") {
+  } else if (option.repeat || option.type === "array") {
     input = document.createElement("textarea");  // one value per line (e.g. stop strings)
     input.rows = 2;
     if (Array.isArray(option.default)) input.value = option.default.join("\n");
@@ -82,7 +82,7 @@ function optionField(option) {
     else input.placeholder = "default";
   }
   input.name = option.name;
-  input.dataset.type = option.type;
+  input.dataset.type = option.repeat ? "array" : option.type;
   label.append(name, input);
   if (option.help) {
     const help = document.createElement("small");
@@ -119,7 +119,7 @@ function fieldValue(input, option) {
   }
   const raw = input.value.trim();
   if (raw === "") return undefined;
-  if (type === "array") return raw.split("\n").filter((s) => s !== "");
+  if (type === "array") return raw.split("\n").filter((line) => line !== "");
   if (type === "integer") return Number.parseInt(raw, 10);
   if (type === "number") return Number.parseFloat(raw);
   const choice = (option.choices || []).find((c) => String(c) === raw);
@@ -208,7 +208,7 @@ function showMolecules(result) {
 }
 
 function showTextDownload(boxes, result) {
-  const text = boxes.map((b) => b.textContent).join("\n\n") + "\n";
+  const text = boxes.map((b) => b.parentElement.textContent).join("\n\n") + "\n";
   setDownload(new Blob([text], { type: "text/plain" }), `${result.model}-seed${result.seed}.txt`);
 }
 
@@ -247,7 +247,8 @@ async function readStream(response, boxes, prompt) {
   return done;
 }
 
-// n more sample boxes under the output, each starting with the prompt it continues.
+// n more sample boxes under the output: each shows the prompt it continues (dimmed), then the
+// generated text, to which streamed tokens are appended.
 function textBoxesAppend(n, prompt) {
   const out = $("output");
   const made = [];
@@ -255,9 +256,14 @@ function textBoxesAppend(n, prompt) {
     const pre = document.createElement("pre");
     pre.className = "sample";
     pre.dataset.index = String(out.children.length);
-    pre.textContent = prompt || "";
+    const head = document.createElement("span");
+    head.className = "prompt";
+    head.textContent = prompt || "";
+    const body = document.createElement("span");
+    body.className = "generated";
+    pre.append(head, body);
     out.append(pre);
-    made.push(pre);
+    made.push(body);
   }
   return made;
 }
@@ -285,8 +291,11 @@ async function generate(body) {
       else if (result.smiles) showMolecules(result);
       else if (result.text) {
         $("output").replaceChildren();
-        const boxes = textBoxesAppend(result.text.length, "");
-        result.text.forEach((t, i) => { boxes[i].textContent = t; });
+        const boxes = result.text.map((t, i) => {
+          const [box] = textBoxesAppend(1, (result.prompts && result.prompts[i]) || "");
+          box.textContent = t;
+          return box;
+        });
         showTextDownload(boxes, result);
       }
     }

@@ -1,0 +1,274 @@
+"""The HTTP app: the contract's routes over :mod:`genforge.serve.engine` (docs/serve_api).
+
+Errors are always ``{"error": {"message", "type", "param"}}`` with a 4xx, never a traceback.
+Generation runs in a worker thread, so the event loop keeps answering (health, 429s) while a
+model draws; at most ``limits.max_queue`` requests are admitted at once and the rest get
+429 with ``Retry-After`` instead of waiting in an unbounded backlog.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from genforge.serve import require_fastapi
+
+require_fastapi()
+
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.concurrency import run_in_threadpool  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr  # noqa: E402
+from starlette.exceptions import HTTPException  # noqa: E402
+
+from genforge import GenforgeError  # noqa: E402
+from genforge.serve import engine  # noqa: E402
+from genforge.serve.engine import Limits, RequestError  # noqa: E402
+
+STATIC = Path(__file__).parent / "static"
+OPEN_PATHS = ("/healthz", "/", "/favicon.ico")  # no key needed; /static/* too
+Number = StrictFloat | StrictInt
+Seed = StrictInt | None
+
+
+class SamplesRequest(BaseModel):
+    """POST /v1/samples. Any declared sample option of the run may be added by its name
+    (GET /v1/models lists them); it is checked against that run, never ignored."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    model: StrictStr
+    seed: Seed = Field(None, ge=0, le=2**63 - 1, description="random (and returned) when absent")
+    num_samples: StrictInt | None = Field(None, ge=1)
+    prompt: StrictStr | list[StrictStr] | None = None
+    class_label: StrictStr | StrictInt | None = None
+    stream: StrictBool = False
+
+
+class CompletionRequest(BaseModel):
+    """POST /v1/completions (OpenAI's shape); ``seed`` makes it reproducible."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model: StrictStr
+    prompt: StrictStr | list[StrictStr] = "\n"
+    max_tokens: StrictInt | None = Field(16, ge=0)
+    temperature: Number | None = None
+    top_p: Number | None = None
+    n: StrictInt = Field(1, ge=1)
+    seed: Seed = Field(None, ge=0, le=2**63 - 1)
+    stop: StrictStr | list[StrictStr] | None = None
+    stream: StrictBool = False
+    user: StrictStr | None = None
+
+
+class ImageRequest(BaseModel):
+    """POST /v1/images/generations (OpenAI's shape); ``seed`` is genforge's extension."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model: StrictStr
+    prompt: StrictStr = ""
+    n: StrictInt = Field(1, ge=1)
+    size: StrictStr | None = None
+    response_format: StrictStr = "b64_json"
+    seed: Seed = Field(None, ge=0, le=2**63 - 1)
+    user: StrictStr | None = None
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+           headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param}}, status, headers=headers)
+
+
+def create_app(entries: dict[str, engine.Entry], api_key: str | None = None, limits: Limits = Limits(),
+               batching: bool = True) -> FastAPI:
+    """The app over runs already loaded (``engine.load_entries``). ``batching`` is accepted for
+    the contract; windowed batching across requests is not built yet (each request is one draw)."""
+    app = FastAPI(title="genforge", description="Samples from trained genforge runs.", version="1")
+    app.state.entries, app.state.limits, app.state.active = entries, limits, 0
+
+    # -- errors: one JSON shape ---------------------------------------------------------
+    @app.exception_handler(RequestError)
+    async def _request_error(request, e: RequestError):
+        return _error(e.status, str(e), e.kind, e.param)
+
+    @app.exception_handler(GenforgeError)
+    async def _genforge_error(request, e: GenforgeError):
+        return _error(400, str(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, e: RequestValidationError):
+        first = e.errors()[0]
+        if first.get("type") == "json_invalid":
+            return _error(400, f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})")
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        param = loc[0] if loc else None
+        return _error(422, f"{'.'.join(loc) or 'body'}: {first.get('msg')}", param=param)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, e: HTTPException):
+        return _error(e.status_code, str(e.detail), "not_found_error" if e.status_code == 404 else "invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def _internal(request, e: Exception):  # never a traceback to the client
+        return _error(500, f"internal error ({type(e).__name__})", "server_error")
+
+    # -- key and body size, before any route ---------------------------------------------
+    @app.middleware("http")
+    async def _guard(request: Request, call_next):
+        path = request.url.path
+        if api_key and path not in OPEN_PATHS and not path.startswith("/static/"):
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return _error(401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
+                              "authentication_error", headers={"WWW-Authenticate": "Bearer"})
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > limits.max_body_bytes):
+            return _error(413, f"the body is {size} bytes, above this server's limit max_body_bytes="
+                               f"{limits.max_body_bytes}")
+        if size is None and request.method == "POST":
+            return _error(411, "send a Content-Length (chunked bodies are not accepted)")
+        return await call_next(request)
+
+    def entry_for(model: str, modality: str | None = None) -> engine.Entry:
+        if model not in entries:
+            raise RequestError(f"unknown model '{model}'; this server has: {', '.join(entries)}", 404,
+                               "model", "not_found_error")
+        entry = entries[model]
+        if modality is not None and entry.modality != modality:
+            raise RequestError(f"model '{model}' is a {entry.modality} run; this endpoint serves "
+                               f"{modality} runs", 400, "model")
+        return entry
+
+    def admit() -> None:
+        if app.state.active >= limits.max_queue:
+            raise RequestError(f"the queue is full ({limits.max_queue} requests, limit max_queue); "
+                               f"retry in {limits.retry_after_s} s", 429, None, "rate_limit_error")
+        app.state.active += 1
+
+    def release() -> None:
+        app.state.active -= 1
+
+    async def run(fn, *args) -> Any:
+        admit()
+        try:
+            return await run_in_threadpool(fn, *args)
+        finally:
+            release()
+
+    def streamed(pieces, make_event, closing: list[str]) -> StreamingResponse:
+        """SSE over a sync iterator (iterated in a worker thread); the queue slot is held until
+        the stream ends or the client goes away (the generator is closed, decoding stops)."""
+        admit()
+
+        def events():
+            try:
+                for index, piece in pieces:
+                    yield f"data: {json.dumps(make_event(index, piece))}\n\n"
+                for line in closing:
+                    yield f"data: {line}\n\n"
+            finally:
+                release()
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    # -- routes ----------------------------------------------------------------------------
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok", "models": len(entries)}
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        index = STATIC / "index.html"
+        if index.is_file():
+            return FileResponse(index)
+        return JSONResponse({"message": "genforge serve: the API is at /v1 (docs at /docs)"})
+
+    if STATIC.is_dir():
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [engine.describe(e, limits) for e in entries.values()]}
+
+    @app.get("/v1/models/{model_id}")
+    async def model(model_id: str):
+        return engine.describe(entry_for(model_id), limits)
+
+    @app.post("/v1/samples")
+    async def samples(body: SamplesRequest):
+        entry = entry_for(body.model)
+        given = {k: v for k, v in body.model_dump().items() if k not in ("model", "seed", "stream")}
+        if isinstance(given.get("class_label"), int):  # an index; the run's option takes "3" or a name
+            given["class_label"] = str(given["class_label"])
+        options = engine.resolve(entry, given, limits)
+        seed = body.seed if body.seed is not None else engine.random_seed()
+        common = {"model": entry.id, "seed": seed, "identity": engine.identity(entry), "options": options}
+        if body.stream:
+            if entry.modality != "text":
+                raise RequestError("'stream' applies to text runs only", 400, "stream")
+            done = json.dumps({"done": True, "seed": seed, "identity": engine.identity(entry), "options": options})
+            return streamed(engine.stream_tokens(entry, options, seed),
+                            lambda i, piece: {"index": i, "token": piece}, [done, "[DONE]"])
+        result = await run(engine.generate, entry, options, seed)
+        return {**common, **result}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest):
+        entry = entry_for(body.model, "text")
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        given = {"prompt": prompts, "num_samples": body.n, "max_new_tokens": body.max_tokens,
+                 "temperature": body.temperature, "top_p": body.top_p,
+                 "stop": [body.stop] if isinstance(body.stop, str) else body.stop}
+        options = engine.resolve(entry, given, limits)
+        seed = body.seed if body.seed is not None else engine.random_seed()
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": entry.id, "system_fingerprint": entry.weights_sha256[:16]}
+        if body.stream:
+            def chunk(i, piece):
+                return {**head, "choices": [{"text": piece, "index": i, "logprobs": None, "finish_reason": None}]}
+
+            return streamed(engine.stream_tokens(entry, options, seed), chunk, ["[DONE]"])
+        result = await run(engine.generate, entry, options, seed)
+        tok = entry.run.tokenizer
+        used = [len(tok.encode(t)) for t in result["text"]]
+        choices = [{"text": t, "index": i, "logprobs": None,
+                    "finish_reason": "length" if k >= options["max_new_tokens"] else "stop"}
+                   for i, (t, k) in enumerate(zip(result["text"], used, strict=True))]
+        prompt_tokens = sum(len(tok.encode(p)) for p in result["prompts"])
+        return {**head, "choices": choices, "seed": seed,
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": sum(used),
+                          "total_tokens": prompt_tokens + sum(used)}}
+
+    @app.post("/v1/images/generations")
+    async def images(body: ImageRequest):
+        entry = entry_for(body.model, "image")
+        if body.response_format != "b64_json":
+            raise RequestError("response_format must be 'b64_json' (genforge serves no image URLs)", 400,
+                               "response_format")
+        c, h, w = entry.run.spec.shape
+        if body.size is not None and body.size != f"{w}x{h}":
+            raise RequestError(f"size must be '{w}x{h}' (this run's images) or absent, got '{body.size}'",
+                               400, "size")
+        given: dict[str, Any] = {"num_samples": body.n}
+        if body.prompt.strip():
+            if "prompt" in entry.options:
+                given["prompt"] = [body.prompt]
+            elif "class_label" in entry.options and getattr(entry.run.model, "conditioning_classes", 0):
+                given["class_label"] = body.prompt  # a class name or index
+            else:
+                raise RequestError(f"model '{entry.id}' is unconditional and takes no prompt; send an "
+                                   "empty prompt", 400, "prompt")
+        options = engine.resolve(entry, given, limits)
+        seed = body.seed if body.seed is not None else engine.random_seed()
+        result = await run(engine.generate, entry, options, seed)
+        return {"created": int(time.time()), "data": [{"b64_json": b} for b in result["images"]],
+                "seed": seed}
+
+    return app

@@ -1,0 +1,373 @@
+"""The serving engine: runs loaded once at start, each request checked against the run's
+declared sample options and drawn by one library call that returns data (never the CLI's
+printers or writers).
+
+Options come from the same declarations as `genforge sample` (``modalities.options_for``),
+so a new family's options appear in the API with no server code. Options that name files
+(``out``, ``init``, ``mask``, ...) or write companion files are never served: a request
+cannot make the server read or write a path. Each request draws from its own
+``generator_for(device, seed)``, so the same request and seed give byte-identical output.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genforge import GenforgeError
+
+# Declared sample options a server never takes from a request: file paths (read or written),
+# companion files, latent-path tools (several references each), and CLI-only switches.
+NOT_SERVED = frozenset({"out", "batch_size", "no_stream", "nearest", "init", "mask", "strength",
+                        "trajectory", "interpolate", "interp_points", "interp_method", "attribute",
+                        "interpolate_seeds", "around", "radius", "inception_weights"})
+# What `num_samples` means when absent, per modality (the CLI's 64 images is too many per request).
+DEFAULT_SAMPLES = {"text": 1, "image": 16, "molecule": 10}
+DEFAULT_TEMPERATURE = {"text": 0.8, "molecule": 1.0}
+JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
+
+
+class RequestError(GenforgeError):
+    """A request the server refuses: ``status`` (400 wrong request, 404 unknown model, 413/422
+    a limit or a type) and ``param``, the option it names (or None)."""
+
+    def __init__(self, message: str, status: int = 400, param: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.param, self.kind = status, param, kind
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request bounds; each refusal names the limit and its value."""
+
+    max_samples: int = 64  # samples (images, texts, molecules) per request
+    max_steps: int = 200  # diffusion sampling steps
+    max_tokens: int = 1024  # new tokens per text sample
+    max_prompt_chars: int = 2000  # characters of each prompt
+    max_body_bytes: int = 64 * 1024  # request body (Content-Length)
+    max_queue: int = 8  # requests admitted at once (running + waiting); more get 429
+    retry_after_s: int = 1
+
+
+@dataclass
+class Entry:
+    """One served run: the loaded model, its identity and the options a request may set."""
+
+    id: str
+    run: Any  # genforge.runs.LoadedRun
+    weights_sha256: str
+    options: dict[str, Any]  # name -> SampleOption, served ones only
+    metrics: dict | None
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one draw at a time per model
+
+    @property
+    def modality(self) -> str:
+        return self.run.spec.modality
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.run.model.parameters()).device
+
+
+def weights_sha256(run) -> str:
+    """The sha256 of the weights file actually served (EMA weights when loaded), read from the
+    checkpoint manifest that loading has just verified against the file."""
+    from genforge import checkpoint as ckpt
+
+    manifest = json.loads((run.checkpoint / ckpt.MANIFEST).read_text())
+    return manifest["sha256"][ckpt.EMA_WEIGHTS if run.used_ema else ckpt.WEIGHTS]
+
+
+def load_entries(run_dirs: list[str], device: str = "auto") -> dict[str, Entry]:
+    """Every run loaded and checked before a port opens; a broken run is a GenforgeError."""
+    from genforge.modalities import options_for
+    from genforge.runs import load_run
+
+    entries: dict[str, Entry] = {}
+    for run_dir in run_dirs:
+        path = Path(run_dir)
+        if not path.is_dir():
+            raise GenforgeError(f"run '{run_dir}' does not exist; give run directories made by `genforge train`")
+        run = load_run(path, device=device)
+        name = path.resolve().name
+        if name in entries:
+            raise GenforgeError(f"two runs are named '{name}'; serve runs whose folder names differ")
+        served = {o.name: o for o in options_for(run, "sample")
+                  if o.name not in NOT_SERVED and o.nargs is None and o.name != "seed"}
+        metrics = None
+        if (path / "eval.json").is_file():
+            try:
+                raw = json.loads((path / "eval.json").read_text())
+                metrics = {k: v for k, v in raw.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            except (OSError, ValueError):
+                metrics = None
+        entries[name] = Entry(name, run, weights_sha256(run), served, metrics)
+    return entries
+
+
+def option_schema(entry: Entry, option, limits: Limits) -> dict[str, Any]:
+    kind = "boolean" if option.flag else JSON_TYPES.get(option.type, "string")
+    default = option.default
+    if option.name == "num_samples":
+        default = DEFAULT_SAMPLES[entry.modality]
+    elif option.name == "temperature":
+        default = DEFAULT_TEMPERATURE.get(entry.modality, default)
+    maximum = {"num_samples": limits.max_samples, "sampling_steps": limits.max_steps,
+               "max_new_tokens": limits.max_tokens}.get(option.name)
+    minimum = option.minimum
+    if option.name in ("temperature", "guidance", "eta", "latent_temperature", "truncation"):
+        minimum = 0
+    return {"name": option.name, "type": kind, "default": default, "minimum": minimum,
+            "maximum": maximum, "choices": list(option.choices) if option.choices else None,
+            "repeat": option.repeat, "help": option.help}
+
+
+def describe(entry: Entry, limits: Limits) -> dict[str, Any]:
+    """The MODEL object of GET /v1/models."""
+    run = entry.run
+    classes = list(run.spec.class_names) if getattr(run.model, "conditioning_classes", 0) else None
+    return {"id": entry.id, "object": "model", "owned_by": "genforge", "family": run.config.family,
+            "modality": entry.modality, "dataset": run.spec.name, "classes": classes,
+            "accepts_prompt": "prompt" in entry.options, "weights_sha256": entry.weights_sha256,
+            "step": run.step, "options": [option_schema(entry, o, limits) for o in entry.options.values()],
+            "metrics": entry.metrics}
+
+
+def _check_value(option, value: Any, limits: Limits) -> Any:
+    """Strict JSON types (a bool is not an integer), finite numbers, bounds and choices."""
+    name = option.name
+    if option.flag:
+        if not isinstance(value, bool):
+            raise RequestError(f"'{name}' must be a boolean, got {value!r}", 422, name)
+        return value
+    if option.repeat and isinstance(value, list):
+        return [_check_value(_single(option), v, limits) for v in value]
+    if option.type is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RequestError(f"'{name}' must be an integer, got {value!r}", 422, name)
+    elif option.type is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RequestError(f"'{name}' must be a number, got {value!r}", 422, name)
+        if not math.isfinite(value):
+            raise RequestError(f"'{name}' must be a finite number, got {value!r}", 422, name)
+        value = float(value)
+    elif not isinstance(value, str):
+        raise RequestError(f"'{name}' must be a string, got {value!r}", 422, name)
+    if option.choices and value not in option.choices:
+        raise RequestError(f"'{name}' must be one of {', '.join(map(str, option.choices))}, got {value!r}",
+                           422, name)
+    if option.minimum is not None and value < option.minimum:
+        raise RequestError(f"'{name}' must be at least {option.minimum}, got {value}", 422, name)
+    if isinstance(value, float) and value < 0 and name in ("temperature", "guidance", "eta",
+                                                           "latent_temperature", "truncation"):
+        raise RequestError(f"'{name}' must be >= 0, got {value}", 422, name)
+    caps = {"num_samples": ("max_samples", limits.max_samples), "sampling_steps": ("max_steps", limits.max_steps),
+            "max_new_tokens": ("max_tokens", limits.max_tokens)}
+    if name in caps and value > caps[name][1]:
+        limit, cap = caps[name]
+        raise RequestError(f"'{name}' is {value}, above this server's limit {limit}={cap}", 422, name)
+    if name in ("prompt", "stop") and len(value) > limits.max_prompt_chars:
+        raise RequestError(f"'{name}' has {len(value)} characters, above this server's limit "
+                           f"max_prompt_chars={limits.max_prompt_chars}", 422, name)
+    return value
+
+
+def _single(option):
+    from dataclasses import replace
+
+    return replace(option, repeat=False)
+
+
+def resolve(entry: Entry, given: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """A request's options (None = absent) checked against what the run serves; every served
+    option resolved (defaults filled). Refused, never ignored: an option this run does not take
+    is a 400 that names it and lists the run's options."""
+    from genforge.modalities import check_options
+
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name in NOT_SERVED:
+            raise RequestError(f"'{name}' is not served over HTTP (it names a file or writes one); "
+                               "use `genforge sample` for it", 400, name)
+        if name not in entry.options:
+            valid = ", ".join(entry.options)
+            raise RequestError(f"'{name}' does not apply to this {entry.run.config.family} run "
+                               f"({entry.modality}); its options are: {valid}", 400, name)
+    checked = {k: _check_value(entry.options[k], v, limits) for k, v in given.items() if v is not None}
+    if isinstance(checked.get("prompt"), str):
+        checked["prompt"] = [checked["prompt"]]
+    if isinstance(checked.get("stop"), str):
+        checked["stop"] = [checked["stop"]]
+    try:
+        options = check_options(entry.run, checked, "sample")
+    except RequestError:
+        raise
+    except GenforgeError as e:
+        raise RequestError(str(e), 400) from None
+    options = {k: v for k, v in options.items() if k in entry.options}
+    if options.get("num_samples") is None:
+        options["num_samples"] = DEFAULT_SAMPLES[entry.modality]
+    if options.get("temperature") is None and entry.modality in DEFAULT_TEMPERATURE:
+        options["temperature"] = DEFAULT_TEMPERATURE[entry.modality]
+    total = options["num_samples"] * len(options.get("prompt") or [None])
+    if total > limits.max_samples:
+        raise RequestError(f"{total} samples requested ({len(options['prompt'])} prompts x "
+                           f"{options['num_samples']}), above this server's limit max_samples="
+                           f"{limits.max_samples}", 422, "num_samples")
+    if entry.modality == "text":
+        from genforge.sampling.text import check_settings
+
+        try:
+            check_settings(options["temperature"], options.get("top_k"), options.get("top_p"),
+                           options["max_new_tokens"])
+        except GenforgeError as e:
+            raise RequestError(str(e), 422) from None
+    return options
+
+
+def random_seed() -> int:
+    """A fresh seed for a request that gave none (returned to the client, so it can repeat)."""
+    import os
+
+    return int.from_bytes(os.urandom(4), "little")
+
+
+def identity(entry: Entry) -> dict[str, str]:
+    return {"run": entry.id, "weights_sha256": entry.weights_sha256}
+
+
+def png_bytes(image) -> bytes:
+    """A PIL image -> PNG bytes (deterministic: same pixels, same bytes)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+# -- one library call per request ---------------------------------------------------------
+def generate(entry: Entry, options: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Samples as data for one request, drawn with ``generator_for(device, seed)``."""
+    from genforge.modalities import generator_for
+
+    generator, seed = generator_for(entry.device, seed)
+    draw = {"image": _images, "text": _texts, "molecule": _molecules}[entry.modality]
+    with entry.lock, torch.inference_mode():
+        return draw(entry, options, generator)
+
+
+def _images(entry: Entry, options: dict[str, Any], generator) -> dict[str, Any]:
+    from genforge.data.grids import make_grid
+    from genforge.modalities.image import _to_uint8, class_labels
+
+    run, n = entry.run, options["num_samples"]
+    family = {k: v for k, v in options.items() if k not in ("num_samples", "class_label")}
+    plan = run.model.plan_sampling(family, n, None)  # served options never reference files
+    prompts = plan.options.get("prompt")
+    class_label = options.get("class_label")
+    if prompts and class_label is not None:
+        raise RequestError("give either 'prompt' or 'class_label', not both", 400, "class_label")
+    try:
+        y = None if prompts else class_labels(run.model, run.spec, None if class_label is None else str(class_label), n)
+        x = run.model.sample(n, generator, labels=y, **plan.options)
+    except GenforgeError as e:
+        raise RequestError(str(e), 400) from None
+    images = _to_uint8(x.cpu(), run.spec)  # (n, C, H, W) uint8
+    from PIL import Image
+
+    singles = [png_bytes(Image.fromarray(img.permute(1, 2, 0).squeeze(-1).numpy())) for img in images]
+    captions = [prompts[i % len(prompts)] for i in range(n)] if prompts else (None if y is None else y.tolist())
+    from genforge.data.images import to_range
+
+    grid = make_grid(to_range(images, run.spec.pixel_range), run.spec, captions)
+    return {"grid_png": b64(png_bytes(grid)), "images": [b64(b) for b in singles]}
+
+
+def _texts(entry: Entry, options: dict[str, Any], generator) -> dict[str, Any]:
+    from genforge.sampling.text import check_settings, generate_text
+
+    settings = _text_settings(options)
+    prompts = [p for p in (options.get("prompt") or ["\n"]) for _ in range(options["num_samples"])]
+    try:
+        check_settings(settings["temperature"], settings["top_k"], settings["top_p"], settings["max_new_tokens"])
+        texts = generate_text(entry.run.model, entry.run.tokenizer, prompts, generator=generator, **settings)
+    except GenforgeError as e:
+        raise RequestError(str(e), 400) from None
+    return {"text": texts, "prompts": prompts}
+
+
+def _text_settings(options: dict[str, Any]) -> dict[str, Any]:
+    return dict(max_new_tokens=options["max_new_tokens"], temperature=options["temperature"],
+                top_k=options.get("top_k"), top_p=options.get("top_p"), stop=tuple(options.get("stop") or ()))
+
+
+def stream_tokens(entry: Entry, options: dict[str, Any], seed: int) -> Iterator[tuple[int, str]]:
+    """(index, new text) pieces as tokens arrive, for every prompt x num_samples row at once
+    (one batched KV-cache decode); the concatenated pieces of row i equal ``_texts``' text[i]."""
+    from genforge.modalities import generator_for
+    from genforge.sampling.text import _cut_at_stop, check_settings, stream
+
+    generator, _ = generator_for(entry.device, seed)
+    s = _text_settings(options)
+    check_settings(s["temperature"], s["top_k"], s["top_p"], s["max_new_tokens"])
+    tok = entry.run.tokenizer
+    prompts = [p for p in (options.get("prompt") or ["\n"]) for _ in range(options["num_samples"])]
+    new: list[list[int]] = [[] for _ in prompts]
+    emitted, done = [""] * len(prompts), [False] * len(prompts)
+    with entry.lock:
+        for tokens, _ in stream(entry.run.model, [tok.encode(p) for p in prompts], s["max_new_tokens"],
+                                s["temperature"], s["top_k"], s["top_p"], generator):
+            for i, t in enumerate(tokens.tolist()):
+                if done[i]:
+                    continue
+                new[i].append(t)
+                text = tok.decode(new[i])
+                if text.endswith("\ufffd"):  # an unfinished multi-byte character (byte-level BPE)
+                    continue
+                text, done[i] = _cut_at_stop(text, s["stop"])
+                if len(text) > len(emitted[i]):
+                    yield i, text[len(emitted[i]):]
+                    emitted[i] = text
+            if all(done):
+                return
+
+
+def _molecules(entry: Entry, options: dict[str, Any], generator) -> dict[str, Any]:
+    from genforge.modalities.molecule import draw
+
+    run = entry.run
+    ids = draw(run.model, options["num_samples"], generator, options["num_samples"], options["temperature"],
+               progress=False)
+    smiles = [run.tokenizer.decode(row) for row in ids]
+    valid: list[bool | None] = [None] * len(smiles)
+    svg: list[str | None] = [None] * len(smiles)
+    try:
+        from rdkit import Chem
+        from rdkit.Chem.Draw import rdMolDraw2D
+
+        from genforge.metrics.molecules import quiet_rdkit
+    except ImportError:  # RDKit absent: SMILES only, validity unknown (null)
+        return {"smiles": smiles, "valid": valid, "svg": svg}
+    with quiet_rdkit():
+        for i, s in enumerate(smiles):
+            mol = Chem.MolFromSmiles(s) if s and len(s) <= 500 else None
+            valid[i] = mol is not None
+            if mol is not None:
+                drawer = rdMolDraw2D.MolDraw2DSVG(200, 200)
+                drawer.DrawMolecule(mol)
+                drawer.FinishDrawing()
+                svg[i] = drawer.GetDrawingText()
+    return {"smiles": smiles, "valid": valid, "svg": svg}

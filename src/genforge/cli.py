@@ -15,6 +15,7 @@ from pathlib import Path
 
 from genforge import GenforgeError, Interrupted, __version__
 from genforge.cli_rl import add_rl_parser
+from genforge.serve.cli import add_serve_parser
 
 
 def _train(args) -> None:
@@ -243,6 +244,7 @@ def build_parser(declared: bool = True) -> argparse.ArgumentParser:
     s.set_defaults(func=_sample)
 
     add_rl_parser(sub)
+    add_serve_parser(sub)
 
     e = sub.add_parser("eval", help="held-out metrics of a trained run",
                        description="Text: validation loss, bits per character and perplexity. Images: "

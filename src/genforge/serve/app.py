@@ -83,10 +83,13 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", param
     return JSONResponse({"error": {"message": message, "type": kind, "param": param}}, status, headers=headers)
 
 
-def create_app(entries: dict[str, engine.Entry], api_key: str | None = None, limits: Limits = Limits(),
-               batching: bool = True) -> FastAPI:
-    """The app over runs already loaded (``engine.load_entries``). ``batching`` is accepted for
-    the contract; windowed batching across requests is not built yet (each request is one draw)."""
+def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
+               batching: bool = True, device: str = "auto") -> FastAPI:
+    """The app over ``runs``: run directories (loaded and checked now, before any port opens) or
+    entries already loaded (``engine.load_entries``). ``batching`` is accepted for the contract;
+    windowed batching across requests is not built yet (each request is one draw)."""
+    limits = limits or Limits()
+    entries = runs if isinstance(runs, dict) else engine.load_entries([str(r) for r in runs], device)
     app = FastAPI(title="genforge", description="Samples from trained genforge runs.", version="1")
     app.state.entries, app.state.limits, app.state.active = entries, limits, 0
 

@@ -1,0 +1,56 @@
+"""`genforge serve RUN_DIR...`: argparse -> load every run -> uvicorn. Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+
+
+def add_serve_parser(sub) -> None:
+    s = sub.add_parser("serve", help="serve runs over HTTP (API, OpenAI-compatible endpoints, a page)",
+                       description=(
+                           "Load every run (a broken one is an error before the port opens) and serve "
+                           "POST /v1/samples, /v1/completions, /v1/images/generations, GET /v1/models "
+                           "and a web page at /. Needs genforge[serve]."))
+    s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' (default: $GENFORGE_API_KEY, else none)")
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    s.set_defaults(func=serve_command)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_command(args: argparse.Namespace) -> None:
+    from genforge import GenforgeError
+    from genforge.serve import require_fastapi
+
+    require_fastapi()
+    import uvicorn
+
+    from genforge.serve.app import create_app
+    from genforge.serve.engine import load_entries
+
+    if not 0 < args.port < 65536:
+        raise GenforgeError(f"--port must be in 1..65535, got {args.port}")
+    key = args.api_key or os.environ.get("GENFORGE_API_KEY") or None
+    entries = load_entries(args.run_dirs, args.device)  # before the port opens
+    app = create_app(entries, api_key=key)
+    if not is_loopback(args.host) and key is None:
+        print(f"genforge: warning: serving on {args.host} without an API key: anyone who can reach "
+              "this port can generate; set --api-key or $GENFORGE_API_KEY", file=sys.stderr)
+    where = f"http://{args.host}:{args.port}"
+    print(f"serving {', '.join(entries)} at {where} (page: {where}/, API docs: {where}/docs"
+          f"{'; API key required' if key else ''})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -210,6 +210,21 @@ def _plot(args) -> None:
         print(f"wrote {path}")
 
 
+def _report(args) -> None:
+    from genforge.atomic import atomic_write_text
+    from genforge.outputs import check_out, unique_output
+    from genforge.report_html import build_report
+
+    out = check_out(args.out) if args.out else None  # before reading runs: a taken name fails fast
+    page = build_report(args.runs)
+    if out is None:
+        out = unique_output(Path("."), "report", ".html")  # report.html, else report-2.html, ...
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, page)
+    print(f"wrote {out}")
+
+
 def build_parser(declared: bool = True) -> argparse.ArgumentParser:
     """``declared=False`` skips the options that modalities and families declare (they import
     torch); `genforge list` and `train` do not need them."""
@@ -317,6 +332,15 @@ def build_parser(declared: bool = True) -> argparse.ArgumentParser:
                     help="where to write the PNGs (default: RUN/plots for one run, else plots/ "
                          "beside the runs)")
     pl.set_defaults(func=_plot)
+
+    rp = sub.add_parser("report", help="one self-contained HTML page comparing runs",
+                        description="Held-out metrics side by side, loss and metric curves, sample "
+                                    "grids, nearest-neighbour grids and config differences of the runs, "
+                                    "in one HTML file with images inlined (opens from disk, offline).")
+    rp.add_argument("runs", nargs="+", metavar="RUN", help="run directories written by `genforge train`")
+    rp.add_argument("--out", metavar="FILE", default=None,
+                    help="a new .html file (default: report.html in the current folder, report-2.html, ...)")
+    rp.set_defaults(func=_report)
 
     ls = sub.add_parser("list", help="list presets, datasets and families")
     ls.set_defaults(func=_list)

@@ -116,7 +116,7 @@ def plot_runs(run_dirs: list[Path], out: Path) -> list[Path]:
 def figure_png(fig) -> bytes:
     """One figure as PNG bytes (`genforge report` inlines them)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png", metadata={"Software": None})  # no URL in the bytes
     return buffer.getvalue()
 
 

@@ -90,7 +90,9 @@ def test_report_escapes_what_runs_hold(runs, tmp_path):
     for old in (gpt / "samples").iterdir():
         old.unlink()
     (gpt / "samples" / "step_0000009.txt").write_text("<script>alert(1)</script> & more")
+    before = sorted(p.relative_to(gpt) for p in gpt.rglob("*"))
     page = build_report([gpt])
+    assert sorted(p.relative_to(gpt) for p in gpt.rglob("*")) == before  # reads runs, writes nothing
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
     assert "<b>gpt</b>" not in page and "&lt;b&gt;gpt&lt;/b&gt;" in page
     assert "one run: nothing to compare" in page

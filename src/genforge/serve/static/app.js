@@ -172,6 +172,12 @@ function describe(result) {
   return `seed ${result.seed} · ${result.model} · weights ${sha}`;
 }
 
+// The options the server actually used (its defaults filled in), e.g. "num_samples=4 · temperature=0.8".
+function resolvedOptions(options) {
+  return Object.entries(options || {}).filter(([, v]) => v !== null && v !== undefined)
+    .map(([k, v]) => `${k}=${Array.isArray(v) ? JSON.stringify(v) : v}`).join(" · ");
+}
+
 function showImages(result) {
   const out = $("output");
   const grid = document.createElement("img");
@@ -274,6 +280,7 @@ async function generate(body) {
   setBusy(true);
   setDownload(null);
   $("status").textContent = "generating…";
+  $("resolved").textContent = "";
   try {
     const response = await fetch("v1/samples", { method: "POST", headers: headers(true), body: JSON.stringify(body) });
     if (!response.ok) throw new Error(await errorMessage(response));
@@ -302,6 +309,7 @@ async function generate(body) {
     state.lastRequest = body;
     state.lastSeed = result.seed;
     $("status").textContent = describe(result);
+    $("resolved").textContent = resolvedOptions(result.options);
   } catch (err) {
     $("status").textContent = "";
     showError(err.message || String(err));
@@ -392,14 +400,18 @@ async function loadModels() {
   const previous = select.value;
   select.replaceChildren(...state.models.map((m) => new Option(`${m.id} (${m.family}, ${m.modality})`, m.id)));
   if (state.models.some((m) => m.id === previous)) select.value = previous;
-  if (state.models.length) showModel(state.models.find((m) => m.id === select.value) || state.models[0]);
+  const chosen = state.models.find((m) => m.id === select.value) || state.models[0];
+  // Reloading the list keeps what the user typed into the form when their model is unchanged.
+  if (chosen && JSON.stringify(chosen) !== JSON.stringify(state.model)) showModel(chosen);
 }
 
 function start() {
   const key = $("api-key");
   key.value = sessionStorage.getItem(KEY_STORE) || "";
   key.addEventListener("change", () => {
-    if (key.value.trim()) sessionStorage.setItem(KEY_STORE, key.value.trim());
+    const value = key.value.trim();
+    if (value === (sessionStorage.getItem(KEY_STORE) || "")) return;  // a blur with no new key
+    if (value) sessionStorage.setItem(KEY_STORE, value);
     else sessionStorage.removeItem(KEY_STORE);
     loadModels();  // a key entered after a 401 lists the models now
   });

@@ -1,0 +1,175 @@
+"""The web page in a real browser: headless Chromium from Debian's `chromium` package, driven by
+Playwright pointed at that executable (never `playwright install`: no browser download here).
+
+A live uvicorn server on loopback serves two tiny runs (a text GPT and a class-conditional image
+VAE) behind an API key. The browser opens the page, is refused until the key is entered, then
+generates an image (twice with the same seed: identical) and a streamed text (tokens appended as
+they arrive), and never asks any other host for anything (the page works offline).
+Set GENFORGE_SCREENSHOT=path to save a screenshot (docs/serve-page.png was made this way).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.is_file():
+    pytest.skip("Debian's chromium is not installed (/usr/bin/chromium); `apt-get install chromium` "
+                "(.ci/run does) to run the browser test", allow_module_level=True)
+pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install 'genforge[dev]'")
+pytest.importorskip("fastapi", reason="FastAPI is not installed: pip install 'genforge[serve]'")
+pytest.importorskip("uvicorn", reason="uvicorn is not installed: pip install 'genforge[serve]'")
+pytest.importorskip("PIL", reason="pillow is not installed: pip install 'genforge[images]'")
+
+from genforge.cli import main  # noqa: E402
+
+KEY = "page-test-key"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+TIMEOUT_MS = 60_000  # generous: two shared CPU cores
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A text GPT and a class-conditional image VAE, each trained for a few steps."""
+    root = tmp_path_factory.mktemp("page-runs")
+    corpus = root / "c.txt"
+    corpus.write_text("to be or not to be, that is the question.\n" * 80)
+    assert main(["train", "gpt-demo", f"data.name={corpus}", "model.n_layer=1", "model.n_head=2",
+                 "model.n_embd=16", "model.block_size=16", "train.batch_size=4", "train.max_steps=4",
+                 "train.eval_every=4", "--run-dir", str(root / "poem"), "--no-progress"]) == 0
+    assert main(["train", "vae-digits", "model.conditional=true", "model.latent_dim=4", "model.channels=[8, 8]",
+                 "model.hidden=32", "train.batch_size=16", "train.max_steps=4", "train.eval_every=4",
+                 "--run-dir", str(root / "digits"), "--no-progress"]) == 0
+    return [root / "poem", root / "digits"]
+
+
+@pytest.fixture(scope="module")
+def server(runs):
+    """The app under uvicorn in a thread, on a loopback socket bound here (so no port race)."""
+    import uvicorn
+
+    from genforge.serve.app import create_app
+    from genforge.serve.engine import load_entries
+
+    app = create_app(load_entries([str(r) for r in runs], device="cpu"), api_key=KEY)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/"
+    uv.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+def png_of(src: str):
+    """The decoded image behind an <img>'s data: URL (fails unless it is a valid PNG)."""
+    from PIL import Image
+
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix), src[:60]
+    data = base64.b64decode(src[len(prefix):], validate=True)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def test_page_generates_an_image_and_a_streamed_text(server, browser):
+    page = browser.new_page(viewport={"width": 1200, "height": 820})
+    page.set_default_timeout(TIMEOUT_MS)
+    foreign: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith((server, "data:", "blob:")) else foreign.append(r.url))
+    bearer: list[str | None] = []
+    page.on("request", lambda r: bearer.append(r.headers.get("authorization")) if "/v1/samples" in r.url else None)
+
+    page.goto(server)
+    # Without the key the API refuses, and the page shows the server's JSON message.
+    page.wait_for_selector("#error:not([hidden])")
+    assert "API key" in page.inner_text("#error")
+    page.fill("#api-key", KEY)
+    page.dispatch_event("#api-key", "change")
+    page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+    assert page.is_hidden("#error")
+    assert page.evaluate("sessionStorage.getItem('genforge.apiKey')") == KEY
+
+    # Image: the form comes from the run's options (num_samples bounded, a class select).
+    page.select_option("#model", "digits")
+    assert page.is_visible("#class-row") and page.is_hidden("#prompt-row")
+    assert page.get_attribute("#options input[name=num_samples]", "max") == "64"
+    page.select_option("#class-label", index=1)  # the first class
+    page.fill("#options input[name=num_samples]", "4")
+    page.fill("#seed", "7")
+    page.click("#generate")
+    page.wait_for_selector("#output img.grid")
+    first = page.get_attribute("#output img.grid", "src")
+    assert png_of(first).size[0] > 0
+    assert "seed 7" in page.inner_text("#status")
+    # What the form said is what the server used (a reloaded form once dropped these silently).
+    resolved = page.inner_text("#resolved")
+    assert "num_samples=4" in resolved and "class_label=0" in resolved, resolved
+    assert page.get_attribute("#download", "download") == "digits-seed7.png"
+    if os.environ.get("GENFORGE_SCREENSHOT"):
+        page.screenshot(path=os.environ["GENFORGE_SCREENSHOT"])
+    # "Same seed again" re-sends the request with its seed: the same image, byte for byte.
+    page.fill("#seed", "")
+    page.evaluate("document.querySelector('#output').replaceChildren()")
+    page.click("#again")
+    page.wait_for_selector("#output img.grid")
+    assert page.get_attribute("#output img.grid", "src") == first
+
+    # Text: streamed; count the separate appends to the sample's text as they arrive.
+    page.select_option("#model", "poem")
+    assert page.is_visible("#prompt-row") and page.is_hidden("#class-row")
+    page.fill("#prompt", "to be")
+    page.fill("#options input[name=max_new_tokens]", "30")
+    page.fill("#seed", "3")
+    page.evaluate("""() => {
+        window.appends = 0;
+        new MutationObserver((records) => {
+            for (const r of records) if (r.target.closest && r.target.closest('.generated')) window.appends++;
+        }).observe(document.querySelector('#output'), {childList: true, subtree: true, characterData: true});
+    }""")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('seed 3')")
+    generated = page.inner_text("#output pre.sample .generated")
+    assert len(generated) > 0
+    assert page.inner_text("#output pre.sample .prompt") == "to be"
+    assert page.evaluate("window.appends") > 1, "the text arrived in one piece, not streamed"
+    assert "max_new_tokens=30" in page.inner_text("#resolved")
+    assert page.get_attribute("#download", "download") == "poem-seed3.txt"
+
+    # Report tab: the loaded runs side by side.
+    page.click("#tab-report")
+    page.wait_for_selector("#report table, #report iframe")
+    if page.query_selector("#report table"):
+        assert [h.inner_text() for h in page.query_selector_all("#report thead th")][1:] == ["poem", "digits"]
+
+    assert all(b == f"Bearer {KEY}" for b in bearer) and len(bearer) == 3
+    assert foreign == [], f"the page fetched from other hosts: {foreign}"
+    page.close()

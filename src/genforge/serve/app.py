@@ -96,7 +96,8 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
     # -- errors: one JSON shape ---------------------------------------------------------
     @app.exception_handler(RequestError)
     async def _request_error(request, e: RequestError):
-        return _error(e.status, str(e), e.kind, e.param)
+        retry = {"Retry-After": str(limits.retry_after_s)} if e.status == 429 else None
+        return _error(e.status, str(e), e.kind, e.param, headers=retry)
 
     @app.exception_handler(GenforgeError)
     async def _genforge_error(request, e: GenforgeError):

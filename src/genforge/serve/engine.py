@@ -223,7 +223,7 @@ def resolve(entry: Entry, given: dict[str, Any], limits: Limits) -> dict[str, An
     total = options["num_samples"] * len(options.get("prompt") or [None])
     if total > limits.max_samples:
         raise RequestError(f"{total} samples requested ({len(options['prompt'])} prompts x "
-                           f"{options['num_samples']}), above this server's limit max_samples="
+                           f"num_samples {options['num_samples']}), above this server's limit max_samples="
                            f"{limits.max_samples}", 422, "num_samples")
     if entry.modality == "text":
         from genforge.sampling.text import check_settings

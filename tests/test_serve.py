@@ -1,0 +1,268 @@
+"""`genforge serve`: every route and every refusal through FastAPI's test client, byte-identical
+repeats, and the real `openai` client against a live uvicorn server on loopback."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from genforge.cli import main  # noqa: E402
+from genforge.serve.app import create_app  # noqa: E402
+from genforge.serve.engine import Limits, load_entries  # noqa: E402
+
+GPT = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16",
+       "train.batch_size=4", "train.max_steps=3", "train.eval_every=0", "train.plot=false"]
+VAE = ["model.latent_dim=4", "model.channels=[8, 8]", "model.hidden=32", "model.conditional=true",
+       "train.batch_size=8", "train.max_steps=3", "train.eval_every=0", "train.plot=false"]
+SMILES = ["CCO", "CCN", "CCC", "c1ccccc1", "CC(=O)O", "CCOC", "CNC", "C1CCCCC1", "CC(C)O", "OCCO"] * 4
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    corpus = root / "c.txt"
+    corpus.write_text("to be or not to be, that is the question.\n" * 80)
+    assert main(["train", "gpt-demo", f"data.name={corpus}", *GPT, "--run-dir", str(root / "gpt"),
+                 "--no-progress"]) == 0
+    assert main(["train", "vae-digits", *VAE, "--run-dir", str(root / "vae"), "--no-progress"]) == 0
+    dirs = [root / "gpt", root / "vae"]
+    try:
+        import rdkit  # noqa: F401
+
+        mols = root / "mols.smi"
+        mols.write_text("\n".join(SMILES) + "\n")
+        assert main(["train", "gpt-demo", f"data.name={mols}", "data.val_fraction=0.1", *GPT[:3],
+                     "model.block_size=24", *GPT[4:], "--run-dir", str(root / "mol"), "--no-progress"]) == 0
+        dirs.append(root / "mol")
+    except ImportError:
+        pass
+    return load_entries([str(d) for d in dirs], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client(runs):
+    with TestClient(create_app(runs)) as c:
+        yield c
+
+
+def post(client, body, path="/v1/samples", headers=None):
+    return client.post(path, content=json.dumps(body), headers={"content-type": "application/json", **(headers or {})})
+
+
+def png_size(data: str) -> tuple[int, int]:
+    raw = base64.b64decode(data)
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+
+
+def test_health_and_models(client):
+    assert client.get("/healthz").json() == {"status": "ok", "models": len(client.app.state.entries)}
+    data = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    gpt, vae = data["gpt"], data["vae"]
+    assert (gpt["modality"], gpt["family"], gpt["accepts_prompt"], gpt["classes"]) == ("text", "gpt", True, None)
+    assert vae["classes"] == [str(k) for k in range(10)] and vae["accepts_prompt"] is False
+    assert len(gpt["weights_sha256"]) == 64 and gpt["step"] == 3
+    names = {o["name"]: o for o in gpt["options"]}
+    assert {"prompt", "max_new_tokens", "temperature", "top_k", "top_p", "num_samples"} <= set(names)
+    assert names["max_new_tokens"]["type"] == "integer" and names["max_new_tokens"]["maximum"] == Limits().max_tokens
+    assert names["temperature"]["type"] == "number" and names["temperature"]["default"] == 0.8
+    served = {o["name"] for m in data.values() for o in m["options"]}
+    assert not served & {"out", "init", "mask", "batch_size", "nearest", "interpolate"}  # no paths
+    assert client.get("/v1/models/vae").json()["id"] == "vae"
+    assert client.get("/v1/models/nope").status_code == 404
+    assert client.get("/openapi.json").status_code == 200
+
+
+def test_text_sample_is_reproducible_and_streams_the_same(client):
+    body = {"model": "gpt", "prompt": "to", "max_new_tokens": 12, "seed": 5, "num_samples": 2}
+    first = post(client, body)
+    assert first.status_code == 200, first.text
+    out = first.json()
+    assert out["seed"] == 5 and out["identity"]["run"] == "gpt" and len(out["text"]) == 2
+    assert out["options"]["max_new_tokens"] == 12 and out["options"]["temperature"] == 0.8
+    assert post(client, body).content == first.content  # byte-identical repeat
+    assert post(client, {**body, "seed": 6}).json()["text"] != out["text"]
+    streamed = post(client, {**body, "stream": True})
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    events = [line[6:] for line in streamed.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and json.loads(events[-2])["done"] is True
+    pieces = ["", ""]
+    for e in events[:-2]:
+        event = json.loads(e)
+        pieces[event["index"]] += event["token"]
+    assert pieces == out["text"]  # the stream is the same draw as the JSON answer
+    unseeded = post(client, {"model": "gpt", "max_new_tokens": 3}).json()
+    assert isinstance(unseeded["seed"], int)
+    assert post(client, {"model": "gpt", "max_new_tokens": 3, "seed": unseeded["seed"]}).json()["text"] == unseeded["text"]
+
+
+def test_image_sample_is_reproducible(client):
+    body = {"model": "vae", "seed": 1, "num_samples": 4, "class_label": 3}
+    first = post(client, body)
+    assert first.status_code == 200, first.text
+    out = first.json()
+    assert len(out["images"]) == 4 and png_size(out["images"][0]) == (8, 8)  # sklearn digits
+    png_size(out["grid_png"])
+    assert out["options"]["class_label"] == "3"
+    assert post(client, body).content == first.content
+    assert post(client, {**body, "seed": 2}).json()["images"] != out["images"]
+    assert post(client, {**body, "class_label": "7"}).json()["images"] != out["images"]
+
+
+def test_molecule_sample(client):
+    if "mol" not in client.app.state.entries:
+        pytest.skip("RDKit is not installed (genforge[molecules]); no molecule run to serve")
+    out = post(client, {"model": "mol", "seed": 0, "num_samples": 5}).json()
+    assert len(out["smiles"]) == len(out["valid"]) == len(out["svg"]) == 5
+    for valid, svg in zip(out["valid"], out["svg"], strict=True):
+        assert (svg is not None) == valid and (svg is None or svg.lstrip().startswith("<?xml"))
+    assert post(client, {"model": "mol", "seed": 0, "num_samples": 5}).json()["smiles"] == out["smiles"]
+
+
+@pytest.mark.parametrize("body, status, param", [
+    ({"model": "gpt", "max_new_tokens": True}, 422, "max_new_tokens"),  # a bool is not an integer
+    ({"model": "gpt", "max_new_tokens": 2.5}, 422, "max_new_tokens"),
+    ({"model": "gpt", "temperature": "hot"}, 422, "temperature"),
+    ({"model": "gpt", "seed": True}, 422, "seed"),
+    ({"model": "gpt", "seed": -1}, 422, "seed"),
+    ({"model": "gpt", "num_samples": 0}, 422, "num_samples"),
+    ({"model": "gpt", "stream": 1}, 422, "stream"),
+    ({"model": 3}, 422, "model"),
+    ({}, 422, "model"),
+    ({"model": "gpt", "temperature": -1}, 422, "temperature"),
+    ({"model": "gpt", "top_p": 1.5}, 422, None),
+    ({"model": "gpt", "top_k": 0}, 422, "top_k"),
+    ({"model": "nope"}, 404, "model"),
+    ({"model": "gpt", "latent_temperature": 0.5}, 400, "latent_temperature"),  # a VAE's option
+    ({"model": "vae", "prompt": "a cat"}, 400, "prompt"),
+    ({"model": "vae", "stream": True}, 400, "stream"),
+    ({"model": "vae", "class_label": "12"}, 400, None),
+    ({"model": "gpt", "out": "/etc/passwd"}, 400, "out"),  # never a path from a request
+    ({"model": "vae", "init": "/etc/passwd"}, 400, "init"),
+    ({"model": "gpt", "num_samples": 65}, 422, "num_samples"),
+    ({"model": "gpt", "prompt": ["a"] * 33, "num_samples": 2}, 422, "num_samples"),
+    ({"model": "gpt", "max_new_tokens": 5000}, 422, "max_new_tokens"),
+    ({"model": "gpt", "prompt": "x" * 2001}, 422, "prompt"),
+])
+def test_refusals_are_json_naming_the_option(client, body, status, param):
+    r = post(client, body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and error["message"] and "Traceback" not in r.text
+    if param in body:
+        assert param in error["message"]
+
+
+def test_nan_bad_json_and_limits_named(client):
+    r = client.post("/v1/samples", content=b'{"model": "gpt", "temperature": NaN}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "temperature"
+    r = client.post("/v1/samples", content=b'{"model": "gpt",', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+    r = post(client, {"model": "gpt", "prompt": "x" * 70_000})
+    assert r.status_code == 413 and "max_body_bytes" in r.json()["error"]["message"]
+    r = post(client, {"model": "gpt", "max_new_tokens": 5000})
+    assert "max_tokens=1024" in r.json()["error"]["message"]
+    r = post(client, {"model": "vae", "num_samples": 100})
+    assert "max_samples=64" in r.json()["error"]["message"]
+
+
+def test_openai_routes_refuse_what_they_do_not_serve(client):
+    assert post(client, {"model": "vae", "prompt": "x"}, "/v1/completions").status_code == 400
+    assert post(client, {"model": "gpt", "prompt": "x"}, "/v1/images/generations").status_code == 400
+    r = post(client, {"model": "gpt", "prompt": "x", "logprobs": 2}, "/v1/completions")
+    assert r.status_code == 422 and r.json()["error"]["param"] == "logprobs"  # refused, not ignored
+    r = post(client, {"model": "vae", "prompt": "", "response_format": "url"}, "/v1/images/generations")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format"
+    r = post(client, {"model": "vae", "prompt": "", "size": "1024x1024"}, "/v1/images/generations")
+    assert r.status_code == 400 and "8x8" in r.json()["error"]["message"]
+    r = post(client, {"model": "vae", "prompt": "not a class"}, "/v1/images/generations")
+    assert r.status_code == 400
+
+
+def test_api_key(runs):
+    with TestClient(create_app(runs, api_key="s3cret")) as c:
+        assert c.get("/healthz").status_code == 200 and c.get("/").status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            r = c.get("/v1/models", headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+            assert post(c, {"model": "gpt"}, headers=headers).status_code == 401
+        assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_queue_full_is_429_with_retry_after(runs):
+    entry = runs["gpt"]
+    with TestClient(create_app(runs, limits=Limits(max_queue=1))) as c:
+        results = []
+        entry.lock.acquire()  # the model is busy: the first request is admitted and waits
+        try:
+            worker = threading.Thread(target=lambda: results.append(post(c, {"model": "gpt", "max_new_tokens": 2})))
+            worker.start()
+            deadline = time.monotonic() + 10
+            while c.app.state.active < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            r = post(c, {"model": "gpt", "max_new_tokens": 2})
+            assert r.status_code == 429 and r.headers["retry-after"] == "1"
+            assert "max_queue" in r.json()["error"]["message"]
+            assert c.get("/healthz").status_code == 200  # the event loop is free meanwhile
+        finally:
+            entry.lock.release()
+        worker.join(30)
+        assert results[0].status_code == 200 and c.app.state.active == 0
+
+
+def test_broken_run_fails_before_serving(tmp_path, capsys):
+    from genforge import GenforgeError
+
+    with pytest.raises(GenforgeError, match="does not exist"):
+        load_entries([str(tmp_path / "missing")])
+    (tmp_path / "empty").mkdir()
+    assert main(["serve", str(tmp_path / "empty"), "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("genforge: error:") and "Traceback" not in err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_openai_client_against_a_live_server(runs):
+    openai = pytest.importorskip("openai")
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(runs, api_key="k"), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
+        done = client.completions.create(model="gpt", prompt="to", max_tokens=8, seed=3, temperature=0.8)
+        assert done.object == "text_completion" and done.choices[0].text
+        pieces = [c.choices[0].text for c in client.completions.create(
+            model="gpt", prompt="to", max_tokens=8, seed=3, temperature=0.8, stream=True)]
+        assert "".join(pieces) == done.choices[0].text and len(pieces) > 1
+        images = client.images.generate(model="vae", prompt="7", n=2, response_format="b64_json",
+                                        extra_body={"seed": 1})
+        assert len(images.data) == 2 and png_size(images.data[0].b64_json) == (8, 8)  # sklearn digits
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong",
+                          max_retries=0).models.list()
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -3,8 +3,8 @@ Playwright pointed at that executable (never `playwright install`: no browser do
 
 A live uvicorn server on loopback serves two tiny runs (a text GPT and a class-conditional image
 VAE) behind an API key. The browser opens the page, is refused until the key is entered, then
-generates an image (twice with the same seed: identical) and a streamed text (tokens appended as
-they arrive), and never asks any other host for anything (the page works offline).
+generates an image (twice with the same seed: identical), shows a refused request's message, and
+generates a streamed text (tokens appended as they arrive), and never asks any other host for anything (the page works offline).
 Set GENFORGE_SCREENSHOT=path to save a screenshot (docs/serve-page.png was made this way).
 """
 
@@ -49,7 +49,19 @@ def runs(tmp_path_factory):
     assert main(["train", "vae-digits", "model.conditional=true", "model.latent_dim=4", "model.channels=[8, 8]",
                  "model.hidden=32", "train.batch_size=16", "train.max_steps=4", "train.eval_every=4",
                  "--run-dir", str(root / "digits"), "--no-progress"]) == 0
-    return [root / "poem", root / "digits"]
+    runs = [root / "poem", root / "digits"]
+    try:
+        import rdkit  # noqa: F401  (molecule drawings)
+    except ImportError:
+        return runs
+    # Small carbon chains: greedy decoding gives valid SMILES after a few steps, so drawings appear.
+    smi = root / "m.smi"
+    smi.write_text("\n".join(["CCO", "CCC", "CCCC", "CCN", "CCCO", "CCCCO"] * 10) + "\n")
+    assert main(["train", "gpt-demo", f"data.name={smi}", "data.val_fraction=0.1", "model.n_layer=1",
+                 "model.n_head=2", "model.n_embd=16", "model.block_size=12", "train.batch_size=8",
+                 "train.max_steps=30", "train.lr=1e-2", "train.warmup_steps=2", "train.eval_every=30",
+                 "--run-dir", str(root / "mol"), "--no-progress"]) == 0
+    return [*runs, root / "mol"]
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +112,9 @@ def png_of(src: str):
     return image
 
 
-def test_page_generates_an_image_and_a_streamed_text(server, browser):
+def open_page(server, browser, runs):
+    """The page, opened and given the key; returns it with the list of foreign requests it made
+    and the Authorization headers of its sample requests."""
     page = browser.new_page(viewport={"width": 1200, "height": 820})
     page.set_default_timeout(TIMEOUT_MS)
     foreign: list[str] = []
@@ -114,9 +128,14 @@ def test_page_generates_an_image_and_a_streamed_text(server, browser):
     assert "API key" in page.inner_text("#error")
     page.fill("#api-key", KEY)
     page.dispatch_event("#api-key", "change")
-    page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+    page.wait_for_function(f"document.querySelectorAll('#model option').length === {len(runs)}")
     assert page.is_hidden("#error")
     assert page.evaluate("sessionStorage.getItem('genforge.apiKey')") == KEY
+    return page, foreign, bearer
+
+
+def test_page_generates_an_image_and_a_streamed_text(server, browser, runs):
+    page, foreign, bearer = open_page(server, browser, runs)
 
     # Image: the form comes from the run's options (num_samples bounded, a class select).
     page.select_option("#model", "digits")
@@ -147,6 +166,12 @@ def test_page_generates_an_image_and_a_streamed_text(server, browser):
     page.select_option("#model", "poem")
     assert page.is_visible("#prompt-row") and page.is_hidden("#class-row")
     page.fill("#prompt", "to be")
+    # A request the server refuses: its one-line JSON message is shown, nothing else.
+    page.fill("#options input[name=top_p]", "5")
+    page.click("#generate")
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.inner_text("#error") == "top-p must be in (0, 1], got 5.0"
+    page.fill("#options input[name=top_p]", "")
     page.fill("#options input[name=max_new_tokens]", "30")
     page.fill("#seed", "3")
     page.evaluate("""() => {
@@ -162,14 +187,37 @@ def test_page_generates_an_image_and_a_streamed_text(server, browser):
     assert page.inner_text("#output pre.sample .prompt") == "to be"
     assert page.evaluate("window.appends") > 1, "the text arrived in one piece, not streamed"
     assert "max_new_tokens=30" in page.inner_text("#resolved")
+    assert page.is_hidden("#error")  # the earlier refusal's message is gone
     assert page.get_attribute("#download", "download") == "poem-seed3.txt"
 
     # Report tab: the loaded runs side by side.
     page.click("#tab-report")
     page.wait_for_selector("#report table, #report iframe")
     if page.query_selector("#report table"):
-        assert [h.inner_text() for h in page.query_selector_all("#report thead th")][1:] == ["poem", "digits"]
+        assert [h.inner_text() for h in page.query_selector_all("#report thead th")][1:] == [r.name for r in runs]
 
-    assert all(b == f"Bearer {KEY}" for b in bearer) and len(bearer) == 3
+    assert all(b == f"Bearer {KEY}" for b in bearer) and len(bearer) == 4
     assert foreign == [], f"the page fetched from other hosts: {foreign}"
+    page.close()
+
+
+def test_page_draws_molecules_with_their_smiles(server, browser, runs):
+    if not any(r.name == "mol" for r in runs):
+        pytest.skip("RDKit is not installed: no molecule run (pip install 'genforge[molecules]')")
+    page, foreign, _ = open_page(server, browser, runs)
+    page.select_option("#model", "mol")
+    assert page.is_hidden("#prompt-row") and page.is_hidden("#class-row")
+    page.fill("#options input[name=temperature]", "0")  # greedy: the chain the run learned
+    page.fill("#options input[name=num_samples]", "3")
+    page.click("#generate")
+    page.wait_for_selector("#output .molecules figure")
+    figures = page.query_selector_all("#output .molecules figure")
+    assert len(figures) == 3
+    for figure in figures:
+        smiles = figure.query_selector("figcaption").inner_text()
+        assert smiles and set(smiles) <= set("CNO()=") and "invalid" not in smiles, smiles
+        src = figure.query_selector("img").get_attribute("src")
+        assert src.startswith("data:image/svg+xml") and "%3Csvg" in src  # the drawing, as an image
+    assert page.get_attribute("#download", "download").endswith(".smi")
+    assert foreign == []
     page.close()

@@ -5,7 +5,8 @@ A live uvicorn server on loopback serves two tiny runs (a text GPT and a class-c
 VAE) behind an API key. The browser opens the page, is refused until the key is entered, then
 generates an image (twice with the same seed: identical), shows a refused request's message, and
 generates a streamed text (tokens appended as they arrive), and never asks any other host for anything (the page works offline).
-Set GENFORGE_SCREENSHOT=path to save a screenshot (docs/serve-page.png was made this way).
+Set GENFORGE_SCREENSHOT=path to save a screenshot of the image result. docs/serve-page.png was
+made by hand the same way, from a `vae-digits model.conditional=true train.max_steps=400` run.
 """
 
 from __future__ import annotations

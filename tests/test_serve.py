@@ -266,3 +266,44 @@ def test_openai_client_against_a_live_server(runs):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_batched_requests_get_what_they_get_alone(runs):
+    """Jobs decoded in one batch (different prompts, lengths, settings, seeds) each get the
+    tokens they get alone: each request's rows are drawn with its own generator."""
+    from genforge.serve import engine
+    from genforge.serve.batching import Batcher, run_alone
+
+    entry = runs["gpt"]
+    requests = [({"prompt": ["to"], "num_samples": 2, "max_new_tokens": 12}, 1),
+                ({"prompt": ["to be or not", "t"], "num_samples": 1, "max_new_tokens": 5, "top_k": 3}, 2),
+                ({"prompt": ["that is"], "num_samples": 1, "max_new_tokens": 20, "stop": ["q"], "top_p": 0.9}, 3),
+                ({"prompt": ["be"], "num_samples": 1, "max_new_tokens": 0}, 4),
+                ({"prompt": ["or"], "num_samples": 1, "max_new_tokens": 9, "temperature": 0}, 5)]
+    resolved = [(engine.resolve(entry, given, Limits()), seed) for given, seed in requests]
+    alone = [run_alone(entry, engine.text_job(entry, o, s)).texts() for o, s in resolved]
+    assert alone[3] == [""] and all(len(t) == 12 for t in alone[0])
+    batcher = Batcher(entry, window_s=0.01)
+    with entry.lock:  # the first job is taken and waits; the others queue and are drawn together
+        first = batcher.submit(engine.text_job(entry, *resolved[0]))
+        deadline = time.monotonic() + 10
+        while batcher.waiting and time.monotonic() < deadline:
+            time.sleep(0.005)
+        jobs = [batcher.submit(engine.text_job(entry, o, s)) for o, s in resolved]
+    got = [job.texts() for job in jobs]
+    assert first.texts() == alone[0]
+    assert batcher.batches == [1, len(requests)]
+    assert got == alone
+
+
+def test_batching_off_serves_one_request_at_a_time(runs):
+    with TestClient(create_app(runs, batching=False)) as c:
+        bodies = [{"model": "gpt", "prompt": p, "max_new_tokens": 4, "seed": 0} for p in ("to", "be", "or")]
+        threads = [threading.Thread(target=post, args=(c, b)) for b in bodies]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert c.app.state.batchers["gpt"].batches == [1, 1, 1]
+        with_batching = create_app(runs).state.batchers["gpt"]
+        assert with_batching.window_s > 0 and with_batching.max_jobs is None

@@ -8,7 +8,7 @@ pure pieces (``filter_logits``, ``sample_next``) take and return tensors only.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -76,6 +76,7 @@ def _prefill(model, history: torch.Tensor, pad: torch.Tensor):
 def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None, use_cache: bool = True,
+           pick: Callable[[torch.Tensor], torch.Tensor] | None = None,
            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (tokens (B,), logprobs (B,)) one step at a time for a batch of prompts.
 
@@ -86,6 +87,9 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
     step: the reference the cache must match (tested past the window, with
     left-padded batches). A rolling cache would be faster there but would see
     a different context than the model was trained on.
+
+    ``pick`` ((B, V) logits -> (B,) tokens) replaces ``sample_next``: the server's batches draw
+    each request's rows with that request's own settings and generator.
     """
     check_settings(temperature, top_k, top_p, max_new_tokens)
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -103,7 +107,7 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
         cur_pad = (pad - max(width - block, 0)).clamp(min=0)  # padding inside the current window
         cache, logits = _prefill(model, history[:, -block:], cur_pad)
         for _ in range(max_new_tokens):
-            token = sample_next(logits, temperature, top_k, top_p, generator)
+            token = sample_next(logits, temperature, top_k, top_p, generator) if pick is None else pick(logits)
             logp = torch.log_softmax(logits.float(), -1).gather(-1, token[:, None]).squeeze(-1)
             yield token, logp
             history = torch.cat([history, token[:, None]], dim=1)

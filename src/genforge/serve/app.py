@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException  # noqa: E402
 
 from genforge import GenforgeError  # noqa: E402
 from genforge.serve import engine  # noqa: E402
+from genforge.serve.batching import Batcher  # noqa: E402
 from genforge.serve.engine import Limits, RequestError  # noqa: E402
 
 STATIC = Path(__file__).parent / "static"
@@ -86,12 +87,15 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", param
 def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
                batching: bool = True, device: str = "auto") -> FastAPI:
     """The app over ``runs``: run directories (loaded and checked now, before any port opens) or
-    entries already loaded (``engine.load_entries``). ``batching`` is accepted for the contract;
-    windowed batching across requests is not built yet (each request is one draw)."""
+    entries already loaded (``engine.load_entries``). ``batching``: text requests for the same run
+    sent within 10 ms are decoded together (serve/batching.py); off, one at a time."""
     limits = limits or Limits()
     entries = runs if isinstance(runs, dict) else engine.load_entries([str(r) for r in runs], device)
     app = FastAPI(title="genforge", description="Samples from trained genforge runs.", version="1")
     app.state.entries, app.state.limits, app.state.active = entries, limits, 0
+    app.state.batchers = {e.id: Batcher(e, limits.batch_window_s, limits.max_samples) if batching
+                          else Batcher(e, 0.0, limits.max_samples, max_jobs=1)
+                          for e in entries.values() if e.modality == "text"}
 
     # -- errors: one JSON shape ---------------------------------------------------------
     @app.exception_handler(RequestError)
@@ -163,18 +167,36 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
         finally:
             release()
 
-    def streamed(pieces, make_event, closing: list[str]) -> StreamingResponse:
-        """SSE over a sync iterator (iterated in a worker thread); the queue slot is held until
-        the stream ends or the client goes away (the generator is closed, decoding stops)."""
+    async def texts(entry: engine.Entry, options: dict, seed: int) -> list[str]:
         admit()
+        try:
+            job = app.state.batchers[entry.id].submit(engine.text_job(entry, options, seed))
+            return await run_in_threadpool(job.texts)
+        finally:
+            release()
+
+    def streamed(entry: engine.Entry, options: dict, seed: int, make_event, closing: list[str]) -> StreamingResponse:
+        """SSE of a text job's pieces (read in a worker thread); the queue slot is held until the
+        stream ends or the client goes away (then the job is cancelled: its rows stop decoding)."""
+        admit()
+        try:
+            job = app.state.batchers[entry.id].submit(engine.text_job(entry, options, seed))
+        except BaseException:
+            release()
+            raise
 
         def events():
             try:
-                for index, piece in pieces:
-                    yield f"data: {json.dumps(make_event(index, piece))}\n\n"
+                try:
+                    for index, piece in job.pieces():
+                        yield f"data: {json.dumps(make_event(index, piece))}\n\n"
+                except Exception as e:  # headers are sent: the error is the stream's last event
+                    yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error', 'param': None}})}\n\n"
+                    return
                 for line in closing:
                     yield f"data: {line}\n\n"
             finally:
+                job.cancelled.set()
                 release()
 
         return StreamingResponse(events(), media_type="text/event-stream",
@@ -218,8 +240,9 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
             if entry.modality != "text":
                 raise RequestError("'stream' applies to text runs only", 400, "stream")
             done = json.dumps({"done": True, "seed": seed, "identity": engine.identity(entry), "options": options})
-            return streamed(engine.stream_tokens(entry, options, seed),
-                            lambda i, piece: {"index": i, "token": piece}, [done, "[DONE]"])
+            return streamed(entry, options, seed, lambda i, piece: {"index": i, "token": piece}, [done, "[DONE]"])
+        if entry.modality == "text":
+            return {**common, "text": await texts(entry, options, seed)}
         result = await run(engine.generate, entry, options, seed)
         return {**common, **result}
 
@@ -238,14 +261,14 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
             def chunk(i, piece):
                 return {**head, "choices": [{"text": piece, "index": i, "logprobs": None, "finish_reason": None}]}
 
-            return streamed(engine.stream_tokens(entry, options, seed), chunk, ["[DONE]"])
-        result = await run(engine.generate, entry, options, seed)
+            return streamed(entry, options, seed, chunk, ["[DONE]"])
+        result = {"text": await texts(entry, options, seed)}
         tok = entry.run.tokenizer
         used = [len(tok.encode(t)) for t in result["text"]]
         choices = [{"text": t, "index": i, "logprobs": None,
                     "finish_reason": "length" if k >= options["max_new_tokens"] else "stop"}
                    for i, (t, k) in enumerate(zip(result["text"], used, strict=True))]
-        prompt_tokens = sum(len(tok.encode(p)) for p in result["prompts"])
+        prompt_tokens = body.n * sum(len(tok.encode(p)) for p in prompts)
         return {**head, "choices": choices, "seed": seed,
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": sum(used),
                           "total_tokens": prompt_tokens + sum(used)}}

@@ -16,7 +16,6 @@ import io
 import json
 import math
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,7 @@ class Limits:
     max_body_bytes: int = 64 * 1024  # request body (Content-Length)
     max_queue: int = 8  # requests admitted at once (running + waiting); more get 429
     retry_after_s: int = 1
+    batch_window_s: float = 0.01  # text requests for one run arriving this close are decoded together
 
 
 @dataclass
@@ -263,8 +263,13 @@ def generate(entry: Entry, options: dict[str, Any], seed: int) -> dict[str, Any]
     """Samples as data for one request, drawn with ``generator_for(device, seed)``."""
     from genforge.modalities import generator_for
 
+    if entry.modality == "text":  # the same decode a batch runs, with one job
+        from genforge.serve.batching import run_alone
+
+        job = run_alone(entry, text_job(entry, options, seed))
+        return {"text": job.texts(), "prompts": job.prompts}
     generator, seed = generator_for(entry.device, seed)
-    draw = {"image": _images, "text": _texts, "molecule": _molecules}[entry.modality]
+    draw = {"image": _images, "molecule": _molecules}[entry.modality]
     with entry.lock, torch.inference_mode():
         return draw(entry, options, generator)
 
@@ -296,53 +301,16 @@ def _images(entry: Entry, options: dict[str, Any], generator) -> dict[str, Any]:
     return {"grid_png": b64(png_bytes(grid)), "images": [b64(b) for b in singles]}
 
 
-def _texts(entry: Entry, options: dict[str, Any], generator) -> dict[str, Any]:
-    from genforge.sampling.text import check_settings, generate_text
-
-    settings = _text_settings(options)
-    prompts = [p for p in (options.get("prompt") or ["\n"]) for _ in range(options["num_samples"])]
-    try:
-        check_settings(settings["temperature"], settings["top_k"], settings["top_p"], settings["max_new_tokens"])
-        texts = generate_text(entry.run.model, entry.run.tokenizer, prompts, generator=generator, **settings)
-    except GenforgeError as e:
-        raise RequestError(str(e), 400) from None
-    return {"text": texts, "prompts": prompts}
-
-
-def _text_settings(options: dict[str, Any]) -> dict[str, Any]:
-    return dict(max_new_tokens=options["max_new_tokens"], temperature=options["temperature"],
-                top_k=options.get("top_k"), top_p=options.get("top_p"), stop=tuple(options.get("stop") or ()))
-
-
-def stream_tokens(entry: Entry, options: dict[str, Any], seed: int) -> Iterator[tuple[int, str]]:
-    """(index, new text) pieces as tokens arrive, for every prompt x num_samples row at once
-    (one batched KV-cache decode); the concatenated pieces of row i equal ``_texts``' text[i]."""
+def text_job(entry: Entry, options: dict[str, Any], seed: int):
+    """A text request as a batching Job: prompt x num_samples rows, its settings, its generator."""
     from genforge.modalities import generator_for
-    from genforge.sampling.text import _cut_at_stop, check_settings, stream
+    from genforge.serve.batching import Job
 
     generator, _ = generator_for(entry.device, seed)
-    s = _text_settings(options)
-    check_settings(s["temperature"], s["top_k"], s["top_p"], s["max_new_tokens"])
-    tok = entry.run.tokenizer
     prompts = [p for p in (options.get("prompt") or ["\n"]) for _ in range(options["num_samples"])]
-    new: list[list[int]] = [[] for _ in prompts]
-    emitted, done = [""] * len(prompts), [False] * len(prompts)
-    with entry.lock:
-        for tokens, _ in stream(entry.run.model, [tok.encode(p) for p in prompts], s["max_new_tokens"],
-                                s["temperature"], s["top_k"], s["top_p"], generator):
-            for i, t in enumerate(tokens.tolist()):
-                if done[i]:
-                    continue
-                new[i].append(t)
-                text = tok.decode(new[i])
-                if text.endswith("\ufffd"):  # an unfinished multi-byte character (byte-level BPE)
-                    continue
-                text, done[i] = _cut_at_stop(text, s["stop"])
-                if len(text) > len(emitted[i]):
-                    yield i, text[len(emitted[i]):]
-                    emitted[i] = text
-            if all(done):
-                return
+    settings = dict(max_new_tokens=options["max_new_tokens"], temperature=options["temperature"],
+                    top_k=options.get("top_k"), top_p=options.get("top_p"), stop=tuple(options.get("stop") or ()))
+    return Job(prompts, settings, generator)
 
 
 def _molecules(entry: Entry, options: dict[str, Any], generator) -> dict[str, Any]:

@@ -50,6 +50,7 @@ def runs(tmp_path_factory):
     assert main(["train", "vae-digits", "model.conditional=true", "model.latent_dim=4", "model.channels=[8, 8]",
                  "model.hidden=32", "train.batch_size=16", "train.max_steps=4", "train.eval_every=4",
                  "--run-dir", str(root / "digits"), "--no-progress"]) == 0
+    assert main(["eval", str(root / "poem"), "--max-batches", "1"]) == 0  # eval.json: the Report tab's numbers
     runs = [root / "poem", root / "digits"]
     try:
         import rdkit  # noqa: F401  (molecule drawings)
@@ -191,11 +192,15 @@ def test_page_generates_an_image_and_a_streamed_text(server, browser, runs):
     assert page.is_hidden("#error")  # the earlier refusal's message is gone
     assert page.get_attribute("#download", "download") == "poem-seed3.txt"
 
-    # Report tab: the loaded runs side by side.
+    # Report tab: the loaded runs side by side, with the GPT's eval.json numbers (the VAE has none).
     page.click("#tab-report")
     page.wait_for_selector("#report table, #report iframe")
     if page.query_selector("#report table"):
         assert [h.inner_text() for h in page.query_selector_all("#report thead th")][1:] == [r.name for r in runs]
+        rows = {r.query_selector("th").inner_text(): [c.inner_text() for c in r.query_selector_all("td")]
+                for r in page.query_selector_all("#report tbody tr")}
+        assert rows["family"][:2] == ["gpt", "vae"]
+        assert float(rows["val_loss"][0]) > 0 and rows["val_loss"][1] == "–", rows
 
     assert all(b == f"Bearer {KEY}" for b in bearer) and len(bearer) == 4
     assert foreign == [], f"the page fetched from other hosts: {foreign}"

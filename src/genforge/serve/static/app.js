@@ -227,7 +227,7 @@ async function readStream(response, boxes, prompt) {
   let buffer = "";
   let done = null;
   const box = (i) => {
-    while (boxes.length <= i) boxes.push(...textBoxesAppend(1, prompt));
+    while (boxes.length <= i) boxes.push(...addTextBoxes(1, prompt));
     return boxes[i];
   };
   for (;;) {
@@ -255,7 +255,7 @@ async function readStream(response, boxes, prompt) {
 
 // n more sample boxes under the output: each shows the prompt it continues (dimmed), then the
 // generated text, to which streamed tokens are appended.
-function textBoxesAppend(n, prompt) {
+function addTextBoxes(n, prompt) {
   const out = $("output");
   const made = [];
   for (let i = 0; i < n; i++) {
@@ -288,7 +288,7 @@ async function generate(body) {
     if (body.stream) {
       // Each sample's box starts with its prompt, so the text reads as the model continued it.
       $("output").replaceChildren();
-      const boxes = textBoxesAppend(Math.max(1, body.num_samples || 1), body.prompt);
+      const boxes = addTextBoxes(Math.max(1, body.num_samples || 1), body.prompt);
       const done = await readStream(response, boxes, body.prompt);
       result = { model: body.model, ...done };
       showTextDownload(boxes, result);
@@ -299,7 +299,7 @@ async function generate(body) {
       else if (result.text) {
         $("output").replaceChildren();
         const boxes = result.text.map((t, i) => {
-          const [box] = textBoxesAppend(1, (result.prompts && result.prompts[i]) || "");
+          const [box] = addTextBoxes(1, (result.prompts && result.prompts[i]) || "");
           box.textContent = t;
           return box;
         });
@@ -318,71 +318,12 @@ async function generate(body) {
   }
 }
 
-// ---- report tab ---------------------------------------------------------------------------------
-
-// eval.json nests groups ({"fid": ..., "moses": {...}}); flatten to dotted names of numbers.
-function flatten(obj, prefix, out) {
-  for (const [k, v] of Object.entries(obj || {})) {
-    const name = prefix ? `${prefix}.${k}` : k;
-    if (typeof v === "number") out.set(name, v);
-    else if (v && typeof v === "object" && !Array.isArray(v)) flatten(v, name, out);
-  }
-  return out;
-}
-
-function formatNumber(v) {
-  if (Number.isInteger(v)) return String(v);
-  return Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(3) : v.toPrecision(4);
-}
-
-function metricsTable(models) {
-  const table = document.createElement("table");
-  const head = table.createTHead().insertRow();
-  head.append(Object.assign(document.createElement("th"), { textContent: "" }));
-  for (const m of models) head.append(Object.assign(document.createElement("th"), { textContent: m.id }));
-  const body = table.createTBody();
-  const rows = [["family", (m) => m.family], ["modality", (m) => m.modality], ["dataset", (m) => m.dataset],
-    ["step", (m) => String(m.step)]];
-  const flat = models.map((m) => flatten(m.metrics, "", new Map()));
-  const names = [...new Set(flat.flatMap((f) => [...f.keys()]))];
-  for (const name of names) rows.push([name, (m, i) => (flat[i].has(name) ? formatNumber(flat[i].get(name)) : "–")]);
-  for (const [name, cell] of rows) {
-    const row = body.insertRow();
-    row.append(Object.assign(document.createElement("th"), { textContent: name }));
-    models.forEach((m, i) => { row.insertCell().textContent = cell(m, i); });
-  }
-  return table;
-}
-
-async function showReport() {
-  const box = $("report");
-  // The full report (curves, grids, config differences) when the server offers GET /report;
-  // otherwise the held-out metrics from /v1/models, side by side.
-  try {
-    const response = await fetch("report", { headers: headers(false) });
-    if (response.ok && (response.headers.get("content-type") || "").includes("text/html")) {
-      const frame = document.createElement("iframe");
-      frame.title = "report";
-      frame.sandbox = "";  // the report is self-contained and needs no script
-      frame.srcdoc = await response.text();
-      box.replaceChildren(frame);
-      return;
-    }
-  } catch (_) { /* fall back to the metrics table */ }
-  const withMetrics = state.models.filter((m) => m.metrics);
-  const note = document.createElement("p");
-  note.className = "info";
-  note.textContent = withMetrics.length === state.models.length ? "Held-out metrics (eval.json) of the loaded runs."
-    : "Held-out metrics (eval.json) of the loaded runs; runs without eval.json show –. Run `genforge eval RUN_DIR`.";
-  box.replaceChildren(note, metricsTable(state.models));
-}
-
 function selectTab(name) {
   for (const tab of ["generate", "report"]) {
     $(`tab-${tab}`).setAttribute("aria-selected", String(tab === name));
     $(`panel-${tab}`).hidden = tab !== name;
   }
-  if (name === "report") showReport();
+  if (name === "report") showReport($("report"), state.models, headers(false));
 }
 
 // ---- start --------------------------------------------------------------------------------------

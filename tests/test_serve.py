@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import queue
 import socket
 import threading
 import time
@@ -307,3 +308,56 @@ def test_batching_off_serves_one_request_at_a_time(runs):
         assert c.app.state.batchers["gpt"].batches == [1, 1, 1]
         with_batching = create_app(runs).state.batchers["gpt"]
         assert with_batching.window_s > 0 and with_batching.max_jobs is None
+
+
+def test_cli_binds_loopback_and_warns_without_a_key_elsewhere(runs, monkeypatch, capsys):
+    import uvicorn
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: calls.append((host, port)))
+    monkeypatch.delenv("GENFORGE_API_KEY", raising=False)
+    run_dir = str(runs["gpt"].run.run_dir)
+    assert main(["serve", run_dir, "--port", "8123"]) == 0
+    out, err = capsys.readouterr()
+    assert calls[-1] == ("127.0.0.1", 8123) and "http://127.0.0.1:8123" in out and "warning" not in err
+    assert main(["serve", run_dir, "--host", "0.0.0.0"]) == 0
+    assert "without an API key" in capsys.readouterr().err
+    monkeypatch.setenv("GENFORGE_API_KEY", "k")
+    assert main(["serve", run_dir, "--host", "0.0.0.0"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning" not in err and "API key required" in out
+
+
+def test_missing_fastapi_is_one_line_with_the_install_command(monkeypatch):
+    import sys
+
+    from genforge import GenforgeError
+    from genforge.serve import require_fastapi
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if not installed
+    with pytest.raises(GenforgeError, match=r"pip install 'genforge\[serve\]'"):
+        require_fastapi()
+
+
+def test_a_cancelled_request_stops_decoding(runs):
+    """A client that goes away sets its job's ``cancelled``: a waiting job is never decoded, a
+    running one stops at the next token."""
+    from genforge.serve import engine
+    from genforge.serve.batching import Batcher
+
+    entry = runs["gpt"]
+    options = engine.resolve(entry, {"max_new_tokens": 1000}, Limits())
+    batcher = Batcher(entry, window_s=0.0)
+    with entry.lock:
+        waiting = batcher.submit(engine.text_job(entry, options, 0))
+        waiting.cancelled.set()
+    assert waiting.texts() == [""]
+    running = engine.text_job(entry, options, 0)
+
+    class HangUp(queue.Queue):  # the client goes away as its first piece arrives
+        def put(self, item, *args, **kwargs):
+            super().put(item, *args, **kwargs)
+            running.cancelled.set()
+
+    running.events = HangUp()
+    assert len(batcher.submit(running).texts()[0]) == 1  # one token (a char), not 1000

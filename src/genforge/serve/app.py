@@ -169,10 +169,11 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
 
     async def texts(entry: engine.Entry, options: dict, seed: int) -> list[str]:
         admit()
+        job = app.state.batchers[entry.id].submit(engine.text_job(entry, options, seed))
         try:
-            job = app.state.batchers[entry.id].submit(engine.text_job(entry, options, seed))
             return await run_in_threadpool(job.texts)
-        finally:
+        finally:  # done, or this handler was cancelled: its rows stop decoding either way
+            job.cancelled.set()
             release()
 
     def streamed(entry: engine.Entry, options: dict, seed: int, make_event, closing: list[str]) -> StreamingResponse:

@@ -40,8 +40,17 @@ TIMEOUT_MS = 60_000  # generous: two shared CPU cores
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A text GPT and a class-conditional image VAE, each trained for a few steps."""
+    """A text GPT (with eval.json), a class-conditional image VAE and, with RDKit, a molecule GPT,
+    each trained for a few steps. Module-scoped, so it sets up before conftest's per-test cache:
+    it isolates the data cache itself."""
     root = tmp_path_factory.mktemp("page-runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GENFORGE_CACHE", str(root / "cache"))
+        mp.delenv("GENFORGE_DATA", raising=False)
+        return _train_runs(root)
+
+
+def _train_runs(root: Path) -> list[Path]:
     corpus = root / "c.txt"
     corpus.write_text("to be or not to be, that is the question.\n" * 80)
     assert main(["train", "gpt-demo", f"data.name={corpus}", "model.n_layer=1", "model.n_head=2",
@@ -74,7 +83,9 @@ def server(runs):
     from genforge.serve.app import create_app
     from genforge.serve.engine import load_entries
 
-    app = create_app(load_entries([str(r) for r in runs], device="cpu"), api_key=KEY)
+    with pytest.MonkeyPatch.context() as mp:  # loading may read the data cache, as training did
+        mp.setenv("GENFORGE_CACHE", str(runs[0].parent / "cache"))
+        app = create_app(load_entries([str(r) for r in runs], device="cpu"), api_key=KEY)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -89,6 +89,7 @@ def test_text_sample_is_reproducible_and_streams_the_same(client):
     assert first.status_code == 200, first.text
     out = first.json()
     assert out["seed"] == 5 and out["identity"]["run"] == "gpt" and len(out["text"]) == 2
+    assert out["prompts"] == ["to", "to"]  # the row each text continues
     assert out["options"]["max_new_tokens"] == 12 and out["options"]["temperature"] == 0.8
     assert post(client, body).content == first.content  # byte-identical repeat
     assert post(client, {**body, "seed": 6}).json()["text"] != out["text"]

@@ -243,7 +243,8 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
             done = json.dumps({"done": True, "seed": seed, "identity": engine.identity(entry), "options": options})
             return streamed(entry, options, seed, lambda i, piece: {"index": i, "token": piece}, [done, "[DONE]"])
         if entry.modality == "text":
-            return {**common, "text": await texts(entry, options, seed)}
+            rows = [p for p in (options.get("prompt") or ["\n"]) for _ in range(options["num_samples"])]
+            return {**common, "text": await texts(entry, options, seed), "prompts": rows}
         result = await run(engine.generate, entry, options, seed)
         return {**common, **result}
 

@@ -24,6 +24,8 @@ GPT = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size
        "train.batch_size=4", "train.max_steps=3", "train.eval_every=0", "train.plot=false"]
 VAE = ["model.latent_dim=4", "model.channels=[8, 8]", "model.hidden=32", "model.conditional=true",
        "train.batch_size=8", "train.max_steps=3", "train.eval_every=0", "train.plot=false"]
+DIFFUSION = ["model.channels=[8, 16]", "model.heads=2", "model.sampling_steps=3", "model.conditioning=class",
+             "train.batch_size=8", "train.max_steps=2", "train.eval_every=0", "train.plot=false"]
 SMILES = ["CCO", "CCN", "CCC", "c1ccccc1", "CC(=O)O", "CCOC", "CNC", "C1CCCCC1", "CC(C)O", "OCCO"] * 4
 
 
@@ -35,7 +37,8 @@ def runs(tmp_path_factory):
     assert main(["train", "gpt-demo", f"data.name={corpus}", *GPT, "--run-dir", str(root / "gpt"),
                  "--no-progress"]) == 0
     assert main(["train", "vae-digits", *VAE, "--run-dir", str(root / "vae"), "--no-progress"]) == 0
-    dirs = [root / "gpt", root / "vae"]
+    assert main(["train", "diffusion-digits", *DIFFUSION, "--run-dir", str(root / "diffusion"), "--no-progress"]) == 0
+    dirs = [root / "gpt", root / "vae", root / "diffusion"]
     try:
         import rdkit  # noqa: F401
 
@@ -362,3 +365,24 @@ def test_a_cancelled_request_stops_decoding(runs):
 
     running.events = HangUp()
     assert len(batcher.submit(running).texts()[0]) == 1  # one token (a char), not 1000
+
+
+def test_diffusion_options_and_library_errors_in_the_api_words(client):
+    model = client.get("/v1/models/diffusion").json()
+    options = {o["name"]: o for o in model["options"]}
+    assert options["sampler"]["choices"] == ["ddpm", "ddim", "euler", "heun", "dpmpp-2m"]
+    assert options["sampling_steps"]["maximum"] == Limits().max_steps
+    assert "prompt" not in options and model["accepts_prompt"] is False  # class-, not text-conditional
+    body = {"model": "diffusion", "seed": 0, "num_samples": 3, "sampler": "heun", "sampling_steps": 2,
+            "class_label": "4", "guidance": 2.0}
+    first = post(client, body)
+    assert first.status_code == 200, first.text
+    assert len(first.json()["images"]) == 3 and post(client, body).content == first.content
+    r = post(client, {"model": "diffusion", "eta": 0.5, "sampler": "heun", "sampling_steps": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "eta" and "--" not in r.json()["error"]["message"]
+    r = post(client, {"model": "diffusion", "sampling_steps": 201})
+    assert r.status_code == 422 and "max_steps=200" in r.json()["error"]["message"]
+    r = post(client, {"model": "diffusion", "prompt": "a four"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    r = post(client, {"model": "diffusion", "prompt": "4", "n": 2, "seed": 0, "size": "8x8"}, "/v1/images/generations")
+    assert r.status_code == 200 and len(r.json()["data"]) == 2  # a class name as the prompt

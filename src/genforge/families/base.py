@@ -16,6 +16,7 @@ is *declared* here, never probed with ``hasattr``:
 - ``sample_options``    extra ``genforge sample`` options (a diffusion sampler, steps, guidance),
                         and ``eval_options`` for ``genforge eval`` (a VAE's IWAE k);
 - ``conditioning_classes``  how many class labels the model is conditioned on (0: none);
+- ``prompt_conditioned``    whether an image family draws from text prompts (serve's accepts_prompt);
 - ``policy_kind``       what `genforge rl` steers (token log-probs, Gaussian chain steps, or none).
 """
 
@@ -186,6 +187,7 @@ class GenerativeModel(nn.Module):
         self.config = config
         self.spec = spec
         self.conditioning_classes = 0
+        self.prompt_conditioned = False  # image families: sample(prompt=...) draws captions (text-to-image)
 
     @classmethod
     def data_needs(cls, config: BaseModel) -> dict[str, Any]:

@@ -128,6 +128,7 @@ class Diffusion(GenerativeModel):
                                 f"'{spec.name}' has none; use labelled data or model.conditioning=none")
         self.K = spec.num_classes if c.conditioning != "none" else 0
         self.conditioning_classes = self.K
+        self.prompt_conditioned = c.conditioning == "text"
         context_dim = 0
         if c.conditioning == "text":
             from genforge.data.captions import class_captions

@@ -104,6 +104,8 @@ def load_entries(run_dirs: list[str], device: str = "auto") -> dict[str, Entry]:
             raise GenforgeError(f"two runs are named '{name}'; serve runs whose folder names differ")
         served = {o.name: o for o in options_for(run, "sample")
                   if o.name not in NOT_SERVED and o.nargs is None and o.name != "seed"}
+        if run.spec.modality == "image" and not run.model.prompt_conditioned:
+            served.pop("prompt", None)  # declared by the family, refused by this run (not text-to-image)
         metrics = None
         if (path / "eval.json").is_file():
             try:
@@ -182,6 +184,15 @@ def _check_value(option, value: Any, limits: Limits) -> Any:
     return value
 
 
+def from_library(e: GenforgeError, status: int = 400) -> RequestError:
+    """A library error in the API's words: the CLI's --flag-name becomes 'flag_name', the param."""
+    import re
+
+    names = re.findall(r"--([a-z][a-z0-9-]*)", str(e))
+    message = re.sub(r"--([a-z][a-z0-9-]*)", lambda m: "'" + m.group(1).replace("-", "_") + "'", str(e))
+    return RequestError(message, status, names[0].replace("-", "_") if names else None)
+
+
 def _single(option):
     from dataclasses import replace
 
@@ -214,7 +225,7 @@ def resolve(entry: Entry, given: dict[str, Any], limits: Limits) -> dict[str, An
     except RequestError:
         raise
     except GenforgeError as e:
-        raise RequestError(str(e), 400) from None
+        raise from_library(e) from None
     options = {k: v for k, v in options.items() if k in entry.options}
     if options.get("num_samples") is None:
         options["num_samples"] = DEFAULT_SAMPLES[entry.modality]
@@ -232,7 +243,7 @@ def resolve(entry: Entry, given: dict[str, Any], limits: Limits) -> dict[str, An
             check_settings(options["temperature"], options.get("top_k"), options.get("top_p"),
                            options["max_new_tokens"])
         except GenforgeError as e:
-            raise RequestError(str(e), 422) from None
+            raise from_library(e, 422) from None
     return options
 
 
@@ -289,7 +300,7 @@ def _images(entry: Entry, options: dict[str, Any], generator) -> dict[str, Any]:
         y = None if prompts else class_labels(run.model, run.spec, None if class_label is None else str(class_label), n)
         x = run.model.sample(n, generator, labels=y, **plan.options)
     except GenforgeError as e:
-        raise RequestError(str(e), 400) from None
+        raise from_library(e) from None
     images = _to_uint8(x.cpu(), run.spec)  # (n, C, H, W) uint8
     from PIL import Image
 

@@ -79,6 +79,21 @@ class ImageRequest(BaseModel):
     user: StrictStr | None = None
 
 
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 411, 413, 422, 429)}
+STREAMS = {200: {"content": {"application/json": {}, "text/event-stream": {"schema": {"type": "string"}}},
+                 "description": "JSON, or server-sent events with \"stream\": true (text runs)"}}
+
+
 def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
            headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "param": param}}, status, headers=headers)
@@ -224,11 +239,11 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
     async def models():
         return {"object": "list", "data": [engine.describe(e, limits) for e in entries.values()]}
 
-    @app.get("/v1/models/{model_id}")
+    @app.get("/v1/models/{model_id}", responses=ERRORS)
     async def model(model_id: str):
         return engine.describe(entry_for(model_id), limits)
 
-    @app.post("/v1/samples")
+    @app.post("/v1/samples", responses={**ERRORS, **STREAMS})
     async def samples(body: SamplesRequest):
         entry = entry_for(body.model)
         given = {k: v for k, v in body.model_dump().items() if k not in ("model", "seed", "stream")}
@@ -248,7 +263,7 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
         result = await run(engine.generate, entry, options, seed)
         return {**common, **result}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses={**ERRORS, **STREAMS})
     async def completions(body: CompletionRequest):
         entry = entry_for(body.model, "text")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -275,7 +290,7 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": sum(used),
                           "total_tokens": prompt_tokens + sum(used)}}
 
-    @app.post("/v1/images/generations")
+    @app.post("/v1/images/generations", responses=ERRORS)
     async def images(body: ImageRequest):
         entry = entry_for(body.model, "image")
         if body.response_format != "b64_json":

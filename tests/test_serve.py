@@ -332,6 +332,21 @@ def test_cli_binds_loopback_and_warns_without_a_key_elsewhere(runs, monkeypatch,
     assert "warning" not in err and "API key required" in out
 
 
+def test_cli_no_batching_and_max_queue_reach_the_app(runs, monkeypatch, capsys):
+    import uvicorn
+
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: apps.append(app))
+    run_dir = str(runs["gpt"].run.run_dir)
+    assert main(["serve", run_dir, "--no-batching", "--max-queue", "32"]) == 0
+    assert "batching off" in capsys.readouterr().out
+    assert apps[-1].state.limits.max_queue == 32 and apps[-1].state.batchers["gpt"].max_jobs == 1
+    assert main(["serve", run_dir]) == 0
+    assert apps[-1].state.limits.max_queue == Limits().max_queue and apps[-1].state.batchers["gpt"].max_jobs is None
+    assert main(["serve", run_dir, "--max-queue", "0"]) == 2
+    assert "--max-queue" in capsys.readouterr().err and len(apps) == 2
+
+
 def test_missing_fastapi_is_one_line_with_the_install_command(monkeypatch):
     import sys
 

@@ -20,6 +20,11 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--api-key", default=None, metavar="KEY",
                    help="require 'Authorization: Bearer KEY' (default: $GENFORGE_API_KEY, else none)")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    s.add_argument("--max-queue", type=int, default=None, metavar="N",
+                   help="requests admitted at once, running and waiting; more get 429 (default 8)")
+    s.add_argument("--no-batching", action="store_true",
+                   help="decode text requests one at a time instead of batching those sent within 10 ms "
+                        "(for comparison: benchmarks/bench_serve.py)")
     s.set_defaults(func=serve_command)
 
 
@@ -40,17 +45,20 @@ def serve_command(args: argparse.Namespace) -> None:
     import uvicorn
 
     from genforge.serve.app import create_app
-    from genforge.serve.engine import load_entries
+    from genforge.serve.engine import Limits, load_entries
 
     if not 0 < args.port < 65536:
         raise GenforgeError(f"--port must be in 1..65535, got {args.port}")
+    if args.max_queue is not None and args.max_queue < 1:
+        raise GenforgeError(f"--max-queue must be at least 1, got {args.max_queue}")
     key = args.api_key or os.environ.get("GENFORGE_API_KEY") or None
+    limits = Limits() if args.max_queue is None else Limits(max_queue=args.max_queue)
     entries = load_entries(args.run_dirs, args.device)  # before the port opens
-    app = create_app(entries, api_key=key)
+    app = create_app(entries, api_key=key, limits=limits, batching=not args.no_batching)
     if not is_loopback(args.host) and key is None:
         print(f"genforge: warning: serving on {args.host} without an API key: anyone who can reach "
               "this port can generate; set --api-key or $GENFORGE_API_KEY", file=sys.stderr)
     where = f"http://{args.host}:{args.port}"
     print(f"serving {', '.join(entries)} at {where} (page: {where}/, API docs: {where}/docs"
-          f"{'; API key required' if key else ''})", flush=True)
+          f"{'; API key required' if key else ''}{'; batching off' if args.no_batching else ''})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

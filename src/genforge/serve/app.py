@@ -22,7 +22,7 @@ require_fastapi()
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.concurrency import run_in_threadpool  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse  # noqa: E402
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr  # noqa: E402
 from starlette.exceptions import HTTPException  # noqa: E402
 
@@ -238,6 +238,15 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [engine.describe(e, limits) for e in entries.values()]}
+
+    @app.get("/report", response_class=HTMLResponse, responses=ERRORS)
+    async def report():
+        """`genforge report` of the loaded runs (the page's Report tab shows it in a sandboxed
+        iframe); built per request, so a run evaluated since start-up shows its new numbers."""
+        from genforge.report_html import build_report
+
+        dirs = [e.run.run_dir for e in entries.values()]
+        return HTMLResponse(await run_in_threadpool(build_report, dirs))
 
     @app.get("/v1/models/{model_id}", responses=ERRORS)
     async def model(model_id: str):

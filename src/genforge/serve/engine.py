@@ -121,7 +121,7 @@ def option_schema(entry: Entry, option, limits: Limits) -> dict[str, Any]:
     kind = "boolean" if option.flag else JSON_TYPES.get(option.type, "string")
     default = option.default
     if option.name == "num_samples":
-        default = DEFAULT_SAMPLES[entry.modality]
+        default = default_samples(entry, limits)
     elif option.name == "temperature":
         default = DEFAULT_TEMPERATURE.get(entry.modality, default)
     maximum = {"num_samples": limits.max_samples, "sampling_steps": limits.max_steps,
@@ -132,6 +132,12 @@ def option_schema(entry: Entry, option, limits: Limits) -> dict[str, Any]:
     return {"name": option.name, "type": kind, "default": default, "minimum": minimum,
             "maximum": maximum, "choices": list(option.choices) if option.choices else None,
             "repeat": option.repeat, "help": option.help}
+
+
+def default_samples(entry: Entry, limits: Limits) -> int:
+    """``num_samples`` when a request gives none: the modality's default, never above the
+    server's max_samples (a request that sets nothing must not be refused)."""
+    return min(DEFAULT_SAMPLES[entry.modality], limits.max_samples)
 
 
 def describe(entry: Entry, limits: Limits) -> dict[str, Any]:
@@ -228,12 +234,13 @@ def resolve(entry: Entry, given: dict[str, Any], limits: Limits) -> dict[str, An
         raise from_library(e) from None
     options = {k: v for k, v in options.items() if k in entry.options}
     if options.get("num_samples") is None:
-        options["num_samples"] = DEFAULT_SAMPLES[entry.modality]
+        options["num_samples"] = default_samples(entry, limits)
     if options.get("temperature") is None and entry.modality in DEFAULT_TEMPERATURE:
         options["temperature"] = DEFAULT_TEMPERATURE[entry.modality]
-    total = options["num_samples"] * len(options.get("prompt") or [None])
+    prompts = options.get("prompt") or [None]
+    total = options["num_samples"] * len(prompts)
     if total > limits.max_samples:
-        raise RequestError(f"{total} samples requested ({len(options['prompt'])} prompts x "
+        raise RequestError(f"{total} samples requested ({len(prompts)} prompts x "
                            f"num_samples {options['num_samples']}), above this server's limit max_samples="
                            f"{limits.max_samples}", 422, "num_samples")
     if entry.modality == "text":

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import signal
@@ -78,6 +79,13 @@ def ensure_run(name: str) -> Path:
     if run_process(cmd, RUNS / f"train-{name}.log")["returncode"] != 0:
         raise SystemExit(f"training {name} failed:\n{tail(RUNS / f'train-{name}.log')}")
     return run
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def free_port() -> int:
@@ -232,7 +240,7 @@ def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
     s = sorted(values)
-    return s[min(len(s) - 1, max(0, int(round(q / 100 * len(s) + 0.5)) - 1))]
+    return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))]
 
 
 def summarize(done: list[dict], rejected: int, wall: float, workload: str) -> dict:
@@ -261,13 +269,18 @@ def warm_up(url: str, text: str, image: str) -> None:
 
 
 def measure(args, runs: dict[str, Path], batching: bool, round_: int) -> dict:
+    import httpx
+
     mode = "on" if batching else "off"
     server = Server([runs["text"], runs["image"]], batching, args.max_queue or args.clients,
                     RUNS / f"serve-{mode}-{round_}.log")
     try:
         server.wait_ready()
         warm_up(server.url, runs["text"].name, runs["image"].name)
+        served = httpx.get(f"{server.url}/v1/models", timeout=30).json()["data"]
         result = {"batching": mode, "round": round_, "server": " ".join(["genforge", *server.cmd[3:]]),
+                  "models": {m["id"]: {"family": m["family"], "step": m["step"],
+                                       "weights_sha256": m["weights_sha256"]} for m in served},
                   "memory_before": rss_mib(server.proc.pid)}
         for workload in WORKLOADS:
             model = runs["image" if workload == "image" else "text"].name
@@ -298,7 +311,8 @@ def render(result: dict) -> str:
               f"Machine: {m['cores']} CPU cores ({m['cpu']}), torch {m['torch']}, Python {m['python']}; "
               f"{result['clients']} clients, {result['seconds']:g} s per phase, {result['max_tokens']} new "
               f"tokens per text request, rounds alternate batching on, off ({len(rows) // 2} of each). "
-              "The clients (asyncio + httpx) share the machine with the server.", "",
+              "The clients (asyncio + httpx) share the machine with the server. Runs served (trained by this "
+              "script when missing): " + "; ".join(f"`{c}`" for c in result["train"].values()) + ".", "",
               f"Goal: {GOAL}.", "",
               "| batching | workload | requests/s | tokens/s (images/s) | p50 latency (ms) | p99 latency (ms) "
               "| p50 TTFT (ms) | p99 TTFT (ms) | errors | 429s |",
@@ -364,8 +378,9 @@ def main() -> None:
     off_images = median_of(off, "image", "images_per_s")
     result = {
         "command": "GENFORGE_DATA=... python benchmarks/bench_serve.py " + " ".join(sys.argv[1:]),
-        "machine": {"cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+        "machine": {"cores": os.cpu_count(), "cpu": cpu_name(),
                     "torch": torch.__version__, "python": platform.python_version()},
+        "train": {name: "genforge train " + " ".join(TRAIN[name]) for name in TRAIN},
         "clients": args.clients, "seconds": args.seconds, "max_tokens": args.max_tokens,
         "max_queue": args.max_queue or args.clients, "goal": GOAL,
         "gain": {"text_tokens_per_s": gain, "text_pairs": pairs, "ttft_p99_on_s": ttft_p99,

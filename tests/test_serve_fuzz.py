@@ -79,7 +79,7 @@ def api_schema(app):
     with TestClient(app) as client:
         raw = client.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
     ids = [*app.state.entries, "no-such-model"]
-    for name, component in raw["components"]["schemas"].items():
+    for component in raw["components"]["schemas"].values():
         if "model" in component.get("properties", {}):
             component["properties"]["model"] = {"type": "string", "enum": ids, "title": "Model"}
     raw["paths"]["/v1/models/{model_id}"]["get"]["parameters"][0]["schema"] = {"type": "string", "enum": ids}
@@ -93,9 +93,6 @@ def test_every_response_conforms_to_the_schema(api_schema):
     (positive_data_acceptance is off: a schema-valid body may still be refused by the run, e.g. an
     option this run does not take is a declared 400.) One hypothesis loop per operation, so a
     failure names the operation; derandomized, bounded, no example database."""
-    from hypothesis import given
-    from hypothesis import strategies as st
-    from schemathesis import GenerationMode
     from schemathesis.checks import not_a_server_error
     from schemathesis.specs.openapi.checks import (
         content_type_conformance,
@@ -108,22 +105,53 @@ def test_every_response_conforms_to_the_schema(api_schema):
     assert {op.path for op in operations} >= {"/healthz", "/report", *MODEL_SCHEMA_PATHS}
     seen: dict[str, set[int]] = {}
     for operation in operations:
-        both = st.one_of(operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE))
-
-        @given(case=both)
-        @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
-        def conforms(case):
-            response = case.call_and_validate(headers={"Authorization": f"Bearer {KEY}"}, checks=checks)
-            seen.setdefault(operation.path, set()).add(response.status_code)
-
+        statuses = seen.setdefault(operation.path, set())
         try:
-            conforms()
+            if operation.path in MODEL_SCHEMA_PATHS:  # anchors: the smallest body for each model
+                for run_id in [*api_schema.app.state.entries, "no-such-model"]:
+                    case = operation.Case(body={"model": run_id, "seed": 0}, media_type="application/json")
+                    statuses.add(case.call_and_validate(headers={"Authorization": f"Bearer {KEY}"},
+                                                        checks=checks).status_code)
+            _fuzz(operation, checks, statuses)()
         except Exception as e:
             raise AssertionError(f"{operation.method.upper()} {operation.path}: {e}") from e
-    # The fuzzer got past validation to real draws, and was refused too (else it tested little).
+    # Real draws were made, and refusals too (else the run tested little).
     for path in MODEL_SCHEMA_PATHS:
         assert 200 in seen[path] and seen[path] & {400, 404, 422}, (path, seen[path])
+
+
+def test_a_wrong_key_gets_a_declared_401_on_every_guarded_route(api_schema):
+    """Every route but /healthz answers a wrong key with 401, and the schema declares it there."""
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import content_type_conformance, status_code_conformance
+
+    for result in api_schema.get_all_operations():
+        operation = result.ok()
+        statuses: set[int] = set()
+        try:
+            _fuzz(operation, [not_a_server_error, status_code_conformance, content_type_conformance], statuses,
+                  key="wrong", examples=3)()
+        except Exception as e:
+            raise AssertionError(f"{operation.method.upper()} {operation.path}: {e}") from e
+        assert statuses == ({200} if operation.path == "/healthz" else {401}), (operation.path, statuses)
+
+
+def _fuzz(operation, checks, statuses: set[int], key: str = KEY, examples: int | None = None):
+    """A hypothesis test of one operation: valid and invalid requests, each response checked."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+    from schemathesis import GenerationMode
+
+    both = st.one_of(operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE))
+
+    @given(case=both)
+    @settings(max_examples=examples or EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    def conforms(case):
+        response = case.call_and_validate(headers={"Authorization": f"Bearer {key}"}, checks=checks)
+        statuses.add(response.status_code)
+
+    return conforms
 
 
 def test_report_is_the_html_report_of_the_loaded_runs(app):
@@ -152,7 +180,7 @@ def test_a_request_that_sets_nothing_is_served_under_small_limits(app):
     max_samples, and /v1/models says so."""
     auth = {"Authorization": f"Bearer {KEY}", "content-type": "application/json"}
     with TestClient(app) as client:
-        for run_id, entry in app.state.entries.items():
+        for run_id in app.state.entries:
             answer = client.post("/v1/samples", content=json.dumps({"model": run_id, "seed": 0}), headers=auth)
             assert answer.status_code == 200, answer.text
             assert answer.json()["options"]["num_samples"] <= LIMITS.max_samples
@@ -162,3 +190,22 @@ def test_a_request_that_sets_nothing_is_served_under_small_limits(app):
         too_many = client.post("/v1/samples", content=json.dumps(
             {"model": "gpt", "prompt": ["a", "b", "c"], "num_samples": 2}), headers=auth)
     assert too_many.status_code == 422 and "3 prompts x num_samples 2" in too_many.json()["error"]["message"]
+
+
+def test_defaults_are_held_to_the_server_limits(app, runs):
+    """Found by the fuzzer: {"model": "gpt"} on /v1/completions was refused (OpenAI's default 16
+    tokens above max_tokens=8), while on /v1/samples the run's default 500 tokens bypassed the limit.
+    Absent values now resolve within max_tokens / max_steps; given ones above them are still 422."""
+    from genforge.serve.engine import resolve
+
+    auth = {"Authorization": f"Bearer {KEY}", "content-type": "application/json"}
+    with TestClient(app) as client:
+        completion = client.post("/v1/completions", content=json.dumps({"model": "gpt", "seed": 1}), headers=auth)
+        assert completion.status_code == 200, completion.text
+        assert completion.json()["usage"]["completion_tokens"] <= LIMITS.max_tokens
+        sample = client.post("/v1/samples", content=json.dumps({"model": "gpt", "seed": 1}), headers=auth)
+        assert sample.json()["options"]["max_new_tokens"] == LIMITS.max_tokens
+        over = client.post("/v1/samples", content=json.dumps({"model": "gpt", "max_new_tokens": 9}), headers=auth)
+        assert over.status_code == 422 and "max_tokens=8" in over.json()["error"]["message"]
+    assert resolve(runs["diffusion"], {}, Limits(max_steps=2))["sampling_steps"] == 2  # the run's own is 3
+    assert resolve(runs["diffusion"], {"sampling_steps": 2}, Limits(max_steps=2))["sampling_steps"] == 2

@@ -56,9 +56,10 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     model: StrictStr
     prompt: StrictStr | list[StrictStr] = "\n"
-    max_tokens: StrictInt | None = Field(16, ge=0)
-    temperature: Number | None = None
-    top_p: Number | None = None
+    max_tokens: StrictInt | None = Field(None, ge=0, description="16 when absent (OpenAI's default), "
+                                         "at most the server's max_tokens")
+    temperature: Number | None = Field(None, ge=0, description="0 is greedy")
+    top_p: Number | None = Field(None, gt=0, le=1)
     n: StrictInt = Field(1, ge=1)
     seed: Seed = Field(None, ge=0, le=2**63 - 1)
     stop: StrictStr | list[StrictStr] | None = None
@@ -235,11 +236,13 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
 
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses={401: ERRORS[401]})  # the key guards every /v1 route
     async def models():
         return {"object": "list", "data": [engine.describe(e, limits) for e in entries.values()]}
 
-    @app.get("/report", response_class=HTMLResponse, responses=ERRORS)
+    @app.get("/report", response_class=HTMLResponse,  # the page is HTML, its refusals JSON
+             responses={c: {"description": "refused", "content": {"application/json": {"schema": {
+                 "$ref": "#/components/schemas/ErrorResponse"}}}} for c in (400, 401)})
     async def report():
         """`genforge report` of the loaded runs (the page's Report tab shows it in a sandboxed
         iframe); built per request, so a run evaluated since start-up shows its new numbers."""
@@ -276,7 +279,9 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
     async def completions(body: CompletionRequest):
         entry = entry_for(body.model, "text")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        given = {"prompt": prompts, "num_samples": body.n, "max_new_tokens": body.max_tokens,
+        # OpenAI's default of 16 tokens, within this server's limit (absent must not be refused).
+        max_tokens = body.max_tokens if body.max_tokens is not None else min(16, limits.max_tokens)
+        given = {"prompt": prompts, "num_samples": body.n, "max_new_tokens": max_tokens,
                  "temperature": body.temperature, "top_p": body.top_p,
                  "stop": [body.stop] if isinstance(body.stop, str) else body.stop}
         options = engine.resolve(entry, given, limits)

@@ -126,6 +126,8 @@ def option_schema(entry: Entry, option, limits: Limits) -> dict[str, Any]:
         default = DEFAULT_TEMPERATURE.get(entry.modality, default)
     maximum = {"num_samples": limits.max_samples, "sampling_steps": limits.max_steps,
                "max_new_tokens": limits.max_tokens}.get(option.name)
+    if maximum is not None and isinstance(default, int) and default > maximum:
+        default = maximum  # what resolve() gives a request that names no value
     minimum = option.minimum
     if option.name in ("temperature", "guidance", "eta", "latent_temperature", "truncation"):
         minimum = 0
@@ -235,6 +237,13 @@ def resolve(entry: Entry, given: dict[str, Any], limits: Limits) -> dict[str, An
     options = {k: v for k, v in options.items() if k in entry.options}
     if options.get("num_samples") is None:
         options["num_samples"] = default_samples(entry, limits)
+    # A default (the run's own, e.g. 500 tokens or its configured sampler steps) is held to the
+    # server's limit too: a request that names no value must not bypass max_tokens/max_steps.
+    for name, cap in (("max_new_tokens", limits.max_tokens), ("sampling_steps", limits.max_steps)):
+        if name in entry.options and given.get(name) is None:
+            own = options.get(name) or getattr(entry.run.model_config, name, None)
+            if isinstance(own, int) and own > cap:
+                options[name] = cap
     if options.get("temperature") is None and entry.modality in DEFAULT_TEMPERATURE:
         options["temperature"] = DEFAULT_TEMPERATURE[entry.modality]
     prompts = options.get("prompt") or [None]

@@ -91,7 +91,12 @@ class ErrorResponse(BaseModel):
 
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 411, 413, 422, 429)}
-STREAMS = {200: {"content": {"application/json": {}, "text/event-stream": {"schema": {"type": "string"}}},
+# OpenAPI 3.1 (FastAPI's) reads an event stream's `schema` as the shape of one event (3.2's
+# itemSchema): a `data:` line holding a JSON object, or the closing "[DONE]".
+SSE_EVENT = {"type": "object", "required": ["data"],
+             "properties": {"data": {"type": "string", "description": "JSON, or [DONE] last"},
+                            "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}}}
+STREAMS = {200: {"content": {"application/json": {}, "text/event-stream": {"schema": SSE_EVENT}},
                  "description": "JSON, or server-sent events with \"stream\": true (text runs)"}}
 
 

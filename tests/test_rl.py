@@ -393,3 +393,18 @@ def test_ddpo_raises_brightness_on_digits(tmp_path):
     assert evals[-1]["reward"] > evals[0]["reward"] + 0.02, [e["reward"] for e in evals]
     assert {"fd", "spread", "class_entropy", "kl"} <= set(evals[-1])
     assert json.loads((run / "config.json").read_text())["rl"]["algo"] == "ddpo"
+
+
+def test_pmo_numbers_ignore_scorings_past_the_budget():
+    """The last rollout may overshoot --max-oracle-calls; top-k and AUC count only the budget."""
+    from genforge.rl.finetune import oracle_summary
+
+    class Scored:  # the two things oracle_summary reads of a Reward
+        scored = {f"m{i}": [0.1] for i in range(10)} | {"late": [0.9]}
+
+        @staticmethod
+        def total(values):
+            return values[0]
+
+    assert oracle_summary(Scored, 10)["top1"] == pytest.approx(0.1)
+    assert oracle_summary(Scored, None)["top1"] == pytest.approx(0.9)

@@ -193,8 +193,12 @@ def oracle_scores(reward: Reward) -> list[float]:
 
 
 def oracle_summary(reward: Reward, max_calls: int | None) -> dict[str, float]:
-    """PMO's numbers (Gao et al. 2022): top-1/10/100 means, and the top-10 AUC over the budget."""
+    """PMO's numbers (Gao et al. 2022): top-1/10/100 means, and the top-10 AUC over the budget.
+    Only the first ``max_calls`` scorings count: the last rollout may overshoot the budget (it is
+    scored whole, for its update), but as in PMO what lies past the budget earns nothing."""
     scores = oracle_scores(reward)
+    if max_calls is not None:
+        scores = scores[:max_calls]
     out = {f"top{k}": top_k_mean(scores, k) for k in (1, 10, 100)}
     if max_calls is not None:
         out["auc_top10"] = top_k_auc(scores, 10, max_calls)

@@ -93,7 +93,7 @@ class ImageModality(Modality):
             batch_y = None if y is None else y[s : s + batch_size]
             with step_progress(plan, f"batch {s // batch_size + 1}/{len(starts)}") as per_step:
                 x = model.sample(min(batch_size, n - s), generator, labels=batch_y, **family_options, **per_step)
-            chunks.append(_to_uint8(x.cpu(), spec))  # uint8 on the CPU: 100k 28x28 images are 78 MB
+            chunks.append(to_uint8(x.cpu(), spec))  # uint8 on the CPU: 100k 28x28 images are 78 MB
         images = torch.cat(chunks)
         if out is None:
             # a new name even when another `sample` ran in the same second (O_EXCL, -2, -3, ...)
@@ -113,12 +113,12 @@ class ImageModality(Modality):
                 nrow = n  # a latent path reads as one row
             elif y is not None and class_label is None:
                 nrow = model.conditioning_classes  # labels cycle through the classes: one class per column
-            _save_png(_from_uint8(images, spec), path, spec, captions or (None if y is None else y.tolist()), nrow)
+            _save_png(from_uint8(images, spec), path, spec, captions or (None if y is None else y.tolist()), nrow)
         if nearest:
             from genforge.data.grids import save_nearest_grid
 
             near = path.with_name(path.stem + "-nearest.png")
-            save_nearest_grid(_from_uint8(images[:32], spec), _heldout(run).train, near, spec)
+            save_nearest_grid(from_uint8(images[:32], spec), _heldout(run).train, near, spec)
             print(f"wrote {near} (each sample beside its nearest training image)")
 
 
@@ -151,13 +151,15 @@ def class_index(spec, value: str) -> int:
     return k
 
 
-def _to_uint8(x: torch.Tensor, spec) -> torch.Tensor:
+def to_uint8(x: torch.Tensor, spec) -> torch.Tensor:
+    """Samples in the run's pixel range -> (N, C, H, W) uint8, as PNGs store them."""
     from genforge.data.images import to_unit
 
     return (to_unit(x, spec.pixel_range) * 255).round().to(torch.uint8)
 
 
-def _from_uint8(x: torch.Tensor, spec) -> torch.Tensor:
+def from_uint8(x: torch.Tensor, spec) -> torch.Tensor:
+    """uint8 images -> the run's pixel range (what grids and models take)."""
     from genforge.data.images import to_range
 
     return to_range(x, spec.pixel_range)
@@ -221,7 +223,7 @@ def _load_image(run, ref: str, cache: dict) -> tuple[torch.Tensor, int | None]:
             arr = torch.from_numpy(np.array(im, dtype=np.uint8).reshape(h, w, c)).permute(2, 0, 1)
     except OSError as e:
         raise GenforgeError(f"cannot read image {path} ({e})") from None
-    return _from_uint8(arr, run.spec), None
+    return from_uint8(arr, run.spec), None
 
 
 MASK_SHAPES = ("left", "right", "top", "bottom", "center")

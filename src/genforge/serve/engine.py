@@ -303,7 +303,7 @@ def generate(entry: Entry, options: dict[str, Any], seed: int) -> dict[str, Any]
 
 def _images(entry: Entry, options: dict[str, Any], generator) -> dict[str, Any]:
     from genforge.data.grids import make_grid
-    from genforge.modalities.image import _to_uint8, class_labels
+    from genforge.modalities.image import class_labels, from_uint8, to_uint8
 
     run, n = entry.run, options["num_samples"]
     family = {k: v for k, v in options.items() if k not in ("num_samples", "class_label")}
@@ -317,14 +317,12 @@ def _images(entry: Entry, options: dict[str, Any], generator) -> dict[str, Any]:
         x = run.model.sample(n, generator, labels=y, **plan.options)
     except GenforgeError as e:
         raise from_library(e) from None
-    images = _to_uint8(x.cpu(), run.spec)  # (n, C, H, W) uint8
+    images = to_uint8(x.cpu(), run.spec)  # (n, C, H, W) uint8
     from PIL import Image
 
     singles = [png_bytes(Image.fromarray(img.permute(1, 2, 0).squeeze(-1).numpy())) for img in images]
     captions = [prompts[i % len(prompts)] for i in range(n)] if prompts else (None if y is None else y.tolist())
-    from genforge.data.images import to_range
-
-    grid = make_grid(to_range(images, run.spec.pixel_range), run.spec, captions)
+    grid = make_grid(from_uint8(images, run.spec), run.spec, captions)
     return {"grid_png": b64(png_bytes(grid)), "images": [b64(b) for b in singles]}
 
 

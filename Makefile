@@ -13,7 +13,7 @@ CONSTRAINTS := $(if $(HAS_TORCH),,-c constraints.txt)
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV_FLAGS) $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(CONSTRAINTS) -e '.[images,text,molecules,serve,dev]'
+	$(BIN)/pip install -q $(CONSTRAINTS) -e '.[images,text,molecules,serve,music,responsible,dev]'
 	touch $@
 
 install: $(BIN)/.installed

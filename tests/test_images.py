@@ -18,14 +18,8 @@ from genforge.cli import main
 from genforge.config import DataConfig
 from genforge.data import registry
 from genforge.data.grids import nearest_neighbours, save_grid, save_nearest_grid
-from genforge.data.images import (
-    IMAGE_DATASETS,
-    SPLIT_SEED,
-    load_images,
-    read_cifar10,
-    read_idx,
-    saved_test_fingerprint,
-)
+from genforge.data.image_sources import IMAGE_DATASETS, read_cifar10, read_idx
+from genforge.data.images import SPLIT_SEED, load_images, saved_test_fingerprint
 from genforge.data.spec import DataSpec
 from genforge.modalities import load_data
 

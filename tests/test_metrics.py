@@ -177,7 +177,7 @@ def test_extractor_needs_labels_and_exists(tmp_path):
 def test_extractors_are_found_by_the_content_of_the_test_images(tmp_path):
     import dataclasses
 
-    from genforge.data.images import load_raw
+    from genforge.data.image_sources import load_raw
     from genforge.metrics import extractor as extractor_module
 
     shipped = SHIPPED_DIR / "digits-extractor-v1.safetensors"

@@ -9,7 +9,8 @@ import torch
 from genforge import GenforgeError
 from genforge.cli import main
 from genforge.config import DataConfig
-from genforge.data.images import load_images, load_raw
+from genforge.data.image_sources import load_raw
+from genforge.data.images import load_images
 from genforge.metrics.evaluate_images import evaluate_images, load_samples, score_images
 from genforge.report import format_report
 

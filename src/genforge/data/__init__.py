@@ -9,7 +9,7 @@ from genforge import GenforgeError
 
 def registry() -> dict[str, tuple[str, str]]:
     """Dataset name -> (modality, one-line description)."""
-    from genforge.data.images import IMAGE_DATASETS  # numpy and torch only: nothing optional
+    from genforge.data.image_sources import IMAGE_DATASETS  # numpy and torch only: nothing optional
     from genforge.data.smiles import MOLECULE_DATASETS
     from genforge.data.text import CORPORA
 

@@ -264,7 +264,7 @@ def load_samples(path: str | Path, shape: tuple[int, ...] | None = None) -> torc
     """
     path = Path(path).expanduser()
     if path.is_dir():
-        from genforge.data.images import load_image_folder
+        from genforge.data.image_sources import load_image_folder
 
         return torch.from_numpy(load_image_folder(path).train).float() / 255.0
     if not path.is_file():

@@ -1,0 +1,325 @@
+"""Symbolic music as four-voice grids: MIDI in and out, and the sources a music run reads.
+
+The shared in-memory form of a chorale (or any piece) is a numpy int array ``grid`` of shape
+(T, 4): the MIDI pitch of soprano, alto, tenor and bass (columns 0..3) at each 16th-note step,
+-1 for a rest. An optional bool array ``onsets`` (T, 4) says where a note is struck; without it
+a pitch that repeats in a voice is one held note (the JSB grid carries no articulation, so that
+is how the papers read it too).
+
+Sources:
+
+- ``jsb``: the JSB Chorales at 16th notes in the split of Boulanger-Lewandowski et al. (2012)
+  as prepared for Coconet (Huang et al. 2017): train/valid/test = 229/76/77 chorales,
+  ``Jsb16thSeparated.json`` (rests are -1). Found through :func:`genforge.data.locate.locate`.
+- ``bach``: the 433 Bach chorales bundled in the music21 wheel (MusicXML), parsed once and
+  cached as grids; only four-part chorales are kept (the others are counted and reported).
+- any folder of ``.mid``/``.midi`` files, read with pretty_midi: its note-level API (notes with
+  start/end in seconds per instrument) is what a grid needs, and Magenta's tools build on it;
+  mido (one level lower: messages) is used only as the independent reader in the tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from genforge import GenforgeError
+
+VOICES = ("soprano", "alto", "tenor", "bass")
+REST = -1
+STEPS_PER_QUARTER = 4  # the grid is in 16th notes
+DEFAULT_TEMPO = 100.0  # quarter notes per minute when writing MIDI
+
+JSB_FILE = "jsb-chorales/Jsb16thSeparated.json"
+JSB_URL = "https://raw.githubusercontent.com/czhuang/JSB-Chorales-dataset/master/Jsb16thSeparated.json"
+JSB_SHA256 = "79294cc374f9252e95ef4b703161524c1c53dc1f712c236f00f1c1f5d54af5a7"
+JSB_SPLITS = {"train": "train", "val": "valid", "test": "test"}  # genforge's name -> the file's
+MIDI_SUFFIXES = {".mid", ".midi"}
+
+MUSIC_DATASETS = {
+    "jsb": "JSB Chorales, 4 voices on a 16th-note grid: 229 train / 76 valid / 77 test chorales "
+           "($GENFORGE_DATA/jsb-chorales, or download)",
+    "bach": "the 433 Bach chorales bundled with music21 (four-part ones kept; seeded splits)",
+}
+INSTALL_HINT = "pip install 'genforge[music]'"
+
+
+def require(module: str):
+    """Import an optional music library, or a one-line error naming the extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise GenforgeError(f"{module} is not installed; music needs it: {INSTALL_HINT}") from None
+
+
+# -- grids -------------------------------------------------------------------------------
+def check_grid(grid) -> np.ndarray:
+    """``grid`` as an int64 (T, 4) array of MIDI pitches 0..127 or -1, or a one-line error."""
+    arr = np.asarray(grid)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise GenforgeError(f"a music grid is (steps, 4 voices); got shape {arr.shape}")
+    arr = arr.astype(np.int64)
+    bad = (arr < REST) | (arr > 127)
+    if bad.any():
+        raise GenforgeError(f"grid pitches must be MIDI 0..127 or -1 (rest); found {int(arr[bad][0])}")
+    return arr
+
+
+def held_onsets(grid: np.ndarray) -> np.ndarray:
+    """Onsets (T, 4) bool when a repeated pitch is held: a note starts where the pitch changes."""
+    onsets = np.ones(grid.shape, dtype=bool)
+    onsets[1:] = grid[1:] != grid[:-1]
+    return onsets & (grid != REST)
+
+
+def grid_notes(grid: np.ndarray, onsets: np.ndarray | None = None) -> list[tuple[int, int, int, int]]:
+    """(voice, pitch, start step, end step) of every note in ``grid``, held repeats merged unless
+    ``onsets`` marks a new strike."""
+    grid = check_grid(grid)
+    onsets = held_onsets(grid) if onsets is None else (np.asarray(onsets, dtype=bool) & (grid != REST))
+    notes = []
+    T = len(grid)
+    for v in range(4):
+        t = 0
+        while t < T:
+            p = grid[t, v]
+            if p == REST:
+                t += 1
+                continue
+            end = t + 1
+            while end < T and grid[end, v] == p and not onsets[end, v]:
+                end += 1
+            notes.append((v, int(p), t, end))
+            t = end
+    return notes
+
+
+def grid_to_midi(grid, path, tempo_bpm: float = DEFAULT_TEMPO, onsets=None, program: int = 52) -> Path:
+    """Write ``grid`` (T, 4) as a standard MIDI file at ``path`` (atomically): one instrument per
+    voice (named Soprano..Bass, General MIDI ``program``, default 52 = choir aahs), a 16th note
+    lasting 60 / tempo_bpm / 4 seconds."""
+    from genforge.atomic import atomic_write
+
+    pretty_midi = require("pretty_midi")
+    if not tempo_bpm > 0:
+        raise GenforgeError(f"tempo must be positive, got {tempo_bpm}")
+    step = 60.0 / tempo_bpm / STEPS_PER_QUARTER
+    pm = pretty_midi.PrettyMIDI(initial_tempo=float(tempo_bpm))
+    parts = [pretty_midi.Instrument(program=program, name=v.capitalize()) for v in VOICES]
+    for v, pitch, start, end in grid_notes(grid, onsets):
+        parts[v].notes.append(pretty_midi.Note(velocity=80, pitch=pitch, start=start * step, end=end * step))
+    pm.instruments.extend(parts)
+    path = Path(path)
+    atomic_write(path, pm.write)
+    return path
+
+
+def load_midi(path):
+    """A pretty_midi.PrettyMIDI, or a one-line error saying why the file cannot be read."""
+    pretty_midi = require("pretty_midi")
+    try:
+        return pretty_midi.PrettyMIDI(str(path))
+    except Exception as e:  # noqa: BLE001 - mido/pretty_midi raise many kinds for broken files
+        raise GenforgeError(f"cannot read MIDI file {path}: {type(e).__name__}: {e}") from None
+
+
+def _steps(pm, seconds: float) -> int:
+    """Seconds -> the nearest 16th-note step, through the file's own ticks (tempo changes kept)."""
+    return int(round(pm.time_to_tick(seconds) * STEPS_PER_QUARTER / pm.resolution))
+
+
+def read_midi(path) -> tuple[np.ndarray, np.ndarray]:
+    """(grid (T, 4), onsets (T, 4)) of a MIDI file quantized to 16th notes. With exactly four
+    pitched instruments each is one voice (in file order: soprano, alto, tenor, bass; where one
+    holds a chord its highest note is kept); otherwise the voices are taken by pitch order at
+    each step: highest = soprano, lowest = bass, then alto and tenor from the top."""
+    pm = load_midi(path)
+    parts = [i for i in pm.instruments if not i.is_drum and i.notes]
+    notes = [(k, n.pitch, _steps(pm, n.start), _steps(pm, n.end)) for k, i in enumerate(parts) for n in i.notes]
+    if not notes:
+        return np.zeros((0, 4), dtype=np.int64), np.zeros((0, 4), dtype=bool)
+    T = max(max(e, s + 1) for _, _, s, e in notes)
+    if len(parts) == 4:
+        grid, onsets = np.full((T, 4), REST, dtype=np.int64), np.zeros((T, 4), dtype=bool)
+        for k, pitch, s, e in sorted(notes, key=lambda n: (n[2], n[1])):  # higher pitch written last
+            e = max(e, s + 1)
+            grid[s:e, k] = pitch
+            onsets[s:e, k] = False
+            onsets[s, k] = True
+        return grid, onsets
+    sounding: list[dict[int, bool]] = [{} for _ in range(T)]  # step -> pitch -> struck here
+    for _, pitch, s, e in notes:
+        for t in range(s, max(e, s + 1)):
+            sounding[t][pitch] = sounding[t].get(pitch, False) or t == s
+    grid, onsets = np.full((T, 4), REST, dtype=np.int64), np.zeros((T, 4), dtype=bool)
+    for t, here in enumerate(sounding):
+        ps = sorted(here, reverse=True)
+        slots = {1: [0], 2: [0, 3], 3: [0, 1, 3]}.get(len(ps), [0, 1, 2, 3])
+        chosen = ps[:3] + ps[-1:] if len(ps) > 4 else ps
+        for v, p in zip(slots, chosen, strict=False):
+            grid[t, v], onsets[t, v] = p, here[p]
+    return grid, onsets
+
+
+def read_midi_grid(path) -> np.ndarray:
+    """The (T, 4) grid of a MIDI file (see :func:`read_midi`), -1 = rest."""
+    return read_midi(path)[0]
+
+
+# -- reports -----------------------------------------------------------------------------
+@dataclass
+class LoadReport:
+    """What a loader left out and why, with examples, as :class:`genforge.data.smiles.Cleaned`."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def reject(self, reason: str, example: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        if len(self.examples.setdefault(reason, [])) < 3:
+            self.examples[reason].append(example)
+
+    def text(self, source: str, kept: int) -> str | None:
+        if not self.counts:
+            return None
+        parts = [f"{reason}: {n} (e.g. {', '.join(self.examples[reason])})" for reason, n in self.counts.items()]
+        return f"{source}: kept {kept} pieces, left out " + "; ".join(parts)
+
+
+# -- sources -----------------------------------------------------------------------------
+def jsb_file() -> Path:
+    from genforge.data.locate import locate
+
+    return locate(JSB_FILE, JSB_URL, JSB_SHA256)
+
+
+def load_jsb(path: Path | None = None) -> dict[str, list[np.ndarray]]:
+    """The JSB splits ``train``/``val``/``test`` as lists of (T, 4) grids."""
+    path = jsb_file() if path is None else Path(path)
+    try:
+        raw = json.loads(path.read_text())
+        return {ours: [check_grid(c) for c in raw[theirs]] for ours, theirs in JSB_SPLITS.items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise GenforgeError(f"cannot read the JSB chorales {path} ({type(e).__name__}: {e}); "
+                            f"expected a JSON object with {', '.join(JSB_SPLITS.values())}") from None
+
+
+def score_to_grid(score) -> np.ndarray | None:
+    """A music21 score with four parts -> (T, 4) grid (a chord keeps its top note); None otherwise."""
+    parts = list(score.parts)
+    if len(parts) != 4:
+        return None
+    length = int(round(float(score.highestTime) * STEPS_PER_QUARTER))
+    grid = np.full((max(length, 1), 4), REST, dtype=np.int64)
+    for v, part in enumerate(parts):
+        for n in part.flatten().notes:
+            s = int(round(float(n.offset) * STEPS_PER_QUARTER))
+            e = max(s + 1, int(round(float(n.offset + n.quarterLength) * STEPS_PER_QUARTER)))
+            grid[s:e, v] = max(p.midi for p in n.pitches)
+    return grid
+
+
+def load_bach_music21(progress: bool = True) -> tuple[list[str], list[np.ndarray], str | None]:
+    """(names, grids, report) of music21's bundled Bach chorales, parsed once and cached as an
+    .npz keyed by the music21 version (parsing 433 MusicXML files takes minutes)."""
+    from genforge.atomic import atomic_write
+    from genforge.data.locate import cache_dir
+
+    music21 = require("music21")
+    key = hashlib.sha256(f"v1:{music21.__version__}".encode()).hexdigest()[:16]
+    cached = cache_dir() / "music" / f"bach-music21-{key}.npz"
+    if cached.is_file():
+        with np.load(cached, allow_pickle=False) as z:
+            names = [str(x) for x in z["names"]]
+            grids = np.split(z["flat"], z["offsets"][1:-1])
+            report = str(z["report"]) or None
+        return names, grids, report
+    from music21 import corpus
+
+    names, grids, bad = [], [], LoadReport()
+    paths = sorted(corpus.getComposer("bach"))
+    for i, p in enumerate(paths):
+        if progress and sys.stderr.isatty():
+            print(f"\rparsing music21 Bach chorales {i + 1}/{len(paths)}", end="", file=sys.stderr)
+        try:
+            grid = score_to_grid(corpus.parse(str(p)))
+        except Exception as e:  # noqa: BLE001 - a broken score is reported, not fatal
+            bad.reject("scores music21 cannot parse", f"{Path(p).name} ({type(e).__name__})")
+            continue
+        if grid is None:
+            bad.reject("scores without exactly four parts", Path(p).name)
+            continue
+        names.append(Path(p).stem)
+        grids.append(grid)
+    report = bad.text("music21 Bach chorales", len(grids)) or ""
+    offsets = np.concatenate([[0], np.cumsum([len(g) for g in grids])])
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(cached, lambda f: np.savez(f, names=np.array(names), flat=np.concatenate(grids),
+                                            offsets=offsets, report=np.array(report)))
+    return names, grids, report or None
+
+
+def load_midi_folder(folder, max_steps: int | None = None) -> tuple[list[str], list, LoadReport]:
+    """(names, pieces, report) of every MIDI file under ``folder``: each piece is its
+    ``(grid, onsets)``. Unreadable files, files with no notes and (with ``max_steps``) pieces
+    longer than that many 16th steps are counted in the report with examples, never dropped silently."""
+    folder = Path(folder).expanduser()
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
+    if not files:
+        raise GenforgeError(f"{folder} holds no .mid or .midi files")
+    names, pieces, report = [], [], LoadReport()
+    for f in files:
+        rel = str(f.relative_to(folder))
+        try:
+            grid, onsets = read_midi(f)
+        except GenforgeError:
+            report.reject("unreadable MIDI files", rel)
+            continue
+        if not len(grid) or (grid == REST).all():
+            report.reject("files with no notes", rel)
+            continue
+        if max_steps is not None and len(grid) > max_steps:
+            report.reject(f"pieces longer than the context ({max_steps} 16th steps)", f"{rel} ({len(grid)})")
+            continue
+        names.append(rel)
+        pieces.append((grid, onsets))
+    return names, pieces, report
+
+
+# -- augmentation ------------------------------------------------------------------------
+def voice_ranges(grids) -> np.ndarray:
+    """(4, 2) lowest and highest pitch each voice sings across ``grids`` (rests ignored)."""
+    flat = np.concatenate([np.asarray(g) for g in grids])
+    out = np.zeros((4, 2), dtype=np.int64)
+    for v in range(4):
+        sung = flat[:, v][flat[:, v] != REST]
+        out[v] = (sung.min(), sung.max()) if len(sung) else (0, 127)
+    return out
+
+
+def allowed_shifts(grid: np.ndarray, ranges: np.ndarray, max_shift: int) -> list[int]:
+    """Transpositions in [-max_shift, max_shift] semitones that keep every voice of ``grid``
+    inside its range (0 is always allowed)."""
+    out = []
+    for k in range(-max_shift, max_shift + 1):
+        ok = True
+        for v in range(4):
+            sung = grid[:, v][grid[:, v] != REST]
+            if len(sung) and (sung.min() + k < ranges[v, 0] or sung.max() + k > ranges[v, 1]):
+                ok = False
+                break
+        if ok:
+            out.append(k)
+    return out or [0]
+
+
+def transpose(grid: np.ndarray, k: int) -> np.ndarray:
+    """``grid`` moved by ``k`` semitones; rests stay rests."""
+    return np.where(grid == REST, REST, grid + k)

@@ -19,6 +19,8 @@ from genforge import GenforgeError
 from genforge.checkpoint import atomic_write_text
 from genforge.families.base import PROMPT, TEMPERATURE, SampleOption
 from genforge.modalities import Modality
+from genforge.provenance import sample_stamp
+from genforge.watermark import NO_WATERMARK
 
 
 class TextModality(Modality):
@@ -35,6 +37,16 @@ class TextModality(Modality):
                      metavar="P"),
         SampleOption("stop", "end a sample at this string; repeatable", str, metavar="S", repeat=True),
         SampleOption("no_stream", "print when done instead of token by token", flag=True),
+        NO_WATERMARK,
+        SampleOption("watermark_gamma", "text watermark: share of the vocabulary on each step's green "
+                                        "list (default 0.25; `genforge detect --gamma` must match)", float,
+                     metavar="G"),
+        SampleOption("watermark_delta", "text watermark: logit bias added to green tokens; larger is "
+                                        "easier to detect and costs more quality (default 2.0)", float,
+                     metavar="D"),
+        SampleOption("watermark_context", "text watermark: previous tokens hashed to pick each green "
+                                          "list (default 1; `genforge detect --context` must match)", int,
+                     metavar="N", minimum=1),
     )
     eval_options = ()
 
@@ -56,15 +68,17 @@ class TextModality(Modality):
 
     # -- sample ------------------------------------------------------------------------
     def sample_command(self, run, generator, *, prompt=None, max_new_tokens, temperature, top_k, top_p,
-                       stop, no_stream, num_samples, out, batch_size, seed) -> None:
+                       stop, no_stream, num_samples, out, batch_size, seed, no_watermark=False,
+                       watermark_gamma=None, watermark_delta=None, watermark_context=None) -> None:
         from genforge.sampling.text import check_settings, generate_text, stream_text
 
         temperature = 0.8 if temperature is None else temperature
         check_settings(temperature, top_k, top_p, max_new_tokens)
         n = 1 if num_samples is None else num_samples
         prompts = [p for p in (prompt or ["\n"]) for _ in range(n)]
+        hook = text_watermark(run, no_watermark, watermark_gamma, watermark_delta, watermark_context)
         settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                        top_p=top_p, stop=stop or ())
+                        top_p=top_p, stop=stop or (), logits_hook=hook)
         if out is None and len(prompts) == 1 and not no_stream:
             sys.stdout.write(prompts[0])
             for piece in stream_text(run.model, run.tokenizer, prompts[0], generator=generator, **settings):
@@ -74,6 +88,12 @@ class TextModality(Modality):
             return
         if out is not None and Path(out).suffix not in (".txt", ".jsonl"):
             raise GenforgeError(f"--out {out}: text samples are written as .txt or .jsonl")
+        # the file's provenance goes to a sidecar (FILE.provenance.json): the text stays as sampled
+        stamp = None if out is None else sample_stamp(run, generator, {
+            "prompt": prompt, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k,
+            "top_p": top_p, "stop": stop, "num_samples": num_samples, "out": out, "batch_size": batch_size,
+            "seed": seed, "no_watermark": no_watermark, "watermark_gamma": watermark_gamma,
+            "watermark_delta": watermark_delta, "watermark_context": watermark_context}, png=False)
         texts: list[str] = []
         batches = range(0, len(prompts), batch_size)
         # Batches bound memory (a 100k request once took 12.7 GB in one batch); the bar shows progress.
@@ -93,6 +113,7 @@ class TextModality(Modality):
             else:
                 body = "".join(f"{p}{t}\n\n" for p, t in zip(prompts, texts, strict=True))
             atomic_write_text(path, body)
+            stamp.sidecar(path)
             print(f"wrote {len(texts)} samples to {path}")
 
     # -- eval --------------------------------------------------------------------------
@@ -122,6 +143,37 @@ class TextModality(Modality):
         loss = total / count
         return {"val_loss": loss, "bits_per_char": loss / math.log(2) / data.chars_per_token,
                 "perplexity": math.exp(loss), "tokens": count * batch["x"].shape[1], "step": run.step}
+
+
+def text_watermark(run, off: bool, gamma: float | None, delta: float | None, context: int | None):
+    """The logits hook that marks this run's samples (None when ``off``), announced on stderr.
+
+    On by default, with the run-local key made at first use (genforge.watermark.keys.run_key);
+    only the key's fingerprint is ever shown."""
+    from genforge.watermark.keys import key_fingerprint, run_key
+    from genforge.watermark.text import (DEFAULT_CONTEXT, DEFAULT_DELTA, DEFAULT_GAMMA, TextWatermark,
+                                          check_params)
+
+    given = {"--watermark-gamma": gamma, "--watermark-delta": delta, "--watermark-context": context}
+    if off:
+        typed = [flag for flag, value in given.items() if value is not None]
+        if typed:
+            raise GenforgeError(f"{', '.join(typed)} does not apply with --no-watermark; remove one of them")
+        print("not watermarked (--no-watermark): `genforge detect` will not recognise these samples",
+              file=sys.stderr)
+        return None
+    gamma = DEFAULT_GAMMA if gamma is None else gamma
+    delta = DEFAULT_DELTA if delta is None else delta
+    context = DEFAULT_CONTEXT if context is None else context
+    check_params(gamma, delta, context)  # before a key is made for nothing
+    try:
+        key = run_key(run.run_dir)
+    except GenforgeError as e:
+        raise GenforgeError(f"{e} (the watermark key is made in the run directory at first use; "
+                            "pass --no-watermark to sample without it)") from None
+    print(f"watermarked (key fingerprint {key_fingerprint(key)}, gamma {gamma}, delta {delta}, context {context}, "
+          "--no-watermark to turn off)", file=sys.stderr)
+    return TextWatermark(key, gamma, delta, context)
 
 
 TEXT = TextModality()

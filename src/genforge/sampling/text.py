@@ -77,6 +77,7 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
            top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None, use_cache: bool = True,
            pick: Callable[[torch.Tensor], torch.Tensor] | None = None,
+           logits_hook: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (tokens (B,), logprobs (B,)) one step at a time for a batch of prompts.
 
@@ -90,6 +91,11 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
 
     ``pick`` ((B, V) logits -> (B,) tokens) replaces ``sample_next``: the server's batches draw
     each request's rows with that request's own settings and generator.
+
+    ``logits_hook`` ((B, V) logits, (B, T) history -> (B, V) logits) changes the logits before
+    temperature/top-k/top-p and ``pick`` (the text watermark, genforge.watermark.text). ``history``
+    holds each row's prompt and tokens so far with its left padding as -1, so a hook that reads
+    only real ids sees the same row batched or alone. The yielded log-probs stay the model's own.
     """
     check_settings(temperature, top_k, top_p, max_new_tokens)
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -101,16 +107,22 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
     for i, p in enumerate(prompts):
         history[i, width - len(p):] = torch.as_tensor(list(p), device=device)
     pad = torch.tensor([width - len(p) for p in prompts], device=device)
+    seen = None  # (B, T) history for the hook, padding as -1 (never a token id)
+    if logits_hook is not None:
+        seen = history.masked_fill(torch.arange(width, device=device)[None, :] < pad[:, None], -1)
     was_training = model.training
     model.eval()
     try:
         cur_pad = (pad - max(width - block, 0)).clamp(min=0)  # padding inside the current window
         cache, logits = _prefill(model, history[:, -block:], cur_pad)
         for _ in range(max_new_tokens):
-            token = sample_next(logits, temperature, top_k, top_p, generator) if pick is None else pick(logits)
+            drawn = logits if seen is None else logits_hook(logits, seen)
+            token = sample_next(drawn, temperature, top_k, top_p, generator) if pick is None else pick(drawn)
             logp = torch.log_softmax(logits.float(), -1).gather(-1, token[:, None]).squeeze(-1)
             yield token, logp
             history = torch.cat([history, token[:, None]], dim=1)
+            if seen is not None:
+                seen = torch.cat([seen, token[:, None]], dim=1)
             T = history.shape[1]
             if use_cache and cache.length < block:
                 positions = None
@@ -126,14 +138,14 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
 
 
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-             generator=None, use_cache=True, eos_id: int | None = None) -> Generation:
+             generator=None, use_cache=True, eos_id: int | None = None, logits_hook=None) -> Generation:
     """New tokens and their log-probs per prompt. With ``eos_id``, a row ends at its first
     ``eos_id`` (kept, so its log-prob counts: the model chose to stop) and decoding stops
     once every row has ended; a row that never ends has ``max_new_tokens`` tokens."""
     out = Generation([[] for _ in prompts], [[] for _ in prompts])
     done = [False] * len(prompts)
     for tokens, logps in stream(model, prompts, max_new_tokens, temperature, top_k, top_p,
-                                generator, use_cache):
+                                generator, use_cache, logits_hook=logits_hook):
         for i, (t, lp) in enumerate(zip(tokens.tolist(), logps.tolist(), strict=True)):
             if done[i]:
                 continue
@@ -152,13 +164,15 @@ def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 
 def generate_text(model, tokenizer, prompts: Sequence[str], max_new_tokens: int,
                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                  stop: Sequence[str] = (), generator: torch.Generator | None = None) -> list[str]:
+                  stop: Sequence[str] = (), generator: torch.Generator | None = None,
+                  logits_hook=None) -> list[str]:
     """Continue each prompt; a row ends at the first stop string (which is not included)."""
     ids = [tokenizer.encode(p) for p in prompts]
     new: list[list[int]] = [[] for _ in prompts]
     texts = [""] * len(prompts)
     done = [False] * len(prompts)
-    for tokens, _ in stream(model, ids, max_new_tokens, temperature, top_k, top_p, generator):
+    for tokens, _ in stream(model, ids, max_new_tokens, temperature, top_k, top_p, generator,
+                            logits_hook=logits_hook):
         for i, t in enumerate(tokens.tolist()):
             if done[i]:
                 continue
@@ -172,12 +186,12 @@ def generate_text(model, tokenizer, prompts: Sequence[str], max_new_tokens: int,
 
 def stream_text(model, tokenizer, prompt: str, max_new_tokens: int, temperature: float = 1.0,
                 top_k: int | None = None, top_p: float | None = None, stop: Sequence[str] = (),
-                generator: torch.Generator | None = None) -> Iterator[str]:
+                generator: torch.Generator | None = None, logits_hook=None) -> Iterator[str]:
     """Yield the continuation of one prompt piece by piece, as tokens arrive."""
     new: list[int] = []
     emitted = ""
     for tokens, _ in stream(model, [tokenizer.encode(prompt)], max_new_tokens, temperature,
-                            top_k, top_p, generator):
+                            top_k, top_p, generator, logits_hook=logits_hook):
         new.append(int(tokens[0]))
         text = tokenizer.decode(new)
         if text.endswith("\ufffd"):  # an unfinished multi-byte character (byte-level BPE)

@@ -1,0 +1,168 @@
+"""The soft red/green-list text watermark and its z-test (Kirchenbauer et al. 2023, arXiv 2301.10226).
+
+Generation (the paper's Algorithm 2): at each step a keyed hash of the previous ``context`` token
+ids splits the vocabulary into a green list (a fraction ``gamma``) and a red list; ``delta`` is added
+to the green logits before temperature/top-k/top-p, so green tokens become likelier wherever the
+model has entropy to spare. Detection needs only the key, the tokenizer and the text: count the
+green tokens among T scored tokens and take the one-sided z-test of section 4,
+``z = (|s|_G - gamma T) / sqrt(T gamma (1 - gamma))``, p-value from the normal tail. Each distinct
+(context, token) pair is counted once ("ignore repeated n-grams", as the follow-up paper,
+arXiv 2306.04634, and transformers' WatermarkDetector do): repeated text is not independent
+evidence, and counting it inflates z on repetitive human text.
+
+The green lists come from a vectorized 32-bit integer hash (multiply-xorshift rounds, constants
+from Thomas Mueller's "hash-prospector" family) of HMAC-derived key words and token ids, kept in
+int64 with every product below 2^63: pure integer tensor ops, so the lists are identical on CPU
+and CUDA, across processes and batch shapes (no torch RNG involved). It is a keyed mixing
+function, not a cryptographic PRF: like the paper's own LeftHash, a patient attacker with many
+marked samples can estimate green lists (the paper's section 7 on spoofing); the key protects
+against casual forgery and keeps detection to its holder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from genforge import GenforgeError
+from genforge.watermark.keys import derive
+
+_M32 = 0xFFFFFFFF
+_MUL = 0x45D9F3B  # < 2^27: x < 2^32 times it stays below 2^59, no int64 overflow on any device
+DEFAULT_GAMMA, DEFAULT_DELTA, DEFAULT_CONTEXT, DEFAULT_THRESHOLD = 0.25, 2.0, 1, 4.0
+
+
+def check_params(gamma: float, delta: float, context: int) -> None:
+    if not (math.isfinite(gamma) and 0 < gamma < 1):
+        raise GenforgeError(f"watermark gamma (green fraction) must be in (0, 1), got {gamma}")
+    if not (math.isfinite(delta) and delta >= 0):
+        raise GenforgeError(f"watermark delta (green logit bias) must be >= 0, got {delta}")
+    if context < 1:
+        raise GenforgeError(f"watermark context must be at least 1 token, got {context}")
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit mixer on int64 tensors holding values in [0, 2^32)."""
+    x = (((x >> 16) ^ x) * _MUL) & _M32
+    x = (((x >> 16) ^ x) * _MUL) & _M32
+    return (x >> 16) ^ x
+
+
+def key_words(key: bytes) -> tuple[int, int, int]:
+    """Three 32-bit words of the text sub-key (HMAC-SHA256(key, "text/v1")): never the raw key."""
+    sub = derive(key, "text/v1")
+    return tuple(int.from_bytes(sub[4 * i: 4 * i + 4], "little") for i in range(3))
+
+
+def green_mask(words: tuple[int, int, int], context_ids: torch.Tensor, vocab_size: int,
+               gamma: float) -> torch.Tensor:
+    """Green lists for a batch of contexts: (N, c) long ids (-1 = no token there) -> (N, V) bool.
+
+    Exactly ``int(gamma * V)`` tokens are green per context (the paper's greenlist size): the
+    tokens with the smallest keyed scores, ties broken by id (stable sort), so the partition is
+    the same on every device."""
+    k0, k1, k2 = words
+    h = torch.full(context_ids.shape[:1], k0, dtype=torch.long, device=context_ids.device)
+    for j in range(context_ids.shape[1]):  # chained, so the order of the context matters
+        h = _mix(h ^ _mix((context_ids[:, j] & _M32) ^ k1))
+    vocab = torch.arange(vocab_size, device=context_ids.device)
+    scores = _mix(h[:, None] ^ _mix(vocab ^ k2)[None, :])  # (N, V) in [0, 2^32)
+    n_green = green_count(vocab_size, gamma)
+    order = torch.argsort(scores, dim=-1, stable=True)[:, :n_green]
+    return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter_(-1, order, True)
+
+
+def green_count(vocab_size: int, gamma: float) -> int:
+    return max(1, min(vocab_size - 1, int(gamma * vocab_size)))
+
+
+def last_context(history: torch.Tensor, context: int) -> torch.Tensor:
+    """The last ``context`` ids of each row of (B, T), left-filled with -1 when T < context."""
+    if history.shape[1] >= context:
+        return history[:, history.shape[1] - context:]
+    fill = history.new_full((history.shape[0], context - history.shape[1]), -1)
+    return torch.cat([fill, history], dim=1)
+
+
+@dataclass(frozen=True)
+class TextWatermark:
+    """The logits hook of ``sampling.text.stream``: ``mark(logits (B, V), history (B, T)) -> (B, V)``.
+
+    ``history`` is each row's ids so far, left padding as -1 (what ``stream`` passes). The key is
+    kept out of ``repr`` so a logged hook never shows it."""
+
+    key: bytes = field(repr=False)
+    gamma: float = DEFAULT_GAMMA
+    delta: float = DEFAULT_DELTA
+    context: int = DEFAULT_CONTEXT
+
+    def __post_init__(self):
+        check_params(self.gamma, self.delta, self.context)
+
+    def __call__(self, logits: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        green = green_mask(key_words(self.key), last_context(history, self.context), logits.shape[-1], self.gamma)
+        return logits + self.delta * green.to(logits.dtype)
+
+
+def z_score(green: int, tokens: int, fraction: float) -> float:
+    """The one-sided z of section 4: (|s|_G - gamma T) / sqrt(T gamma (1 - gamma)); 0 for no tokens."""
+    if tokens == 0:
+        return 0.0
+    return (green - fraction * tokens) / math.sqrt(tokens * fraction * (1 - fraction))
+
+
+def p_value(z: float) -> float:
+    """P(Z >= z) for a standard normal Z (the normal approximation of the binomial count)."""
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def detect_ids(ids: Sequence[int], key: bytes, vocab_size: int, gamma: float = DEFAULT_GAMMA,
+               context: int = DEFAULT_CONTEXT, threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """Score a token sequence: every token after its first ``context`` ids, each distinct
+    (context, token) pair once; ids of -1 (characters outside the vocabulary) are never scored
+    nor used as context. Returns {watermarked, z, p_value, tokens, green, threshold, gamma}."""
+    check_params(gamma, 0.0, context)
+    if not math.isfinite(threshold):
+        raise GenforgeError(f"detection threshold must be a finite z-score, got {threshold}")
+    pairs = sorted({tuple(ids[t - context: t + 1]) for t in range(context, len(ids))
+                    if min(ids[t - context: t + 1]) >= 0})
+    if pairs and max(max(p) for p in pairs) >= vocab_size:
+        raise GenforgeError(f"token id {max(max(p) for p in pairs)} is outside the vocabulary of "
+                            f"{vocab_size}; detect with the tokenizer of the run that wrote the text")
+    words, green = key_words(key), 0
+    for s in range(0, len(pairs), 256):  # (256, V) masks at a time bound memory on BPE vocabularies
+        chunk = torch.tensor(pairs[s: s + 256], dtype=torch.long)
+        mask = green_mask(words, chunk[:, :-1], vocab_size, gamma)
+        green += int(mask.gather(1, chunk[:, -1:]).sum())
+    fraction = green_count(vocab_size, gamma) / vocab_size  # the exact green share, ~gamma
+    z = z_score(green, len(pairs), fraction)
+    return {"watermarked": bool(z > threshold), "z": z, "p_value": p_value(z), "tokens": len(pairs),
+            "green": green, "threshold": threshold, "gamma": gamma}
+
+
+def encode_lenient(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text``; characters a character vocabulary lacks become -1 (not scored)
+    instead of an error, since text to check may come from anywhere."""
+    try:
+        return tokenizer.encode(text)
+    except GenforgeError:
+        known: dict[str, int] = {}
+        out = []
+        for ch in text:
+            if ch not in known:
+                try:
+                    ids = tokenizer.encode(ch)
+                except GenforgeError:
+                    ids = []
+                known[ch] = ids[0] if len(ids) == 1 else -1
+            out.append(known[ch])
+        return out
+
+
+def detect_text(text: str, tokenizer, key: bytes, gamma: float = DEFAULT_GAMMA,
+                context: int = DEFAULT_CONTEXT, threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """:func:`detect_ids` on ``text`` tokenized by the run's tokenizer."""
+    return detect_ids(encode_lenient(tokenizer, text), key, tokenizer.vocab_size, gamma, context, threshold)

@@ -53,6 +53,10 @@ class DataConfig(Strict):
     (the MOSES preset turns this off: its files are already canonical)."""
     max_molecules: int | None = Field(None, ge=2)
     """Molecules: train on a fixed-seed subset of this many training molecules."""
+    music_tokens: Literal["grid", "events"] = "grid"
+    """Music: four-voice grid tokens (S, A, T, B per 16th; chorales) or REMI-like events (any MIDI)."""
+    transpose: int = Field(0, ge=0, le=12)
+    """Music: also train on each piece moved up to this many semitones, every voice kept in its range."""
 
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]

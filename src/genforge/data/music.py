@@ -105,17 +105,25 @@ def grid_to_midi(grid, path, tempo_bpm: float = DEFAULT_TEMPO, onsets=None, prog
     """Write ``grid`` (T, 4) as a standard MIDI file at ``path`` (atomically): one instrument per
     voice (named Soprano..Bass, General MIDI ``program``, default 52 = choir aahs), a 16th note
     lasting 60 / tempo_bpm / 4 seconds."""
+    return notes_to_midi(grid_notes(grid, onsets), path, tempo_bpm, [v.capitalize() for v in VOICES], program)
+
+
+def notes_to_midi(notes, path, tempo_bpm: float = DEFAULT_TEMPO, parts: list[str] | None = None,
+                  program: int = 0) -> Path:
+    """Write ``notes`` [(part, pitch, start step, end step)] as a MIDI file (atomically), one
+    instrument per part (named by ``parts``; default one per part index used)."""
     from genforge.atomic import atomic_write
 
     pretty_midi = require("pretty_midi")
     if not tempo_bpm > 0:
         raise GenforgeError(f"tempo must be positive, got {tempo_bpm}")
     step = 60.0 / tempo_bpm / STEPS_PER_QUARTER
+    parts = parts or [f"Part {k + 1}" for k in range(max((n[0] for n in notes), default=0) + 1)]
     pm = pretty_midi.PrettyMIDI(initial_tempo=float(tempo_bpm))
-    parts = [pretty_midi.Instrument(program=program, name=v.capitalize()) for v in VOICES]
-    for v, pitch, start, end in grid_notes(grid, onsets):
-        parts[v].notes.append(pretty_midi.Note(velocity=80, pitch=pitch, start=start * step, end=end * step))
-    pm.instruments.extend(parts)
+    tracks = [pretty_midi.Instrument(program=program, name=name) for name in parts]
+    for k, pitch, start, end in notes:
+        tracks[k].notes.append(pretty_midi.Note(velocity=80, pitch=int(pitch), start=start * step, end=end * step))
+    pm.instruments.extend(tracks)
     path = Path(path)
     atomic_write(path, pm.write)
     return path
@@ -135,30 +143,39 @@ def _steps(pm, seconds: float) -> int:
     return int(round(pm.time_to_tick(seconds) * STEPS_PER_QUARTER / pm.resolution))
 
 
-def read_midi(path) -> tuple[np.ndarray, np.ndarray]:
-    """(grid (T, 4), onsets (T, 4)) of a MIDI file quantized to 16th notes. With exactly four
-    pitched instruments each is one voice (in file order: soprano, alto, tenor, bass; where one
-    holds a chord its highest note is kept); otherwise the voices are taken by pitch order at
-    each step: highest = soprano, lowest = bass, then alto and tenor from the top."""
+def read_midi_notes(path) -> tuple[list[tuple[int, int, int, int]], int]:
+    """(notes [(part, pitch, start step, end step)], number of parts) of a MIDI file, quantized to
+    16th notes through the file's own ticks; parts are its pitched instruments that hold notes
+    (drums left out); every note lasts at least one step."""
     pm = load_midi(path)
     parts = [i for i in pm.instruments if not i.is_drum and i.notes]
-    notes = [(k, n.pitch, _steps(pm, n.start), _steps(pm, n.end)) for k, i in enumerate(parts) for n in i.notes]
+    notes = []
+    for k, inst in enumerate(parts):
+        for n in inst.notes:
+            s = _steps(pm, n.start)
+            notes.append((k, int(n.pitch), s, max(s + 1, _steps(pm, n.end))))
+    return sorted(notes, key=lambda n: (n[2], n[1], n[0])), len(parts)
+
+
+def notes_to_grid(notes, n_parts: int) -> tuple[np.ndarray, np.ndarray]:
+    """(grid (T, 4), onsets (T, 4)) of quantized notes. With exactly four parts each is one voice
+    (in order: soprano, alto, tenor, bass; where one holds a chord its highest note is kept);
+    otherwise the voices are taken by pitch order at each step: highest = soprano, lowest = bass,
+    then alto and tenor from the top."""
     if not notes:
         return np.zeros((0, 4), dtype=np.int64), np.zeros((0, 4), dtype=bool)
-    T = max(max(e, s + 1) for _, _, s, e in notes)
-    if len(parts) == 4:
-        grid, onsets = np.full((T, 4), REST, dtype=np.int64), np.zeros((T, 4), dtype=bool)
+    T = max(e for _, _, _, e in notes)
+    grid, onsets = np.full((T, 4), REST, dtype=np.int64), np.zeros((T, 4), dtype=bool)
+    if n_parts == 4:
         for k, pitch, s, e in sorted(notes, key=lambda n: (n[2], n[1])):  # higher pitch written last
-            e = max(e, s + 1)
             grid[s:e, k] = pitch
             onsets[s:e, k] = False
             onsets[s, k] = True
         return grid, onsets
     sounding: list[dict[int, bool]] = [{} for _ in range(T)]  # step -> pitch -> struck here
     for _, pitch, s, e in notes:
-        for t in range(s, max(e, s + 1)):
+        for t in range(s, e):
             sounding[t][pitch] = sounding[t].get(pitch, False) or t == s
-    grid, onsets = np.full((T, 4), REST, dtype=np.int64), np.zeros((T, 4), dtype=bool)
     for t, here in enumerate(sounding):
         ps = sorted(here, reverse=True)
         slots = {1: [0], 2: [0, 3], 3: [0, 1, 3]}.get(len(ps), [0, 1, 2, 3])
@@ -166,6 +183,11 @@ def read_midi(path) -> tuple[np.ndarray, np.ndarray]:
         for v, p in zip(slots, chosen, strict=False):
             grid[t, v], onsets[t, v] = p, here[p]
     return grid, onsets
+
+
+def read_midi(path) -> tuple[np.ndarray, np.ndarray]:
+    """(grid (T, 4), onsets (T, 4)) of a MIDI file (see :func:`notes_to_grid`)."""
+    return notes_to_grid(*read_midi_notes(path))
 
 
 def read_midi_grid(path) -> np.ndarray:
@@ -268,7 +290,7 @@ def load_bach_music21(progress: bool = True) -> tuple[list[str], list[np.ndarray
 
 def load_midi_folder(folder, max_steps: int | None = None) -> tuple[list[str], list, LoadReport]:
     """(names, pieces, report) of every MIDI file under ``folder``: each piece is its
-    ``(grid, onsets)``. Unreadable files, files with no notes and (with ``max_steps``) pieces
+    ``(notes, n_parts)`` (see :func:`read_midi_notes`). Unreadable files, files with no notes and (with ``max_steps``) pieces
     longer than that many 16th steps are counted in the report with examples, never dropped silently."""
     folder = Path(folder).expanduser()
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
@@ -278,18 +300,19 @@ def load_midi_folder(folder, max_steps: int | None = None) -> tuple[list[str], l
     for f in files:
         rel = str(f.relative_to(folder))
         try:
-            grid, onsets = read_midi(f)
+            notes, n_parts = read_midi_notes(f)
         except GenforgeError:
             report.reject("unreadable MIDI files", rel)
             continue
-        if not len(grid) or (grid == REST).all():
+        if not notes:
             report.reject("files with no notes", rel)
             continue
-        if max_steps is not None and len(grid) > max_steps:
-            report.reject(f"pieces longer than the context ({max_steps} 16th steps)", f"{rel} ({len(grid)})")
+        steps = max(e for *_, e in notes)
+        if max_steps is not None and steps > max_steps:
+            report.reject(f"pieces longer than {max_steps} 16th steps", f"{rel} ({steps})")
             continue
         names.append(rel)
-        pieces.append((grid, onsets))
+        pieces.append((notes, n_parts))
     return names, pieces, report
 
 

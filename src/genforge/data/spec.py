@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-Modality = Literal["text", "image", "molecule"]
+Modality = Literal["text", "image", "molecule", "music"]
 
 
 @dataclass

@@ -138,6 +138,10 @@ def load_tokenizer(path: Path) -> CharTokenizer | BPETokenizer | SmilesTokenizer
         raise GenforgeError(f"cannot read tokenizer {path}: {e}") from None
     if "genforge_char_vocab" in raw:
         return CharTokenizer(raw["genforge_char_vocab"], raw.get("specials", ()))
+    if "genforge_music_tokens" in raw:
+        from genforge.data.music_tokens import load_music_tokenizer
+
+        return load_music_tokenizer(raw)
     if "genforge_smiles_vocab" in raw:
         return SmilesTokenizer(raw["genforge_smiles_vocab"], raw["specials"])
     from tokenizers import Tokenizer

@@ -79,6 +79,7 @@ MODALITIES = {
     "text": "genforge.modalities.text:TEXT",
     "image": "genforge.modalities.image:IMAGE",
     "molecule": "genforge.modalities.molecule:MOLECULE",
+    "music": "genforge.modalities.music:MUSIC",
 }
 COMMON_DATA_FIELDS = frozenset({"name", "val_fraction"})
 

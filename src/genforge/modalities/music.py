@@ -1,0 +1,223 @@
+"""Music: four-voice chorales or any MIDI as tokens; samples are MIDI, WAV, PNG or MusicXML.
+
+Any family that models token sequences with a context (``data_needs`` gives a ``block_size``:
+the GPT) trains here. A sample is one context of tokens after ``<bos>`` (or after the opening
+given with ``--prompt-midi``), up to its ``<eos>``. ``genforge eval`` reports the held-out NLL
+per note in nats on the validation and test splits, where a note is one token of the grid
+serialization: one voice at one 16th-note step (pitch, hold or rest), as in the note-wise
+numbers of Huang et al., "Music Transformer" (ICLR 2019), Table 1 (JSB Chorales); the ``<eos>``
+after each chorale is not a note and is left out. Each token is scored once, with at least half a
+context before it (sliding windows, :mod:`genforge.data.music_splits`).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from genforge import GenforgeError
+from genforge.families.base import TEMPERATURE, SampleOption
+from genforge.modalities import EVAL_NUM_SAMPLES, Modality
+
+OUT_SUFFIXES = (".mid", ".midi", ".wav", ".png", ".musicxml")
+
+
+class MusicModality(Modality):
+    name = "music"
+    unit = "notes"  # grid tokens: one voice at one 16th step
+    data_fields = frozenset({"music_tokens", "transpose"})
+    sample_options = (
+        TEMPERATURE,
+        SampleOption("prompt_midi", "music runs: continue the opening in this MIDI file", str, metavar="FILE"),
+        SampleOption("melody", "music runs: harmonize this soprano (MIDI), for families that infill "
+                               "voices; the GPT cannot (it is refused)", str, metavar="FILE"),
+        SampleOption("tempo", "music runs: quarter notes per minute in the written file (default 100)",
+                     float, 100.0, metavar="BPM"),
+        SampleOption("steps", "music runs: grid runs: 16th steps to add after the opening; events runs: "
+                              "event tokens (default: what fits the context; longer pieces crop the context)",
+                     int, metavar="N", minimum=1),
+    )
+    eval_options = (EVAL_NUM_SAMPLES,)
+
+    def load(self, data_cfg, needs: dict[str, Any]):
+        from genforge.data.music_splits import load_music
+
+        if "block_size" not in needs:
+            raise GenforgeError(f"dataset '{data_cfg.name}' is music (token sequences with a context); "
+                                "this family does not model those (use gpt)")
+        return load_music(data_cfg, needs["block_size"])
+
+    def count(self, batch) -> int:
+        return int(batch["mask"].sum())
+
+    def write_preview(self, sample: str, path_stem: Path, data) -> Path:
+        """The first previewed piece as MIDI (a preview is token names, one piece per line)."""
+        from genforge.data.music import notes_to_midi
+
+        first = sample.splitlines()[0] if sample.strip() else ""
+        path = path_stem.with_suffix(".mid")
+        notes = data.tokenizer.to_notes(data.tokenizer.encode(first))
+        notes_to_midi(notes, path, parts=_parts(data.tokenizer))
+        return path
+
+    # -- sample ------------------------------------------------------------------------
+    def sample_command(self, run, generator, *, num_samples, out, batch_size, seed, temperature,
+                       prompt_midi=None, melody=None, tempo=100.0, steps=None, **family_options) -> None:
+        from genforge.outputs import check_out, unique_output
+
+        if melody is not None:
+            raise GenforgeError(f"--melody needs a family that fills in voices around a given soprano "
+                                f"(Coconet-style infilling); this {run.config.family} run generates left to "
+                                "right: use --prompt-midi FILE to continue an opening instead")
+        temperature = 1.0 if temperature is None else temperature
+        if not math.isfinite(temperature) or temperature < 0:
+            raise GenforgeError(f"--temperature must be >= 0 (0 is greedy), got {temperature}")
+        if not (math.isfinite(tempo) and tempo > 0):
+            raise GenforgeError(f"--tempo must be a positive number of beats per minute, got {tempo}")
+        suffix = Path(out).suffix.lower() if out else ".mid"
+        if suffix not in OUT_SUFFIXES:
+            raise GenforgeError(f"--out {out}: music is written as {', '.join(OUT_SUFFIXES)}")
+        n = 1 if num_samples is None else num_samples
+        plan = run.model.plan_sampling(family_options, n, None)
+        prompt = prompt_ids(run, prompt_midi)
+        length = {} if steps is None else {"max_new_tokens": steps * tokens_per_step(run.tokenizer)}
+        ids = []
+        for s in range(0, n, batch_size):
+            rows = run.model.sample(min(batch_size, n - s), generator, prompts=[prompt] * min(batch_size, n - s),
+                                    temperature=temperature, **length, **plan.options)
+            ids += [prompt[1:] + row for row in rows]  # the opening is part of the piece
+        if out is None:
+            paths = [unique_output(run.run_dir / "samples", "music", ".mid") for _ in ids]
+        elif n == 1:
+            paths = [Path(out)]
+        else:  # FILE-1.mid, FILE-2.mid, ...: each checked like --out itself
+            paths = [check_out(Path(out).with_name(f"{Path(out).stem}-{i + 1}{suffix}")) for i in range(n)]
+        for row, path in zip(ids, paths, strict=True):
+            write_piece(run.tokenizer, row, path, tempo)
+        steps = [len(run.tokenizer.to_grid(row)) for row in ids]
+        print(f"wrote {len(paths)} piece(s) of {min(steps)}-{max(steps)} 16th steps: "
+              + ", ".join(str(p) for p in paths))
+
+    # -- eval --------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, run, num_samples: int | None = None, max_batches: int | None = None,
+                 batch_size: int = 16, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+        """Note-wise NLL (nats) on the validation and test splits, then the music metrics of
+        ``num_samples`` pieces drawn at temperature 1 when :mod:`genforge.metrics.music` offers them."""
+        data = self.load(run.config.data, type(run.model).data_needs(run.model_config))
+        if data.tokenizer.itos != run.tokenizer.itos:
+            raise GenforgeError(f"this run's tokens ({run.tokenizer.kind}) differ from data.music_tokens="
+                                f"{data.tokenizer.kind}; evaluate with the run's own data settings")
+        if type(run.model).policy_kind != "tokens":
+            raise GenforgeError(f"note-wise NLL needs a token model with log-probabilities (gpt); "
+                                f"this is a {run.config.family} run")
+        report: dict[str, Any] = {"step": run.step, "note": "one voice at one 16th step (grid token)"
+                                  if data.tokenizer.kind == "grid" else "one event token"}
+        for name, split in (("val", data.val), ("test", data.test)):
+            if split is None:
+                continue
+            nll, count = note_nll(run.model, split, data.tokenizer.eos_id, batch_size, max_batches)
+            report[f"nll_per_note_{name}"] = nll
+            report[f"notes_{name}"] = count
+        n = 16 if num_samples is None else num_samples
+        device = next(run.model.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(seed)
+        ids = []
+        for s in range(0, n, batch_size):
+            ids += run.model.sample(min(batch_size, n - s), generator, temperature=1.0)
+        grids = [run.tokenizer.to_grid(row) for row in ids]
+        report.update(sample_metrics(grids, data))
+        return report
+
+
+def _parts(tokenizer) -> list[str] | None:
+    from genforge.data.music import VOICES
+
+    return [v.capitalize() for v in VOICES] if tokenizer.kind == "grid" else None
+
+
+def tokens_per_step(tokenizer) -> int:
+    return 4 if tokenizer.kind == "grid" else 1
+
+
+def prompt_ids(run, path: str | None) -> list[int]:
+    """``<bos>`` and, with ``--prompt-midi``, the tokens of that opening (at most the context)."""
+    tok = run.tokenizer
+    if path is None:
+        return [tok.bos_id]
+    from genforge.data.music import read_midi, read_midi_notes
+
+    if not Path(path).is_file():
+        raise GenforgeError(f"--prompt-midi {path}: no such file")
+    body = tok.encode_grid(*read_midi(path)) if tok.kind == "grid" else tok.encode_notes(read_midi_notes(path)[0])
+    if not body:
+        raise GenforgeError(f"--prompt-midi {path} holds no notes")
+    block = run.model_config.block_size
+    if len(body) + 1 >= block:
+        raise GenforgeError(f"--prompt-midi {path} is {len(body)} tokens; this model's context is {block}: "
+                            f"give an opening of at most {(block - 2) // 4} 16th steps")
+    return [tok.bos_id, *body]
+
+
+def write_piece(tokenizer, ids, path: Path, tempo: float) -> Path:
+    """One sample's ids -> ``path`` by its suffix (.mid/.midi, .wav, .png, .musicxml)."""
+    from genforge.data import music_render
+    from genforge.data.music import notes_to_midi
+
+    notes = tokenizer.to_notes(ids)
+    suffix = path.suffix.lower()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix in (".mid", ".midi"):
+        return notes_to_midi(notes, path, tempo, _parts(tokenizer), program=52 if tokenizer.kind == "grid" else 0)
+    if suffix == ".wav":
+        return music_render.render_wav(notes, path, tempo, _parts(tokenizer))
+    if suffix == ".png":
+        return music_render.piano_roll_png(notes, path, title=path.stem)
+    return music_render.musicxml(tokenizer.to_grid(ids), path,
+                                 tokenizer.decode_grid(ids)[1] if tokenizer.kind == "grid" else None)
+
+
+@torch.no_grad()
+def note_nll(model, split, eos_id: int, batch_size: int, max_batches: int | None) -> tuple[float, int]:
+    """Mean -log p (nats) over the notes of ``split`` (its masked targets that are not ``<eos>``)
+    and their count; every note is scored once (see ``WindowSplit``)."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    starts = list(range(0, len(split), batch_size))[:max_batches]
+    was_training = model.training
+    model.eval()
+    try:
+        for s in starts:
+            b = split.get(torch.arange(s, min(s + batch_size, len(split))))
+            x, y, mask = b["x"].to(device), b["y"].to(device), b["mask"].to(device)
+            ids = torch.cat([x[:, :1], y], 1)  # (B, T+1): the window, so logits are over x
+            logp = model.token_logprobs(ids)  # (B, T): log p(y | x[: t + 1])
+            notes = mask & (y != eos_id)
+            total -= float(logp[notes].double().sum())
+            count += int(notes.sum())
+    finally:
+        model.train(was_training)
+    return (total / count if count else float("nan")), count
+
+
+def sample_metrics(grids: list[np.ndarray], data) -> dict[str, Any]:
+    """The music metrics of sampled grids beside the held-out pieces', when the metrics module
+    provides ``evaluate_grids``; nothing otherwise (eval then reports the NLL alone)."""
+    try:
+        from genforge.metrics.music import evaluate_grids
+    except ImportError:
+        return {}
+    reference = data.pieces.get("test") or data.pieces.get("val")
+    try:
+        return evaluate_grids(grids, reference=reference, train=data.pieces.get("train"))
+    except GenforgeError as e:
+        print(f"note: music metrics skipped: {e}", file=sys.stderr)
+        return {}
+
+
+MUSIC = MusicModality()

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from genforge import GenforgeError, Interrupted, __version__
+from genforge.cli_music import add_music_metrics_parser
 from genforge.cli_rl import add_rl_parser
 from genforge.serve.cli import add_serve_parser
 
@@ -323,6 +324,7 @@ def build_parser(declared: bool = True) -> argparse.ArgumentParser:
     mm.add_argument("--json", metavar="OUT", default=None, help="also write the results to this JSON file")
     mm.add_argument("--no-progress", action="store_true", help="no progress bars")
     mm.set_defaults(func=_metrics_molecules)
+    add_music_metrics_parser(msub)
 
     pl = sub.add_parser("plot", help="PNG curves of runs' losses and logged metrics",
                         description="Training and validation loss, and one panel per other logged "

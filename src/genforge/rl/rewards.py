@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from genforge.rl.music_rewards import cadence, in_key, no_parallels, voice_ranges
 from genforge.rl.oracle import (  # Reward and RewardError: public here too
     Reward,
     RewardError,
@@ -262,6 +263,10 @@ BUILTINS: dict[str, tuple[str, Callable]] = {
     "jpeg_compressibility": ("image", jpeg_compressibility),
     "jpeg_incompressibility": ("image", jpeg_incompressibility),
     "classifier": ("image", classifier),
+    "no_parallels": ("music", no_parallels),  # music rewards: rl/music_rewards.py
+    "in_key": ("music", in_key),
+    "voice_ranges": ("music", voice_ranges),
+    "cadence": ("music", cadence),
 }
 
 

@@ -277,28 +277,31 @@ def builtin_names(modality: str) -> list[str]:
 # --------------------------------------------------------------------------- resolving
 
 
-def _load_user_function(path: str) -> Callable:
-    """``package.module:function`` or ``path/to/file.py:function``."""
+def load_user_function(path: str, what: str = "reward", error: type[Exception] = RewardError) -> Callable:
+    """``package.module:function`` or ``path/to/file.py:function`` (relative to the current
+    folder). ``what`` names the kind in messages and ``error`` is what failures raise: output
+    filters (``genforge.filters``) resolve their functions here too."""
     module_name, _, attr = path.rpartition(":")
     if not module_name or not attr:
-        raise RewardError(f"reward '{path}': name a built-in or MODULE:FUNCTION (e.g. mypkg.rewards:score)")
+        builtin = "a built-in or " if what == "reward" else ""
+        raise error(f"{what} '{path}': name {builtin}MODULE:FUNCTION (e.g. mypkg.{what}s:score)")
     try:
         if module_name.endswith(".py"):
             file = Path(module_name)
             if not file.is_file():
-                raise RewardError(f"reward '{path}': no file {file}")
-            spec = importlib.util.spec_from_file_location(f"genforge_user_reward_{file.stem}", file)
+                raise error(f"{what} '{path}': no file {file}")
+            spec = importlib.util.spec_from_file_location(f"genforge_user_{what}_{file.stem}", file)
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
         else:
             module = _import_with_cwd(module_name)
-    except RewardError:
+    except error:
         raise
     except Exception as e:  # the user's module: any import error is theirs to see
-        raise RewardError(f"reward '{path}': importing {module_name} failed ({type(e).__name__}: {e})") from None
+        raise error(f"{what} '{path}': importing {module_name} failed ({type(e).__name__}: {e})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise RewardError(f"reward '{path}': {module_name} has no function '{attr}'")
+        raise error(f"{what} '{path}': {module_name} has no function '{attr}'")
     return fn
 
 
@@ -353,7 +356,7 @@ def build_reward(specs: Sequence[str], args: dict[str, dict[str, Any]], modality
                 raise RewardError(f"reward '{name}' scores {kind} samples, but this run makes {modality}; "
                                   f"built-ins for {modality}: {', '.join(builtin_names(modality))}")
         elif ":" in name:
-            fn = _load_user_function(name)
+            fn = load_user_function(name)
         else:
             raise RewardError(f"unknown reward '{name}'; built-ins for {modality}: "
                               f"{', '.join(builtin_names(modality))}, or MODULE:FUNCTION for your own")

@@ -286,3 +286,16 @@ def test_music_rewards_read_token_text_like_grids():
     assert music_rewards.sample_grid(text).tolist() == ONE_FIFTH.tolist()
     assert music_rewards.no_parallels([text]) == music_rewards.no_parallels([ONE_FIFTH])
     assert music_rewards.in_key([""]) == [0.0]
+
+
+def test_evaluate_grids_gives_eval_keys_with_floors():
+    from genforge.metrics.music import evaluate_grids
+    from genforge.report import group_of
+
+    out = evaluate_grids([ONE_FIFTH], reference=[CLEAN], train=[CLEAN, ONE_FIFTH])
+    assert out["parallel_fifth_rate"] == pytest.approx(1 / 6) and out["floor_parallel_fifth_rate"] == 0.0
+    assert out["memorization_copy_steps_max"] == len(ONE_FIFTH)
+    assert group_of("memorization_copy_steps_max") == "memorization" and group_of("floor_cadence") == "floors"
+    assert "memorization_copy_steps_max" not in evaluate_grids([CLEAN], reference=[CLEAN])
+    with pytest.raises(GenforgeError, match="no held-out pieces"):
+        evaluate_grids([CLEAN], reference=[])

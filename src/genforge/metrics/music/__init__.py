@@ -12,13 +12,19 @@ chorales as the reference). The RL rewards built on them are in ``genforge.rl.mu
 from genforge.metrics.music.grid import Notes, as_grid, check_grids, grid_notes, read_grid_files, read_grids, voice_notes
 from genforge.metrics.music.melody import durations, melodic_intervals
 from genforge.metrics.music.memorization import Copy, CopyIndex
-from genforge.metrics.music.reference import REFERENCES, Reference, load_reference, reference_from_splits
+from genforge.metrics.music.reference import (
+    REFERENCES,
+    Reference,
+    evaluate_grids,
+    load_reference,
+    reference_from_splits,
+)
 from genforge.metrics.music.table import ROWS, music_metrics
 from genforge.metrics.music.tonal import Key, cadence_score, estimate_key, js_divergence, key_consistency
 from genforge.metrics.music.voicing import SATB_RANGES, Parallels, parallels, range_violations
 
 __all__ = ["REFERENCES", "ROWS", "SATB_RANGES", "Copy", "CopyIndex", "Key", "Notes", "Parallels", "Reference",
-           "as_grid", "cadence_score", "check_grids", "durations", "estimate_key", "grid_notes",
+           "as_grid", "cadence_score", "check_grids", "durations", "estimate_key", "evaluate_grids", "grid_notes",
            "js_divergence", "key_consistency", "load_reference", "melodic_intervals", "music_metrics",
            "parallels", "range_violations", "read_grid_files", "read_grids", "reference_from_splits",
            "voice_notes"]

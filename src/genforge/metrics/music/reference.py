@@ -74,3 +74,25 @@ def load_reference(name: str, progress: bool = True) -> Reference:
         raise GenforgeError("music21's Bach corpus gave fewer than two four-part chorales; "
                             "reinstall music21: pip install 'genforge[music]'")
     return Reference("bach", grids[1::2], grids[0::2], list(grids), grids[0::2])
+
+
+def _eval_key(key: str) -> str:
+    return f"memorization_{key}" if key.startswith("copy_") else key
+
+
+def evaluate_grids(grids: Sequence, reference: Sequence, train: Sequence | None = None) -> dict[str, float]:
+    """The flat numbers `genforge eval` reports for a music run: the samples' table (distances
+    against ``reference``, the held-out pieces; memorization against ``train``), then the same
+    table of ``reference`` itself as ``floor_*`` (its distances against ``train``, its
+    memorization of ``train``). Without ``train`` the floor has no distances and neither row
+    has memorization."""
+    reference = list(reference)
+    if not reference:
+        raise GenforgeError("no held-out pieces to measure samples against")
+    train = list(train) if train else []
+    ref = Reference("run", reference, train, train, train)
+    copies = ref.copies() if train else None
+    samples = music_metrics(grids, against=reference, copies=copies)
+    floor = music_metrics(reference, against=train or None, copies=copies)
+    return {**{_eval_key(k): v for k, v in samples.items()},
+            **{f"floor_{_eval_key(k)}": v for k, v in floor.items()}}

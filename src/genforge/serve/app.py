@@ -109,13 +109,12 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
                batching: bool = True, device: str = "auto") -> FastAPI:
     """The app over ``runs``: run directories (loaded and checked now, before any port opens) or
     entries already loaded (``engine.load_entries``). ``batching``: text requests for the same run
-    sent within 10 ms are decoded together (serve/batching.py); off, one at a time."""
+    share one continuous batch (serve/decoder.py); off, one at a time."""
     limits = limits or Limits()
     entries = runs if isinstance(runs, dict) else engine.load_entries([str(r) for r in runs], device)
     app = FastAPI(title="genforge", description="Samples from trained genforge runs.", version="1")
     app.state.entries, app.state.limits, app.state.active = entries, limits, 0
-    app.state.batchers = {e.id: Batcher(e, limits.batch_window_s, limits.max_samples) if batching
-                          else Batcher(e, 0.0, limits.max_samples, max_jobs=1)
+    app.state.batchers = {e.id: Batcher(e, limits.max_samples, max_jobs=None if batching else 1)
                           for e in entries.values() if e.modality == "text"}
 
     # -- errors: one JSON shape ---------------------------------------------------------

@@ -1,19 +1,16 @@
-"""Windowed batching of text requests: requests for the same run that arrive within
-``window_s`` of each other are decoded together, one batched KV-cache decode
-(``sampling.text.stream``) for all their rows.
+"""Batching of text requests for one run: a thread drives the run's continuous batch
+(:mod:`genforge.serve.decoder`): a job that arrives joins the running batch at the next decode
+step, a job that ends leaves it, so no request waits for another's batch to finish.
 
-Reproducibility is kept per request, not per batch: ``stream``'s ``pick`` hook samples each
-request's rows with that request's own settings (temperature, top-k, top-p) and its own
-``generator_for(device, seed)``, drawing exactly as often as the request alone would (once per
-step while it runs; never after it ends). So a request gets the tokens it gets alone, up to
-the floating-point rounding of a left-padded batch (masked padding columns add exact zeros,
-but a longer reduction may round differently); the test checks equality on a tiny model.
-This is simpler than vLLM's continuous batching (Kwon et al. 2023): a batch is formed once,
-and a request arriving mid-decode waits for the next one.
+Reproducibility is kept per request, not per batch: each request's rows are drawn with its own
+settings (temperature, top-k, top-p), its own ``logits_hook`` and its own
+``generator_for(device, seed)``, exactly as often as alone (once per step while it runs; never
+after it ends). So a request gets the tokens it gets alone, up to the floating-point rounding of
+a left-padded batch; the tests check equality on a tiny model, a mid-decode join included.
 
-Images and molecules are not batched across requests (each family draws a whole batch's noise
-from one generator, so a shared call could not keep per-request seeds); each such request is
-one draw under the run's lock.
+Events reach the HTTP side through ``Job.put``: a thread-safe queue plus ``notify``, which the
+app points at its event loop (``loop.call_soon_threadsafe``) so a streamed answer needs no
+worker thread per token.
 """
 
 from __future__ import annotations
@@ -21,8 +18,7 @@ from __future__ import annotations
 import collections
 import queue
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +37,17 @@ class Job:
     generator: torch.Generator
     events: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # The place for a per-request logits hook (the text watermark, genforge.watermark.text): as
+    # ``sampling.text.stream``'s, (rows, V) logits and (rows, T) history (left padding -1) ->
+    # (rows, V) logits, applied to this job's rows only, before its temperature/top-k/top-p.
+    logits_hook: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    notify: Callable[[bool], None] | None = None  # called after each event; True after the last
+    steps: int = 0  # decode steps drawn for this job (a cancelled job stops: tested)
+
+    def put(self, event) -> None:
+        self.events.put(event)
+        if self.notify is not None:
+            self.notify(event is END or isinstance(event, BaseException))
 
     def pieces(self) -> Iterator[tuple[int, str]]:
         """The events as they come (blocks); raises the decode's exception if it failed."""
@@ -90,7 +97,7 @@ class _Rows:
 
     def _emit(self, i: int, text: str) -> None:
         if len(text) > len(self.emitted[i]) and not self.job.cancelled.is_set():
-            self.job.events.put((i, text[len(self.emitted[i]):]))
+            self.job.put((i, text[len(self.emitted[i]):]))
             self.emitted[i] = text
 
     def finish(self) -> None:
@@ -99,55 +106,23 @@ class _Rows:
         for i in range(len(self.new)):  # what a non-streamed answer holds, incomplete tail included
             self._emit(i, self.text(i)[0])
         self.finished = True
-        self.job.events.put(END)
-
-
-def decode_jobs(model, tokenizer, jobs: list[Job]) -> None:
-    """Decode every job's rows in one batch; each job gets its own events and its own draws."""
-    from genforge.sampling.text import sample_next, stream
-
-    states = [_Rows(j, tokenizer) for j in jobs]
-    bounds, start = [], 0
-    for j in jobs:
-        bounds.append((start, start + len(j.prompts)))
-        start += len(j.prompts)
-    steps = max(j.settings["max_new_tokens"] for j in jobs)
-    for state in states:
-        if state.job.settings["max_new_tokens"] == 0:  # alone it draws nothing: no row, no draw
-            state.finish()
-
-    def pick(logits: torch.Tensor) -> torch.Tensor:  # (B, V) -> (B,)
-        out = logits.argmax(-1)  # rows of ended jobs: any token, no draw from their generator
-        for state, (a, b) in zip(states, bounds, strict=True):
-            if not state.finished:
-                s = state.job.settings
-                out[a:b] = sample_next(logits[a:b], s["temperature"], s["top_k"], s["top_p"], state.job.generator)
-        return out
-
-    if steps > 0:
-        ids = [tokenizer.encode(p) for j in jobs for p in j.prompts]
-        for tokens, _ in stream(model, ids, steps, pick=pick):
-            flat = tokens.tolist()
-            for state, (a, b) in zip(states, bounds, strict=True):
-                if not state.finished:
-                    state.add(flat[a:b])
-            if all(s.finished for s in states):
-                break
-    for state in states:
-        state.finish()
+        self.job.put(END)
 
 
 class Batcher:
-    """One per text run: a thread that takes waiting jobs in arrival order, waits ``window_s``
-    after the first for others, and decodes up to ``max_rows`` rows at once under the run's
-    lock. ``window_s=0, max_jobs=1`` serves requests one at a time (batching off)."""
+    """One per text run: a thread that admits waiting jobs in arrival order into the run's
+    continuous batch (at most ``max_rows`` rows, ``max_jobs`` jobs) and steps it under the run's
+    lock, one decode step at a time, so other draws of the run interleave between steps.
+    ``max_jobs=1`` serves requests one at a time (batching off, for comparison)."""
 
-    def __init__(self, entry, window_s: float = 0.01, max_rows: int = 64, max_jobs: int | None = None):
-        self.entry, self.window_s, self.max_rows, self.max_jobs = entry, window_s, max_rows, max_jobs
+    def __init__(self, entry, max_rows: int = 64, max_jobs: int | None = None):
+        self.entry, self.max_rows, self.max_jobs = entry, max_rows, max_jobs
         self.waiting: collections.deque[Job] = collections.deque()
         self.cond = threading.Condition()
         self.thread: threading.Thread | None = None
-        self.batches: list[int] = []  # jobs per batch drawn so far (tests, the load benchmark)
+        # what the batch has done (tests, the load benchmark): steps, most jobs at once, and jobs
+        # that joined while others were decoding
+        self.stats = {"steps": 0, "peak_jobs": 0, "joined_running": 0}
 
     def submit(self, job: Job) -> Job:
         with self.cond:
@@ -158,42 +133,66 @@ class Batcher:
             self.cond.notify()
         return job
 
-    def _take(self) -> list[Job]:
-        with self.cond:
-            jobs, rows = [], 0
-            while self.waiting and (not jobs or rows + len(self.waiting[0].prompts) <= self.max_rows) \
-                    and (self.max_jobs is None or len(jobs) < self.max_jobs):
-                job = self.waiting.popleft()
-                if not job.cancelled.is_set():
-                    jobs.append(job)
-                    rows += len(job.prompts)
-                else:
-                    job.events.put(END)
-            return jobs
+    def _take(self, decoder) -> list[Job]:
+        """Waiting jobs that fit now, in arrival order (the first that does not fit waits, and so
+        does everyone behind it: no overtaking). Cancelled ones end without a draw."""
+        jobs, rows, running = [], decoder.rows, len(decoder.running)
+        while self.waiting:
+            job = self.waiting[0]
+            if job.cancelled.is_set():
+                self.waiting.popleft().put(END)
+                continue
+            if (running or jobs) and rows + len(job.prompts) > self.max_rows:
+                break
+            if self.max_jobs is not None and running + len(jobs) >= self.max_jobs:
+                break
+            jobs.append(self.waiting.popleft())
+            rows += len(job.prompts)
+        return jobs
 
     def _loop(self) -> None:
+        from genforge.serve.decoder import Decoder
+
+        run = self.entry.run
+        decoder = Decoder(run.model, run.tokenizer)
         while True:
             with self.cond:
-                while not self.waiting:
+                while not self.waiting and not decoder.running:
                     self.cond.wait()
-            if self.window_s > 0:
-                time.sleep(self.window_s)  # let requests sent together arrive
-            jobs = self._take()
-            if not jobs:
-                continue
-            self.batches.append(len(jobs))
-            run = self.entry.run
+                jobs = self._take(decoder)
             try:
                 with self.entry.lock, torch.inference_mode():
-                    decode_jobs(run.model, run.tokenizer, jobs)
-            except Exception as e:  # every waiting client gets the error, the thread lives on
-                for job in jobs:
-                    job.events.put(e)
+                    if jobs and decoder.running:
+                        self.stats["joined_running"] += len(jobs)
+                    for job in jobs:
+                        admit(decoder, job, self.entry.run.tokenizer)
+                    self.stats["peak_jobs"] = max(self.stats["peak_jobs"], len(decoder.running))
+                    if decoder.running:
+                        decoder.step()
+                        self.stats["steps"] += 1
+            except Exception as e:  # every running client gets the error, the thread lives on
+                decoder.fail(e)
+
+
+def admit(decoder, job: Job, tokenizer) -> None:
+    """Add ``job`` to ``decoder``'s batch; a job that cannot start gets its error alone."""
+    try:
+        decoder.admit(_Rows(job, tokenizer))
+    except Exception as e:
+        job.put(e)
 
 
 def run_alone(entry, job: Job) -> Job:
-    """Decode one job in the calling thread (no batcher): the reference a batch must match."""
-    with entry.lock, torch.inference_mode():
-        decode_jobs(entry.run.model, entry.run.tokenizer, [job])
-    return job
+    """Decode one job in the calling thread, with no other job in its batch: the reference a
+    batched request must match."""
+    from genforge.serve.decoder import Decoder
 
+    with entry.lock, torch.inference_mode():
+        decoder = Decoder(entry.run.model, entry.run.tokenizer)
+        admit(decoder, job, entry.run.tokenizer)
+        try:
+            while decoder.running:
+                decoder.step()
+        except Exception as e:
+            decoder.fail(e)
+    return job

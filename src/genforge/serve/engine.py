@@ -23,12 +23,14 @@ from typing import Any
 import torch
 
 from genforge import GenforgeError
+from genforge.provenance import weights_sha256  # one definition: provenance records it too
 
 # Declared sample options a server never takes from a request: file paths (read or written),
 # companion files, latent-path tools (several references each), and CLI-only switches.
 NOT_SERVED = frozenset({"out", "batch_size", "no_stream", "nearest", "init", "mask", "strength",
                         "trajectory", "interpolate", "interp_points", "interp_method", "attribute",
-                        "interpolate_seeds", "around", "radius", "inception_weights"})
+                        "interpolate_seeds", "around", "radius", "inception_weights",
+                        "sign", "sign_cert", "sign_key"})
 # What `num_samples` means when absent, per modality (the CLI's 64 images is too many per request).
 DEFAULT_SAMPLES = {"text": 1, "image": 16, "molecule": 10}
 DEFAULT_TEMPERATURE = {"text": 0.8, "molecule": 1.0}
@@ -56,7 +58,6 @@ class Limits:
     max_body_bytes: int = 64 * 1024  # request body (Content-Length)
     max_queue: int = 8  # requests admitted at once (running + waiting); more get 429
     retry_after_s: int = 1
-    batch_window_s: float = 0.01  # text requests for one run arriving this close are decoded together
 
 
 @dataclass
@@ -77,15 +78,6 @@ class Entry:
     @property
     def device(self) -> torch.device:
         return next(self.run.model.parameters()).device
-
-
-def weights_sha256(run) -> str:
-    """The sha256 of the weights file actually served (EMA weights when loaded), read from the
-    checkpoint manifest that loading has just verified against the file."""
-    from genforge import checkpoint as ckpt
-
-    manifest = json.loads((run.checkpoint / ckpt.MANIFEST).read_text())
-    return manifest["sha256"][ckpt.EMA_WEIGHTS if run.used_ema else ckpt.WEIGHTS]
 
 
 def load_entries(run_dirs: list[str], device: str = "auto") -> dict[str, Entry]:

@@ -37,6 +37,8 @@ def _cell(value: float) -> str:
         return str(value)
     if math.isnan(value):
         return "-"
+    if value != 0 and abs(value) < 0.01:
+        return f"{value:.3g}"  # rates such as Bach's parallel fifths must not read as 0.0000
     return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
 
 

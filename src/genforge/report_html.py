@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from genforge import GenforgeError, __version__
+from genforge.card import card_section
 from genforge.report import GROUPS, format_value, group_of
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -261,7 +262,8 @@ def build_report(run_dirs: list[str | Path]) -> str:
     runs = [read_run(p, n) for p, n in zip(paths, _names(paths), strict=True)]
     title = "genforge report: " + ", ".join(r.name for r in runs)
     body = [f"<h1>{escape(title)}</h1>", f"<p>genforge {escape(__version__)}</p>", *_summary(runs),
-            *_metrics_section(runs), *_curves_section(runs), *_samples_section(runs), *_config_section(runs)]
+            *_metrics_section(runs), *_curves_section(runs), *_samples_section(runs), *_config_section(runs),
+            *card_section([(r.name, r.path) for r in runs])]
     return "\n".join(["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
                       f"<title>{escape(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
                       *body, "</body>", "</html>", ""])

@@ -56,7 +56,7 @@ def is_empty_dir(path: Path) -> bool:
 # `--overwrite` clears a folder only when every entry is one of these, so it can never delete a
 # user's files (`--run-dir ~/thesis --overwrite`) or sibling runs (`--run-dir base/..`).
 RUN_FILES = frozenset({"config.json", "spec.json", "tokenizer.json", "data.json", "metrics.jsonl",
-                       "eval.json", "oracle.csv", ".lock", "watermark.key"})
+                       "eval.json", "oracle.csv", ".lock", "README.md", "watermark.key"})
 RUN_FOLDERS = frozenset({"checkpoints", "samples", "plots", "reference", "tensorboard"})
 
 

@@ -72,16 +72,12 @@ def make_grid(images: torch.Tensor, spec: DataSpec, labels: Sequence | None = No
 
 
 def save_grid(images: torch.Tensor, path: str | Path, spec: DataSpec, labels: Sequence | None = None,
-              nrow: int | None = None, too_many: str = TOO_MANY) -> Path:
+              nrow: int | None = None, too_many: str = TOO_MANY, stamp=None) -> Path:
     """Write ``images`` (N, C, H, W), in ``spec.pixel_range``, as one PNG grid (optionally captioned),
-    atomically."""
-    from genforge.atomic import atomic_write
+    atomically; ``stamp`` (a :class:`genforge.provenance.Stamp`) adds provenance and a signature."""
+    from genforge.provenance import write_png
 
-    path = Path(path)
-    grid = make_grid(images, spec, labels, nrow, too_many=too_many)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: grid.save(f, format="PNG"))
-    return path
+    return write_png(make_grid(images, spec, labels, nrow, too_many=too_many), path, stamp)
 
 
 @torch.no_grad()
@@ -100,7 +96,8 @@ def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor,
     return best_i, best_d
 
 
-def save_nearest_grid(samples: torch.Tensor, train: ImageSplit, path: str | Path, spec: DataSpec) -> Path:
+def save_nearest_grid(samples: torch.Tensor, train: ImageSplit, path: str | Path, spec: DataSpec,
+                      stamp=None) -> Path:
     """Each sample (left) beside its nearest training image in pixel space (right), one pair a row
     pair: the visual check for memorization that the memorization metric quantifies."""
     ref = to_unit(to_range(train.images, (0.0, 1.0)), (0.0, 1.0)).flatten(1)  # (M, C*H*W) in [0, 1]
@@ -108,4 +105,4 @@ def save_nearest_grid(samples: torch.Tensor, train: ImageSplit, path: str | Path
     near = to_range(train.images[idx], spec.pixel_range)
     pairs = torch.stack([samples.cpu().float(), near], 1).flatten(0, 1)  # (2N, C, H, W), interleaved
     captions = [s for d in dist.tolist() for s in ("sample", f"d={d:.1f}")]
-    return save_grid(pairs, path, spec, captions, nrow=2 * min(4, samples.shape[0]))
+    return save_grid(pairs, path, spec, captions, nrow=2 * min(4, samples.shape[0]), stamp=stamp)

@@ -433,6 +433,10 @@ class Trainer:
             bar.close()
         if self.dist.is_main and tc.plot and (self.step == tc.max_steps or stopped):
             self._plot()
+        if self.dist.is_main:  # the model card (README.md); a hand-edited one is kept
+            from genforge.card import refresh_card
+
+            refresh_card(self.run_dir)
         elapsed = time.perf_counter() - t0
         result = {"step": self.step, "items_per_s": items / max(elapsed, 1e-9), **last_eval,
                   "best_score": self.best_score}

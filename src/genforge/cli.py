@@ -15,6 +15,7 @@ from pathlib import Path
 
 from genforge import GenforgeError, Interrupted, __version__
 from genforge.cli_music import add_music_metrics_parser
+from genforge.cli_provenance import add_provenance_parser
 from genforge.cli_rl import add_rl_parser
 from genforge.serve.cli import add_serve_parser
 
@@ -261,6 +262,7 @@ def build_parser(declared: bool = True) -> argparse.ArgumentParser:
 
     add_rl_parser(sub)
     add_serve_parser(sub)
+    add_provenance_parser(sub)
 
     e = sub.add_parser("eval", help="held-out metrics of a trained run",
                        description="Text: validation loss, bits per character and perplexity. Images: "
@@ -378,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
-        args.func(args)
+        code = args.func(args)  # None, or an exit status a command chose (`verify`: 1 tampered, 3 untrusted)
     except Interrupted as e:
         print(f"genforge: {e}", file=sys.stderr)
         return e.exit_code
@@ -400,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         warnings.showwarning = shown
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from genforge.data.grids import MAX_GRID, check_grid_size  # one limit for every
 from genforge.families.base import LatentVariableModel, SampleOption
 from genforge.modalities import EVAL_NUM_SAMPLES, Modality, step_progress
 from genforge.outputs import check_out, unique_output
+from genforge.provenance import SIGN_KEYS, SIGN_OPTIONS, sample_stamp
 
 LATENT_TOOLS = ("interpolate", "interp_points", "interp_method", "attribute")
 
@@ -28,6 +29,7 @@ class ImageModality(Modality):
         SampleOption("class_label", "conditional models: sample this class (index or name)",
                      str, metavar="CLASS"),
         SampleOption("nearest", "also write each sample beside its nearest training image", flag=True),
+        *SIGN_OPTIONS,
     )
     eval_options = (
         EVAL_NUM_SAMPLES,
@@ -57,6 +59,12 @@ class ImageModality(Modality):
     def sample_command(self, run, generator, *, num_samples, out, batch_size, seed, class_label=None,
                        nearest=False, **family_options) -> None:
         model, spec = run.model, run.spec
+        signing = {k: family_options.pop(k, None) for k in SIGN_KEYS}
+        # every file this call writes carries where it came from (PNG chunk / .npz sidecar)
+        prov = sample_stamp(run, generator, dict(num_samples=num_samples, out=out, batch_size=batch_size,
+                                                  seed=seed, class_label=class_label, nearest=nearest,
+                                                  **family_options, **signing),
+                             png=out is None or Path(out).suffix.lower() == ".png")
         latent_model = isinstance(model, LatentVariableModel)
         tools = {k: family_options.pop(k) for k in LATENT_TOOLS if k in family_options and latent_model}
         if out is not None and Path(out).suffix.lower() not in (".png", ".npz"):
@@ -70,7 +78,7 @@ class ImageModality(Modality):
                 raise GenforgeError("give either --interpolate or --attribute, not both")
             images, labels, name, nrow = _latent_tool(run, class_label, num_samples, **tools)
             path = Path(out) if out else unique_output(run.run_dir / "samples", f"{name}-{stamp}", ".png")
-            _save_png(images, path, spec, labels, nrow)
+            _save_png(images, path, spec, labels, nrow, prov)
             return
         # the family resolves its own options (a GAN's seed path, diffusion's --init/--trajectory)
         plan = model.plan_sampling(family_options, num_samples, ImageRefs(run))
@@ -78,6 +86,9 @@ class ImageModality(Modality):
         n = plan.count or (64 if num_samples is None else num_samples)
         if plan.one_row:  # a path: one call, one PNG row
             batch_size = n
+        if prov.signer is not None and out is None and n > MAX_GRID:
+            raise GenforgeError(f"--sign signs PNG grids; {n} images go to an .npz (at most {MAX_GRID} "
+                                "fit one grid): ask for fewer or drop --sign")
         if out is not None and Path(out).suffix.lower() == ".png" and n > MAX_GRID:
             raise GenforgeError(f"{n} images do not fit one PNG grid (at most {MAX_GRID}); "
                                 "write them with --out FILE.npz")
@@ -103,9 +114,10 @@ class ImageModality(Modality):
         for extra_path in extras:  # e.g. FILE-trajectory.png: checked before anything is written
             check_out(extra_path, "--out's companion file")
         for extra_path, (extra, extra_nrow) in extras.items():
-            _save_png(extra, extra_path, spec, None, extra_nrow)
+            _save_png(extra, extra_path, spec, None, extra_nrow, prov)
         if path.suffix.lower() == ".npz":
             _save_npz(path, images, y, spec)
+            prov.sidecar(path)
         else:
             captions = [prompts[i % len(prompts)] for i in range(n)] if prompts else None
             nrow = None
@@ -113,12 +125,13 @@ class ImageModality(Modality):
                 nrow = n  # a latent path reads as one row
             elif y is not None and class_label is None:
                 nrow = model.conditioning_classes  # labels cycle through the classes: one class per column
-            _save_png(from_uint8(images, spec), path, spec, captions or (None if y is None else y.tolist()), nrow)
+            _save_png(from_uint8(images, spec), path, spec, captions or (None if y is None else y.tolist()), nrow,
+                      prov)
         if nearest:
             from genforge.data.grids import save_nearest_grid
 
             near = path.with_name(path.stem + "-nearest.png")
-            save_nearest_grid(from_uint8(images[:32], spec), _heldout(run).train, near, spec)
+            save_nearest_grid(from_uint8(images[:32], spec), _heldout(run).train, near, spec, prov)
             print(f"wrote {near} (each sample beside its nearest training image)")
 
 
@@ -165,10 +178,10 @@ def from_uint8(x: torch.Tensor, spec) -> torch.Tensor:
     return to_range(x, spec.pixel_range)
 
 
-def _save_png(images: torch.Tensor, path: Path, spec, labels, nrow) -> None:
+def _save_png(images: torch.Tensor, path: Path, spec, labels, nrow, stamp=None) -> None:
     from genforge.data.grids import save_grid
 
-    save_grid(images.cpu(), path, spec, labels, nrow)
+    save_grid(images.cpu(), path, spec, labels, nrow, stamp=stamp)
     print(f"wrote {path}")
 
 

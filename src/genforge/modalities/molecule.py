@@ -19,9 +19,10 @@ import torch
 from tqdm.auto import tqdm
 
 from genforge import GenforgeError
-from genforge.atomic import atomic_write, atomic_write_text
+from genforge.atomic import atomic_write_text
 from genforge.families.base import TEMPERATURE, LatentVariableModel, SampleOption
 from genforge.modalities import EVAL_NUM_SAMPLES, Modality
+from genforge.provenance import SIGN_KEYS, SIGN_OPTIONS, sample_stamp
 
 MAX_DRAWN = 100  # molecules in one PNG grid
 
@@ -32,6 +33,7 @@ class MoleculeModality(Modality):
     data_fields = frozenset({"smiles_column", "canonicalize", "max_molecules"})
     sample_options = (
         TEMPERATURE,  # seqvae runs add --around SMILES and --radius (declared by the family)
+        *SIGN_OPTIONS,  # a .png grid can be signed
     )
     eval_options = (
         EVAL_NUM_SAMPLES,
@@ -65,6 +67,12 @@ class MoleculeModality(Modality):
         if interpolate and not isinstance(run.model, LatentVariableModel):
             raise GenforgeError(f"--interpolate needs a latent-variable run (seqvae); this is a "
                                 f"{run.config.family} run")
+        signing = {k: family_options.pop(k, None) for k in SIGN_KEYS}
+        stamp = sample_stamp(run, generator, dict(num_samples=num_samples, out=out, batch_size=batch_size,
+                                                  seed=seed, temperature=temperature, interpolate=interpolate,
+                                                  interp_points=interp_points, interp_method=interp_method,
+                                                  **family_options, **signing),
+                             png=out is not None and Path(out).suffix.lower() == ".png")
         temperature = 1.0 if temperature is None else temperature
         if not math.isfinite(temperature) or temperature < 0:
             raise GenforgeError(f"--temperature must be >= 0 (0 is greedy), got {temperature}")
@@ -93,7 +101,7 @@ class MoleculeModality(Modality):
             return
         path = Path(out)
         if suffix == ".png":
-            invalid = draw_grid(smiles, path)
+            invalid = draw_grid(smiles, path, stamp=stamp)
             print(f"wrote {len(smiles)} molecules to {path}: {len(smiles) - invalid} drawn, "
                   f"{invalid} invalid SMILES shown as empty cells with their string")
             return
@@ -101,6 +109,7 @@ class MoleculeModality(Modality):
             atomic_write_text(path, "SMILES\n" + "".join(f'"{s}"\n' for s in smiles))
         else:
             atomic_write_text(path, "".join(s + "\n" for s in smiles))
+        stamp.sidecar(path)  # provenance beside the file: a comment line would break SMILES readers
         print(f"wrote {len(smiles)} molecules to {path}")
 
     # -- eval --------------------------------------------------------------------------
@@ -243,7 +252,7 @@ def _encode_one(run, smiles: str) -> tuple[torch.Tensor, torch.Tensor]:
     return ids.to(device), mask.to(device)
 
 
-def draw_grid(smiles: list[str], path: Path, per_row: int = 8) -> int:
+def draw_grid(smiles: list[str], path: Path, per_row: int = 8, stamp=None) -> int:
     """An RDKit drawing of the molecules, legend = SMILES; unparsable ones are drawn empty with
     their string as the legend, so the grid shows failures too. Returns how many were invalid."""
     from genforge.metrics.molecules import mol_from_smiles, quiet_rdkit, require_rdkit
@@ -256,8 +265,9 @@ def draw_grid(smiles: list[str], path: Path, per_row: int = 8) -> int:
     mols = [m or Chem.Mol() for m in parsed]
     legends = [s if len(s) <= 40 else s[:37] + "..." for s in smiles]
     image = Draw.MolsToGridImage(mols, molsPerRow=per_row, subImgSize=(200, 200), legends=legends)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: image.save(f, format="PNG"))
+    from genforge.provenance import write_png
+
+    write_png(image, path, stamp)  # with provenance (and a signature) when stamped
     return sum(m is None for m in parsed)
 
 

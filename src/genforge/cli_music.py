@@ -49,7 +49,7 @@ def format_table(samples: dict, reference: dict, against: str) -> str:
     head = ("metric", "samples", f"real Bach ({against})")
     rows = [(key, _cell(samples[key]), _cell(reference[key])) for key, _ in ROWS if key in samples]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
              for r in [head, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     meanings = [f"  {key}: {text}" for key, text in ROWS if key in samples]

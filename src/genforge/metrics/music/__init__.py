@@ -9,7 +9,15 @@ rolling hashes), :mod:`.table` (the pooled table) and :mod:`.reference` (JSB and
 chorales as the reference). The RL rewards built on them are in ``genforge.rl.music_rewards``.
 """
 
-from genforge.metrics.music.grid import Notes, as_grid, check_grids, grid_notes, read_grid_files, read_grids, voice_notes
+from genforge.metrics.music.grid import (
+    Notes,
+    as_grid,
+    check_grids,
+    grid_notes,
+    read_grid_files,
+    read_grids,
+    voice_notes,
+)
 from genforge.metrics.music.melody import durations, melodic_intervals
 from genforge.metrics.music.memorization import Copy, CopyIndex
 from genforge.metrics.music.reference import (
@@ -20,7 +28,13 @@ from genforge.metrics.music.reference import (
     reference_from_splits,
 )
 from genforge.metrics.music.table import ROWS, music_metrics
-from genforge.metrics.music.tonal import Key, cadence_score, estimate_key, js_divergence, key_consistency
+from genforge.metrics.music.tonal import (
+    Key,
+    cadence_score,
+    estimate_key,
+    js_divergence,
+    key_consistency,
+)
 from genforge.metrics.music.voicing import SATB_RANGES, Parallels, parallels, range_violations
 
 __all__ = ["REFERENCES", "ROWS", "SATB_RANGES", "Copy", "CopyIndex", "Key", "Notes", "Parallels", "Reference",

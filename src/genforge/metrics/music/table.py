@@ -22,7 +22,12 @@ from genforge.metrics.music.melody import (
     rest_steps,
 )
 from genforge.metrics.music.memorization import CopyIndex
-from genforge.metrics.music.tonal import cadence_score, corpus_tonal_histogram, js_divergence, key_consistency
+from genforge.metrics.music.tonal import (
+    cadence_score,
+    corpus_tonal_histogram,
+    js_divergence,
+    key_consistency,
+)
 from genforge.metrics.music.voicing import parallels, range_violations
 
 # (key, what it measures): the table's rows, in order, for printing and docs.

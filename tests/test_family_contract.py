@@ -49,6 +49,20 @@ def gpt_smiles_case(tmp_path):
                         "model.n_embd=16", "model.block_size=40"], {"num_samples": 20, "workers": 1}
 
 
+def gpt_music_case(tmp_path):  # a JSB-shaped file of synthetic four-voice chorales
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    grids = [np.repeat(rng.integers([60, 53, 48, 36], [79, 72, 67, 60], (12, 4)), 2, axis=0).tolist()
+             for _ in range(8)]
+    path = tmp_path / "chorales.json"
+    path.write_text(json.dumps({"train": grids[:6], "valid": grids[6:7], "test": grids[7:]}))
+    return "gpt-jsb", [f"data.name={path}", "model.n_layer=1", "model.n_head=2", "model.n_embd=16",
+                       "model.block_size=32", "model.dropout=0.1"], {"num_samples": 2, "max_batches": 2}
+
+
 def seqvae_case(tmp_path):
     pytest.importorskip("rdkit")
     return "vae-moses", [f"data.name={smiles_file(tmp_path)}", "data.canonicalize=true", "data.val_fraction=0.1",
@@ -77,7 +91,7 @@ def toy_case(tmp_path):
     return TOY, [], {"num_samples": 60}
 
 
-FAMILY_CASES = {"gpt": gpt_case, "gpt-smiles": gpt_smiles_case, "seqvae": seqvae_case,
+FAMILY_CASES = {"gpt": gpt_case, "gpt-smiles": gpt_smiles_case, "gpt-music": gpt_music_case, "seqvae": seqvae_case,
                 "vae": vae_case, "diffusion": diffusion_case, "gan": gan_case,
                 "toy": toy_case}
 

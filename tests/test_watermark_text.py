@@ -120,3 +120,135 @@ def test_repeated_pairs_count_once():
 
 def test_p_value_is_the_normal_tail():
     assert p_value(0.0) == pytest.approx(0.5) and p_value(4.0) == pytest.approx(3.167e-5, rel=1e-3)
+
+
+# ---------------------------------------------------------------- human text stays under the claimed FPR
+
+HUMAN = (
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+    "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, "
+    "it was the season of Darkness, it was the spring of hope, it was the winter of despair.\n"
+    "First Citizen: Before we proceed any further, hear me speak. All: Speak, speak. First Citizen: You "
+    "are all resolved rather to die than to famish? All: Resolved. resolved. First Citizen: First, you "
+    "know Caius Marcius is chief enemy to the people.\n"
+    "The committee met on Tuesday to review the budget for the new library wing; after a long debate about "
+    "heating costs and the price of shelving, members agreed to postpone the vote until the spring survey "
+    "of the roof had been completed and the architect could attend in person.\n"
+)
+
+
+def test_human_text_stays_under_the_claimed_false_positive_rate():
+    """z > 4 claims a false-positive rate of 3e-5: over 60 keys none may fire, and even the 5% level
+    (z > 1.645) must fire about 5% of the time, not far more (a miscalibrated null would)."""
+    import hashlib
+
+    from genforge.data.tokenizers import CharTokenizer
+
+    tok = CharTokenizer.train([HUMAN])
+    zs = [detect_text(HUMAN, tok, hashlib.sha256(bytes([i])).digest())["z"] for i in range(60)]
+    assert max(zs) < 4.0
+    assert sum(z > 1.645 for z in zs) <= 9  # binomial(60, 0.05): P(> 9) < 0.2%
+    assert detect_text(HUMAN, tok, KEY)["tokens"] > 200  # distinct bigrams scored
+
+
+def test_characters_outside_the_vocabulary_are_skipped_not_an_error():
+    from genforge.data.tokenizers import CharTokenizer
+
+    tok = CharTokenizer.train(["abc "])
+    r = detect_text("abc §§ cab", tok, KEY)
+    assert r["tokens"] == 5  # ab bc c_ _c ca: no pair touching a §, the repeated ab once
+
+
+# ---------------------------------------------------------------- `genforge sample` and `genforge detect`
+
+import json  # noqa: E402
+
+from genforge.cli import main  # noqa: E402
+
+TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16",
+        "train.batch_size=4", "train.max_steps=4", "train.eval_every=2", "train.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wm")
+    corpus = root / "c.txt"
+    corpus.write_text("to be or not to be, that is the question: whether tis nobler in the mind.\n" * 60)
+    assert main(["train", "gpt-demo", f"data.name={corpus}", *TINY, "--run-dir", str(root / "run"),
+                 "--no-progress"]) == 0
+    return root / "run"
+
+
+def _sample(run, out, *extra):
+    return main(["sample", str(run), "--max-new-tokens", "300", "--seed", "5", "--out", str(out), *extra])
+
+
+def test_sample_is_watermarked_by_default_and_detect_finds_it(text_run, tmp_path, capsys):
+    assert _sample(text_run, tmp_path / "m.txt") == 0
+    err = capsys.readouterr().err
+    key = (text_run / KEY_FILE).read_bytes()
+    assert f"watermarked (key fingerprint {key_fingerprint(key)}" in err and "--no-watermark" in err
+    assert stat.S_IMODE(os.stat(text_run / KEY_FILE).st_mode) == 0o600
+    assert main(["detect", str(tmp_path / "m.txt"), "--run", str(text_run), "--json"]) == 0
+    out, err = capsys.readouterr()
+    [r] = json.loads(out)
+    assert r["watermarked"] and r["z"] > 4 and r["p_value"] < 1e-4 and r["tokens"] > 50
+    assert set(r) == {"file", "watermarked", "z", "p_value", "tokens", "method"}
+    assert key.hex() not in out + err and key_fingerprint(key) in err
+    # the same with --key-file and --tokenizer; another key finds nothing
+    assert main(["detect", str(tmp_path / "m.txt"), "--key-file", str(text_run / KEY_FILE),
+                 "--tokenizer", str(text_run / "tokenizer.json")]) == 0
+    assert ": watermarked (z " in capsys.readouterr().out
+    (tmp_path / "other.key").write_bytes(OTHER)
+    assert main(["detect", str(tmp_path / "m.txt"), "--key-file", str(tmp_path / "other.key"),
+                 "--tokenizer", str(text_run / "tokenizer.json"), "--json"]) == 0
+    [r] = json.loads(capsys.readouterr().out)
+    assert not r["watermarked"] and abs(r["z"]) < 3
+
+
+def test_no_watermark_says_so_and_scores_near_zero(text_run, tmp_path, capsys):
+    assert _sample(text_run, tmp_path / "plain.jsonl", "--no-watermark", "--num-samples", "2") == 0
+    assert "not watermarked (--no-watermark)" in capsys.readouterr().err
+    assert main(["detect", str(tmp_path / "plain.jsonl"), "--run", str(text_run), "--json"]) == 0
+    [r] = json.loads(capsys.readouterr().out)
+    assert not r["watermarked"] and abs(r["z"]) < 3 and r["tokens"] > 50
+
+
+def test_the_key_appears_in_no_file_of_the_run_but_its_own(text_run, tmp_path, capsys):
+    assert _sample(text_run, tmp_path / "s.txt") == 0
+    streamed = main(["sample", str(text_run), "--max-new-tokens", "20", "--seed", "1"])
+    out, err = capsys.readouterr()
+    key = (text_run / KEY_FILE).read_bytes()
+    needles = [key, key.hex().encode(), key.hex().upper().encode()]
+    assert streamed == 0 and not any(n.decode("latin-1") in out + err for n in needles)
+    for path in [p for p in text_run.rglob("*") if p.is_file() and p.name != KEY_FILE]:
+        data = path.read_bytes()
+        assert not any(n in data for n in needles), path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["detect", "{tmp}/nope.txt", "--run", "{run}"], "does not exist"),
+    (["detect", "{tmp}/t.txt"], "needs the key"),
+    (["detect", "{tmp}/t.txt", "--run", "{run}", "--key-file", "{run}/watermark.key"], "not both"),
+    (["detect", "{tmp}/t.txt", "--key-file", "{run}/watermark.key"], "--tokenizer"),
+    (["detect", "{tmp}/t.txt", "--run", "{run}", "--tokenizer", "{run}/tokenizer.json"], "does not apply"),
+    (["detect", "{tmp}/t.txt", "--run", "{run}", "--gamma", "1.5"], "gamma"),
+    (["detect", "{tmp}/t.txt", "--key-file", "{tmp}/t.txt", "--tokenizer", "{run}/tokenizer.json"], "needs at least 32"),
+    (["detect", "{tmp}/t.txt", "--run", "{tmp}"], "has no watermark.key"),
+    (["sample", "{run}", "--no-watermark", "--watermark-delta", "3"], "does not apply with --no-watermark"),
+    (["sample", "{run}", "--watermark-gamma", "0"], "gamma"),
+])
+def test_bad_input_is_one_line_and_exit_2(text_run, tmp_path, capsys, args, message):
+    (tmp_path / "t.txt").write_text("to be")
+    argv = [a.format(tmp=tmp_path, run=text_run) for a in args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_molecule_runs_refuse_the_text_watermark_options():
+    from genforge.modalities import modality
+
+    names = {o.name for o in modality("molecule").sample_options}
+    assert not names & {"no_watermark", "watermark_gamma", "watermark_delta", "watermark_context"}
+    assert {"no_watermark", "watermark_gamma"} <= {o.name for o in modality("text").sample_options}

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from genforge import GenforgeError, Interrupted, __version__
+from genforge.cli_detect import add_detect_parser
 from genforge.cli_music import add_music_metrics_parser
 from genforge.cli_provenance import add_provenance_parser
 from genforge.cli_rl import add_rl_parser
@@ -263,6 +264,7 @@ def build_parser(declared: bool = True) -> argparse.ArgumentParser:
     add_rl_parser(sub)
     add_serve_parser(sub)
     add_provenance_parser(sub)
+    add_detect_parser(sub)
 
     e = sub.add_parser("eval", help="held-out metrics of a trained run",
                        description="Text: validation loss, bits per character and perplexity. Images: "

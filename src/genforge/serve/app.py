@@ -8,6 +8,7 @@ model draws; at most ``limits.max_queue`` requests are admitted at once and the 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -30,6 +31,7 @@ from genforge import GenforgeError  # noqa: E402
 from genforge.serve import engine  # noqa: E402
 from genforge.serve.batching import Batcher  # noqa: E402
 from genforge.serve.engine import Limits, RequestError  # noqa: E402
+from genforge.serve.events import sse, until_done_or_gone, waker  # noqa: E402
 
 STATIC = Path(__file__).parent / "static"
 OPEN_PATHS = ("/healthz", "/", "/favicon.ico")  # no key needed; /static/* too
@@ -187,35 +189,39 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
         finally:
             release()
 
-    async def texts(entry: engine.Entry, options: dict, seed: int) -> list[str]:
+    async def texts(entry: engine.Entry, options: dict, seed: int, request: Request) -> list[str]:
+        """A text job's answer, awaited on the loop; a client that disconnects first cancels it."""
         admit()
-        job = app.state.batchers[entry.id].submit(engine.text_job(entry, options, seed))
+        done = asyncio.Event()
+        job = engine.text_job(entry, options, seed)
+        job.notify = waker(asyncio.get_running_loop(), done, last_only=True)
         try:
-            return await run_in_threadpool(job.texts)
-        finally:  # done, or this handler was cancelled: its rows stop decoding either way
+            app.state.batchers[entry.id].submit(job)
+            if not await until_done_or_gone(done, request.receive):
+                raise RequestError("the client went away", 499)
+            return job.texts()  # every event is in its queue already: no wait
+        finally:  # done, gone, or this handler was cancelled: its rows stop decoding either way
             job.cancelled.set()
             release()
 
     def streamed(entry: engine.Entry, options: dict, seed: int, make_event, closing: list[str]) -> StreamingResponse:
-        """SSE of a text job's pieces (read in a worker thread); the queue slot is held until the
-        stream ends or the client goes away (then the job is cancelled: its rows stop decoding)."""
+        """SSE of a text job's pieces, pushed from the decode thread to the loop (serve/events.py);
+        the queue slot is held until the stream ends or the client goes away (then the job is
+        cancelled: its rows stop decoding)."""
         admit()
+        wake = asyncio.Event()
+        job = engine.text_job(entry, options, seed)
+        job.notify = waker(asyncio.get_running_loop(), wake)
         try:
-            job = app.state.batchers[entry.id].submit(engine.text_job(entry, options, seed))
+            app.state.batchers[entry.id].submit(job)
         except BaseException:
             release()
             raise
 
-        def events():
+        async def events():
             try:
-                try:
-                    for index, piece in job.pieces():
-                        yield f"data: {json.dumps(make_event(index, piece))}\n\n"
-                except Exception as e:  # headers are sent: the error is the stream's last event
-                    yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error', 'param': None}})}\n\n"
-                    return
-                for line in closing:
-                    yield f"data: {line}\n\n"
+                async for chunk in sse(job, wake, make_event, closing):
+                    yield chunk
             finally:
                 job.cancelled.set()
                 release()
@@ -260,7 +266,7 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
         return engine.describe(entry_for(model_id), limits)
 
     @app.post("/v1/samples", responses={**ERRORS, **STREAMS})
-    async def samples(body: SamplesRequest):
+    async def samples(body: SamplesRequest, request: Request):
         entry = entry_for(body.model)
         given = {k: v for k, v in body.model_dump().items() if k not in ("model", "seed", "stream")}
         if isinstance(given.get("class_label"), int):  # an index; the run's option takes "3" or a name
@@ -275,12 +281,12 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
             return streamed(entry, options, seed, lambda i, piece: {"index": i, "token": piece}, [done, "[DONE]"])
         if entry.modality == "text":
             rows = [p for p in (options.get("prompt") or ["\n"]) for _ in range(options["num_samples"])]
-            return {**common, "text": await texts(entry, options, seed), "prompts": rows}
+            return {**common, "text": await texts(entry, options, seed, request), "prompts": rows}
         result = await run(engine.generate, entry, options, seed)
         return {**common, **result}
 
     @app.post("/v1/completions", responses={**ERRORS, **STREAMS})
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, request: Request):
         entry = entry_for(body.model, "text")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         # OpenAI's default of 16 tokens, within this server's limit (absent must not be refused).
@@ -297,7 +303,7 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
                 return {**head, "choices": [{"text": piece, "index": i, "logprobs": None, "finish_reason": None}]}
 
             return streamed(entry, options, seed, chunk, ["[DONE]"])
-        result = {"text": await texts(entry, options, seed)}
+        result = {"text": await texts(entry, options, seed, request)}
         tok = entry.run.tokenizer
         used = [len(tok.encode(t)) for t in result["text"]]
         choices = [{"text": t, "index": i, "logprobs": None,

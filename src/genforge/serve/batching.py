@@ -120,6 +120,7 @@ class Batcher:
         self.waiting: collections.deque[Job] = collections.deque()
         self.cond = threading.Condition()
         self.thread: threading.Thread | None = None
+        self.decoder = None  # the running batch, once the thread has started
         # what the batch has done (tests, the load benchmark): steps, most jobs at once, and jobs
         # that joined while others were decoding
         self.stats = {"steps": 0, "peak_jobs": 0, "joined_running": 0}
@@ -154,7 +155,7 @@ class Batcher:
         from genforge.serve.decoder import Decoder
 
         run = self.entry.run
-        decoder = Decoder(run.model, run.tokenizer)
+        decoder = self.decoder = Decoder(run.model, run.tokenizer)
         while True:
             with self.cond:
                 while not self.waiting and not decoder.running:

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from genforge import GenforgeError, Interrupted, __version__
+from genforge.cli_audit import add_audit_parser
 from genforge.cli_detect import add_detect_parser
 from genforge.cli_music import add_music_metrics_parser
 from genforge.cli_provenance import add_provenance_parser
@@ -148,7 +149,7 @@ def _add_declared(parser: argparse.ArgumentParser, kind: str) -> None:
             continue
         parser.add_argument(option.cli, dest=option.name, type=option.type, default=None,
                             nargs=option.nargs, choices=option.choices, metavar=option.metavar,
-                            action="append" if option.repeat else "store", help=help_text)
+                            const=option.const, action="append" if option.repeat else "store", help=help_text)
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -265,6 +266,7 @@ def build_parser(declared: bool = True) -> argparse.ArgumentParser:
     add_serve_parser(sub)
     add_provenance_parser(sub)
     add_detect_parser(sub)
+    add_audit_parser(sub)
 
     e = sub.add_parser("eval", help="held-out metrics of a trained run",
                        description="Text: validation loss, bits per character and perplexity. Images: "

@@ -67,6 +67,7 @@ class SampleOption:
     repeat: bool = False  # may be given several times; the value is a list
     minimum: int | None = None  # the smallest value a number may take
     metavar: str | None = None
+    const: Any = None  # with nargs="?": the value of the bare option (--privacy-filter alone)
 
     @property
     def cli(self) -> str:

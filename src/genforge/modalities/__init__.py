@@ -40,6 +40,20 @@ EVAL_NUM_SAMPLES = SampleOption("num_samples", "samples generated and scored (im
                                 "against as many test images; molecules: default 30000, as MOSES)",
                                 int, metavar="N", minimum=1)
 
+# Output screening (genforge.filters, genforge.audit.privacy), declared by the modalities that
+# apply them before anything is written. Both take several values or none (nargs), and a
+# server never takes an option naming code to import from a request.
+FILTER = SampleOption("filter", "screen samples before anything is written with your function "
+                                "MODULE:FUNCTION or path/to/file.py:FUNCTION (samples in, one verdict per "
+                                "sample out: True, False or (bool, reason)); blocked samples are counted "
+                                "and reported; repeatable", str, nargs=1, repeat=True, metavar="MODULE:FUNCTION")
+PRIVACY_FILTER = SampleOption("privacy_filter", "block near-copies of training items: images at an RMS "
+                                                "pixel distance under THRESHOLD (default 0.025), text "
+                                                "with >= THRESHOLD characters verbatim from the training "
+                                                "text (default 50), molecules that are training molecules "
+                                                "(no threshold)", str, nargs="?", const="default",
+                              metavar="THRESHOLD")
+
 COMMON_EVAL_OPTIONS = (
     SampleOption("max_batches", "evaluate on at most this many batches", int, metavar="N", minimum=1),
 )

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from genforge import GenforgeError
 from genforge.data.grids import MAX_GRID, check_grid_size  # one limit for every grid
 from genforge.families.base import LatentVariableModel, SampleOption
-from genforge.modalities import EVAL_NUM_SAMPLES, Modality, step_progress
+from genforge.modalities import EVAL_NUM_SAMPLES, FILTER, PRIVACY_FILTER, Modality, step_progress
 from genforge.outputs import check_out, unique_output
 from genforge.provenance import SIGN_KEYS, SIGN_OPTIONS, sample_stamp
 
@@ -30,6 +30,8 @@ class ImageModality(Modality):
                      str, metavar="CLASS"),
         SampleOption("nearest", "also write each sample beside its nearest training image", flag=True),
         *SIGN_OPTIONS,
+        FILTER,
+        PRIVACY_FILTER,
     )
     eval_options = (
         EVAL_NUM_SAMPLES,
@@ -57,7 +59,7 @@ class ImageModality(Modality):
 
     # -- sample ------------------------------------------------------------------------
     def sample_command(self, run, generator, *, num_samples, out, batch_size, seed, class_label=None,
-                       nearest=False, **family_options) -> None:
+                       nearest=False, filter=None, privacy_filter=None, **family_options) -> None:
         model, spec = run.model, run.spec
         signing = {k: family_options.pop(k, None) for k in SIGN_KEYS}
         # every file this call writes carries where it came from (PNG chunk / .npz sidecar)
@@ -72,8 +74,9 @@ class ImageModality(Modality):
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         check_grid_size(tools.get("interp_points") or 0, "lower --interp-points (a path is one PNG row)")
         if tools.get("interpolate") or tools.get("attribute"):
-            if nearest:
-                raise GenforgeError("--nearest applies to samples, not to --interpolate/--attribute paths")
+            if nearest or filter or privacy_filter is not None:
+                raise GenforgeError("--nearest, --filter and --privacy-filter apply to samples, not to "
+                                    "--interpolate/--attribute paths")
             if tools.get("interpolate") and tools.get("attribute"):
                 raise GenforgeError("give either --interpolate or --attribute, not both")
             images, labels, name, nrow = _latent_tool(run, class_label, num_samples, **tools)
@@ -94,6 +97,9 @@ class ImageModality(Modality):
                                 "write them with --out FILE.npz")
         if out is not None and nearest:  # derived files follow --out's rule: never replace one
             check_out(Path(out).with_name(Path(out).stem + "-nearest.png"), "--out's companion file")
+        from genforge.audit.privacy import sample_filters
+
+        screens = sample_filters(run, filter, privacy_filter)  # loaded before sampling: fails fast
         prompts = family_options.get("prompt")
         if prompts and class_label is not None:
             raise GenforgeError("give either --prompt or --class-label, not both")
@@ -106,6 +112,19 @@ class ImageModality(Modality):
                 x = model.sample(min(batch_size, n - s), generator, labels=batch_y, **family_options, **per_step)
             chunks.append(to_uint8(x.cpu(), spec))  # uint8 on the CPU: 100k 28x28 images are 78 MB
         images = torch.cat(chunks)
+        drawn, kept = n, list(range(n))  # which drawn samples are written (all, unless a filter blocks some)
+        if screens:  # before anything is written; blocked images are counted on stderr and in provenance
+            from genforge.filters import screen, summary
+
+            kept, blocked = screen(images.float() / 255.0, screens, "images")
+            prov.record["screening"] = summary(screens, n, blocked)
+            if blocked:
+                images = images[kept]
+                y = None if y is None else y[torch.as_tensor(kept, device=y.device)]
+                n = len(kept)
+                if plan.extras():
+                    raise GenforgeError("companion grids (e.g. --trajectory) show every drawn sample, blocked "
+                                        "ones too; nothing was written: drop them or the filters")
         if out is None:
             # a new name even when another `sample` ran in the same second (O_EXCL, -2, -3, ...)
             out = unique_output(run.run_dir / "samples", f"sample-{stamp}", ".png" if n <= MAX_GRID else ".npz")
@@ -119,7 +138,7 @@ class ImageModality(Modality):
             _save_npz(path, images, y, spec)
             prov.sidecar(path)
         else:
-            captions = [prompts[i % len(prompts)] for i in range(n)] if prompts else None
+            captions = [prompts[i % len(prompts)] for i in kept] if prompts else None
             nrow = None
             if plan.one_row:
                 nrow = n  # a latent path reads as one row

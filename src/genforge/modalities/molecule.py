@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from genforge import GenforgeError
 from genforge.atomic import atomic_write_text
 from genforge.families.base import TEMPERATURE, LatentVariableModel, SampleOption
-from genforge.modalities import EVAL_NUM_SAMPLES, Modality
+from genforge.modalities import EVAL_NUM_SAMPLES, FILTER, PRIVACY_FILTER, Modality
 from genforge.provenance import SIGN_KEYS, SIGN_OPTIONS, sample_stamp
 
 MAX_DRAWN = 100  # molecules in one PNG grid
@@ -34,6 +34,8 @@ class MoleculeModality(Modality):
     sample_options = (
         TEMPERATURE,  # seqvae runs add --around SMILES and --radius (declared by the family)
         *SIGN_OPTIONS,  # a .png grid can be signed
+        FILTER,
+        PRIVACY_FILTER,
     )
     eval_options = (
         EVAL_NUM_SAMPLES,
@@ -63,7 +65,8 @@ class MoleculeModality(Modality):
 
     # -- sample ------------------------------------------------------------------------
     def sample_command(self, run, generator, *, num_samples, out, batch_size, seed, temperature,
-                       interpolate=None, interp_points=8, interp_method="slerp", **family_options) -> None:
+                       interpolate=None, interp_points=8, interp_method="slerp", filter=None, privacy_filter=None,
+                       **family_options) -> None:
         if interpolate and not isinstance(run.model, LatentVariableModel):
             raise GenforgeError(f"--interpolate needs a latent-variable run (seqvae); this is a "
                                 f"{run.config.family} run")
@@ -81,6 +84,9 @@ class MoleculeModality(Modality):
         if interpolate and plan.options:
             given = " ".join(f"--{k.replace('_', '-')}" for k in plan.options)
             raise GenforgeError(f"give either --interpolate or {given}, not both")
+        from genforge.audit.privacy import sample_filters
+
+        screens = sample_filters(run, filter, privacy_filter)  # loaded before sampling: fails fast
         suffix = Path(out).suffix.lower() if out else None
         if suffix not in (None, ".smi", ".txt", ".csv", ".png"):
             raise GenforgeError(f"--out {out}: molecules are written as .smi, .txt, .csv or a .png grid")
@@ -96,6 +102,12 @@ class MoleculeModality(Modality):
                                     "write them with --out FILE.smi")
             ids = draw(run.model, n, generator, batch_size, temperature, progress=True, **plan.options)
         smiles = [run.tokenizer.decode(row) for row in ids]
+        if screens:  # before anything is printed or written; counted on stderr and in provenance
+            from genforge.filters import screen, summary
+
+            kept, blocked = screen(smiles, screens, "molecules")
+            stamp.record["screening"] = summary(screens, len(smiles), blocked)
+            smiles = [smiles[i] for i in kept]
         if out is None:
             print("\n".join(smiles))
             return

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from genforge import GenforgeError
 from genforge.checkpoint import atomic_write_text
 from genforge.families.base import PROMPT, TEMPERATURE, SampleOption
-from genforge.modalities import Modality
+from genforge.modalities import FILTER, PRIVACY_FILTER, Modality
 from genforge.provenance import sample_stamp
 from genforge.watermark import NO_WATERMARK
 
@@ -47,6 +47,8 @@ class TextModality(Modality):
         SampleOption("watermark_context", "text watermark: previous tokens hashed to pick each green "
                                           "list (default 1; `genforge detect --context` must match)", int,
                      metavar="N", minimum=1),
+        FILTER,
+        PRIVACY_FILTER,
     )
     eval_options = ()
 
@@ -69,7 +71,9 @@ class TextModality(Modality):
     # -- sample ------------------------------------------------------------------------
     def sample_command(self, run, generator, *, prompt=None, max_new_tokens, temperature, top_k, top_p,
                        stop, no_stream, num_samples, out, batch_size, seed, no_watermark=False,
-                       watermark_gamma=None, watermark_delta=None, watermark_context=None) -> None:
+                       watermark_gamma=None, watermark_delta=None, watermark_context=None, filter=None,
+                       privacy_filter=None) -> None:
+        from genforge.audit.privacy import sample_filters
         from genforge.sampling.text import check_settings, generate_text, stream_text
 
         temperature = 0.8 if temperature is None else temperature
@@ -79,7 +83,9 @@ class TextModality(Modality):
         hook = text_watermark(run, no_watermark, watermark_gamma, watermark_delta, watermark_context)
         settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                         top_p=top_p, stop=stop or (), logits_hook=hook)
-        if out is None and len(prompts) == 1 and not no_stream:
+        screens = sample_filters(run, filter, privacy_filter)  # loaded before sampling: fails fast
+        # a screened sample is printed only once judged: filters turn streaming off
+        if out is None and len(prompts) == 1 and not no_stream and not screens:
             sys.stdout.write(prompts[0])
             for piece in stream_text(run.model, run.tokenizer, prompts[0], generator=generator, **settings):
                 sys.stdout.write(piece)
@@ -100,12 +106,23 @@ class TextModality(Modality):
         for s in tqdm(batches, desc="sample", unit="batch", disable=len(batches) < 2, file=sys.stderr):
             chunk = prompts[s : s + batch_size]
             outs = generate_text(run.model, run.tokenizer, chunk, generator=generator, **settings)
-            if out is None:
+            if out is None and not screens:
                 for i, (p, t) in enumerate(zip(chunk, outs, strict=True)):
                     print(f"--- sample {s + i + 1} ---")
                     print(p + t)
             else:
                 texts += outs
+        if screens:  # the generated continuations, before anything is printed or written
+            from genforge.filters import screen, summary
+
+            kept, blocked = screen(texts, screens, "samples")
+            if stamp is not None:
+                stamp.record["screening"] = summary(screens, len(texts), blocked)
+            if out is None:
+                for i in kept:
+                    print(f"--- sample {i + 1} ---")
+                    print(prompts[i] + texts[i])
+            prompts, texts = [prompts[i] for i in kept], [texts[i] for i in kept]
         if out is not None:
             path = Path(out)
             if path.suffix == ".jsonl":

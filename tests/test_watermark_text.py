@@ -252,3 +252,20 @@ def test_molecule_runs_refuse_the_text_watermark_options():
     names = {o.name for o in modality("molecule").sample_options}
     assert not names & {"no_watermark", "watermark_gamma", "watermark_delta", "watermark_context"}
     assert {"no_watermark", "watermark_gamma"} <= {o.name for o in modality("text").sample_options}
+
+
+def test_rl_rollouts_are_never_watermarked(text_run, tmp_path, monkeypatch):
+    """Rollouts are the policy's own training data: a green-list bias there would be learned."""
+    import genforge.sampling.text as sampling_text
+
+    hooks, real = [], sampling_text.stream
+
+    def spy(*args, **kwargs):
+        hooks.append(kwargs.get("logits_hook"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sampling_text, "stream", spy)
+    assert main(["rl", str(text_run), "--reward", "length", "--reward-arg", "target=5", "--run-dir", str(tmp_path / "rl"), "--steps", "1",
+                 "--batch-size", "4", "--max-new-tokens", "6", "--no-progress"]) == 0
+    assert hooks and all(h is None for h in hooks)
+    assert not (tmp_path / "rl" / KEY_FILE).exists()

@@ -123,6 +123,27 @@ def test_the_privacy_filter_blocks_a_training_image(image_run):
     assert blocked[0][0] == 0 and "training image 3" in blocked[0][1]
 
 
+def test_the_privacy_filter_blocks_a_training_molecule(tmp_path, capsys):
+    pytest.importorskip("rdkit")
+    smi = tmp_path / "mols.smi"
+    smi.write_text("CC(=O)Oc1ccccc1C(=O)O\nCC(C)Cc1ccc(C(C)C(=O)O)cc1\nCN1C=NC2=C1C(=O)N(C)C(=O)N2C\n"
+                   "CC(=O)Nc1ccc(O)cc1\nc1ccccc1\nCCO\nCCN\nCCCC\nc1ccncc1\nOCCO\n" * 3)
+    run_dir = tmp_path / "run"
+    assert main(["train", "gpt-demo", f"data.name={smi}", "data.val_fraction=0.2", *TINY_GPT[:3],
+                 "model.block_size=48", *TINY_GPT[4:], "--run-dir", str(run_dir)]) == 0
+    run = load_run(run_dir, device="cpu")
+    block = privacy_filter_for(run)
+    # paracetamol written another way is still the training molecule; caffeine-like novel one passes
+    kept, blocked = apply_filters(["O=C(C)Nc1ccc(O)cc1", "CCCCCCCCO", "not smiles"], [block])
+    assert kept == ["CCCCCCCCO", "not smiles"] and blocked[0][0] == 0 and "training molecule" in blocked[0][1]
+    assert main(["sample", str(run_dir), "--privacy-filter", "0.5"]) == 2
+    assert "exact training molecules" in capsys.readouterr().err
+    assert main(["audit", str(run_dir), "--num-samples", "5"]) == 0
+    memo = json.loads((run_dir / "audit.json").read_text())["memorization"]
+    assert memo["samples"] == 5 and 0 <= memo["copies"] <= memo["valid"] and "novelty" in memo
+    assert "exact copies of training molecules" in capsys.readouterr().out
+
+
 def test_privacy_thresholds_are_checked(text_run, image_run, capsys):
     assert main(["sample", str(text_run), "--privacy-filter", "0", "--no-stream"]) == 2
     assert main(["sample", str(image_run), "--privacy-filter", "2.5"]) == 2

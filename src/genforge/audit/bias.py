@@ -83,6 +83,7 @@ def per_class_quality(fake_features: torch.Tensor, fake_probs: torch.Tensor, req
                            "label_agreement": label_agreement(fake_probs[pick], requested.cpu()[pick])}
     if not rows:
         raise GenforgeError("no conditional samples to score per class")
-    worst = max(rows, key=lambda c: -rows[c]["label_agreement"] if math.isnan(rows[c]["fd"]) else rows[c]["fd"])
+    scored = [c for c in rows if not math.isnan(rows[c]["fd"])]
+    worst = max(scored, key=lambda c: rows[c]["fd"]) if scored else None
     return {"classes": rows, "worst_fd_class": worst,
             "mean_label_agreement": float(np.mean([r["label_agreement"] for r in rows.values()]))}

@@ -259,3 +259,23 @@ def test_modalities_name_no_family_option(kind):
             if re.search(rf"[\"']{name}[\"']|\b{name}=", source):  # a key, or a keyword parameter
                 named.add(name)
     assert named == RESOLVED_BY_MODALITY.get(kind, set()), named
+
+
+def test_screened_modalities_have_a_privacy_filter_and_an_audit():
+    """A modality that offers --filter/--privacy-filter on `genforge sample` screens its samples
+    before writing (its sample_command takes both) and has a near-copy test and an audit; the
+    options take nargs, which keeps a server from taking them from a request."""
+    import inspect
+
+    from genforge.audit.privacy import PRIVACY
+    from genforge.audit.runs import AUDITS
+    from genforge.modalities import FILTER, MODALITIES, PRIVACY_FILTER, modality
+
+    screened = [m for m in MODALITIES if PRIVACY_FILTER in modality(m).sample_options]
+    assert {"image", "text", "molecule"} <= set(screened)
+    for name in screened:
+        kind = modality(name)
+        params = inspect.signature(kind.sample_command).parameters
+        assert FILTER in kind.sample_options and {"filter", "privacy_filter"} <= set(params), name
+        assert name in PRIVACY and name in AUDITS, name
+    assert FILTER.nargs is not None and PRIVACY_FILTER.nargs is not None

@@ -155,7 +155,7 @@ class Batcher:
         from genforge.serve.decoder import Decoder
 
         run = self.entry.run
-        decoder = self.decoder = Decoder(run.model, run.tokenizer)
+        decoder = self.decoder = Decoder(run.model, run.tokenizer, capacity=self.max_rows)
         while True:
             with self.cond:
                 while not self.waiting and not decoder.running:
@@ -189,7 +189,7 @@ def run_alone(entry, job: Job) -> Job:
     from genforge.serve.decoder import Decoder
 
     with entry.lock, torch.inference_mode():
-        decoder = Decoder(entry.run.model, entry.run.tokenizer)
+        decoder = Decoder(entry.run.model, entry.run.tokenizer, capacity=len(job.prompts))
         admit(decoder, job, entry.run.tokenizer)
         try:
             while decoder.running:

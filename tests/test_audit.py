@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import os
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import toy_image_run
 
 from genforge.audit.bias import class_balance, per_class_quality
 from genforge.audit.memorization import (
@@ -26,7 +26,6 @@ from genforge.cli import main
 from genforge.filters import apply_filters
 from genforge.runs import load_run
 
-TOY = str(Path(__file__).with_name("toy-digits.toml"))
 TINY_GPT = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16",
             "train.batch_size=4", "train.max_steps=2", "train.eval_every=2", "train.plot=false", "--no-progress"]
 PASSAGE = "Now is the winter of our discontent made glorious summer by this sun of York."
@@ -44,10 +43,7 @@ def text_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("audit_img") / "img"
-    assert main(["train", TOY, "--run-dir", str(run), "train.max_steps=2", "train.plot=false",
-                 "--no-progress"]) == 0
-    return run
+    return toy_image_run(tmp_path_factory.mktemp("audit_img") / "img")
 
 
 # --------------------------------------------------------------------------- the suffix array

@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import subprocess_env
+from helpers import subprocess_env, toy_image_run
 
 from genforge.cli import main
 from genforge.filters import Filter, FilterError, apply_filters, load_filter, verdicts
 
 TINY_GPT = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16",
             "train.batch_size=4", "train.max_steps=2", "train.eval_every=2", "train.plot=false", "--no-progress"]
-TOY = str(Path(__file__).with_name("toy-digits.toml"))
 
 USER_FILTERS = '''
 def no_e(samples):
@@ -144,8 +143,7 @@ def test_cli_bad_filters_exit_2_with_one_line(text_run, user_filters, capsys, sp
 
 
 def test_cli_image_filter_and_no_traceback_in_a_real_process(user_filters, tmp_path):
-    run = tmp_path / "img"
-    assert main(["train", TOY, "--run-dir", str(run), "train.max_steps=2", "train.plot=false", "--no-progress"]) == 0
+    run = toy_image_run(tmp_path / "img")
     out = tmp_path / "s.npz"
     assert main(["sample", str(run), "--num-samples", "8", "--seed", "0", "--filter", "myfilters.py:dark",
                  "--out", str(out)]) == 0

@@ -112,7 +112,7 @@ class ImageModality(Modality):
                 x = model.sample(min(batch_size, n - s), generator, labels=batch_y, **family_options, **per_step)
             chunks.append(to_uint8(x.cpu(), spec))  # uint8 on the CPU: 100k 28x28 images are 78 MB
         images = torch.cat(chunks)
-        drawn, kept = n, list(range(n))  # which drawn samples are written (all, unless a filter blocks some)
+        kept = list(range(n))  # which drawn samples are written (all, unless a filter blocks some)
         if screens:  # before anything is written; blocked images are counted on stderr and in provenance
             from genforge.filters import screen, summary
 

@@ -94,7 +94,8 @@ def audit_images(run, n: int, generator, seed: int) -> tuple[dict, dict]:
 
 
 def save_pairs(path: Path, memo: dict, fake: torch.Tensor, train: torch.Tensor, spec) -> Path:
-    """The closest sample/training pairs, side by side (sample left, training image right)."""
+    """The closest sample/training pairs, side by side: the sample (captioned with its RMS pixel
+    distance) left, its nearest training image (captioned with its index) right."""
     from genforge.data.grids import save_grid
     from genforge.data.images import to_range
 
@@ -102,7 +103,8 @@ def save_pairs(path: Path, memo: dict, fake: torch.Tensor, train: torch.Tensor, 
     samples = to_range((fake[[w[0] for w in worst]] * 255).round().to(torch.uint8), spec.pixel_range)
     near = to_range(train[[w[1] for w in worst]], spec.pixel_range)
     pairs = torch.stack([samples, near], 1).flatten(0, 1)  # (2N, C, H, W), interleaved
-    captions = [c for w in worst for c in (f"d={w[2]:.3f}", f"train {w[1]}")]
+    # captions fit a 32-px cell (~5 characters): the sample's distance, the training image's index
+    captions = [c for w in worst for c in (f"{w[2]:.3f}", str(w[1]))]
     return save_grid(pairs, path, spec, captions, nrow=2 * min(4, len(worst)))
 
 

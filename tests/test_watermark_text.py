@@ -269,3 +269,42 @@ def test_rl_rollouts_are_never_watermarked(text_run, tmp_path, monkeypatch):
                  "--batch-size", "4", "--max-new-tokens", "6", "--no-progress"]) == 0
     assert hooks and all(h is None for h in hooks)
     assert not (tmp_path / "rl" / KEY_FILE).exists()
+
+
+def test_green_lists_are_pinned_and_the_same_on_every_device(device):
+    """Text marked today must be detected by any later genforge on any device: the lists of a
+    fixed key are pinned (changing the hash is a breaking change), and equal on the test device."""
+    ctx = torch.tensor([[3], [-1]])
+    cpu = green_mask(key_words(KEY), ctx, V, 0.25)
+    assert [r.nonzero().flatten().tolist() for r in cpu] == [[1, 2, 4, 10, 13, 16, 19, 22, 29, 39],
+                                                              [2, 5, 7, 8, 18, 19, 28, 31, 34, 36]]
+    on_device = green_mask(key_words(KEY), ctx.to(device), V, 0.25)
+    assert torch.equal(on_device.cpu(), cpu)
+    big = torch.randint(0, 50_000, (64, 2), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(green_mask(key_words(KEY), big.to(device), 50_000, 0.5).cpu(),
+                       green_mask(key_words(KEY), big, 50_000, 0.5))
+
+
+def test_images_go_to_the_image_detector_or_are_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    import sys
+    import types
+
+    png = tmp_path / "x.png"
+    png.write_bytes(b"\x89PNG not really")
+    (tmp_path / "k").write_bytes(KEY)
+    keyed = ["--key-file", str(tmp_path / "k")]
+    monkeypatch.setitem(sys.modules, "genforge.watermark.image", None)  # the module missing: ImportError
+    assert main(["detect", str(png), *keyed]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "image watermark detection is not available" in err and len(err.splitlines()) == 1
+    seen = []
+    fake = types.ModuleType("genforge.watermark.image")
+    fake.detect_image_file = lambda path, key, run_dir=None: seen.append((path, key, run_dir)) or {
+        "watermarked": True, "statistic": 7.5, "p_value": 1e-12, "method": "tree-ring"}
+    monkeypatch.setitem(sys.modules, "genforge.watermark.image", fake)
+    assert main(["detect", str(png), *keyed, "--json"]) == 0
+    [r] = json.loads(capsys.readouterr().out)
+    assert r == {"file": str(png), "watermarked": True, "z": 7.5, "p_value": 1e-12, "tokens": None,
+                 "method": "tree-ring"}
+    assert seen[0][1] == KEY and seen[0][2] is None  # no run given: the key file alone
+    assert main(["detect", str(png), *keyed, "--gamma", "0.5"]) == 2  # text-only option

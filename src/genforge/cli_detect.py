@@ -87,7 +87,8 @@ def _detect_image(path: Path, key: bytes, run_dir) -> dict:
             "p_value": float(r["p_value"]), "tokens": None, "method": str(r.get("method", "image"))}
 
 
-def detect_files(args) -> list[dict]:
+def detect_files(args) -> tuple[list[dict], str]:
+    """(one result per file, the key's fingerprint) for the parsed `detect` arguments."""
     from genforge.watermark.text import DEFAULT_CONTEXT, DEFAULT_GAMMA, DEFAULT_THRESHOLD, check_params
 
     paths = [Path(f) for f in args.files]
@@ -106,7 +107,6 @@ def detect_files(args) -> list[dict]:
     from genforge.watermark.keys import key_fingerprint
     from genforge.watermark.text import detect_text
 
-    print(f"key fingerprint {key_fingerprint(key)}", file=sys.stderr)
     results = []
     for p in paths:
         if p.suffix.lower() in IMAGE_SUFFIXES:
@@ -115,11 +115,12 @@ def detect_files(args) -> list[dict]:
             d = detect_text(read_text(p), tokenizer, key, gamma, context, threshold)
             r = {k: d[k] for k in ("watermarked", "z", "p_value", "tokens")} | {"method": TEXT_METHOD}
         results.append({"file": str(p), **r})
-    return results
+    return results, key_fingerprint(key)
 
 
 def _detect(args) -> None:
-    results = detect_files(args)
+    results, fingerprint = detect_files(args)
+    print(f"key fingerprint {fingerprint}", file=sys.stderr)  # names the key; the key itself is never shown
     if args.json:
         print(json.dumps(results, indent=2))
         return

@@ -112,3 +112,15 @@ def test_a_text_client_that_goes_away_stops_its_decode(live, stream):
         total = settled(calls)
     assert total < 300, f"{total} decode steps after the client left (1000 asked)"
     assert not app.state.batchers["gpt"].decoder.running  # the job left the batch
+
+
+def test_an_image_client_that_goes_away_stops_its_draw(live):
+    port, entries, app = live
+    body = {"model": "diffusion", "seed": 0, "num_samples": 2, "sampler": "euler", "sampling_steps": 200}
+    with Counted(entries["diffusion"].run.model.net, "forward") as calls:
+        sock = send(port, "/v1/samples", body)
+        wait_until(lambda: calls.calls >= 5)
+        sock.close()
+        total = settled(calls)
+    assert total < 100, f"{total} network calls after the client left (200 steps asked)"
+    assert app.state.image_batchers["diffusion"].stats["steps"] < 100

@@ -32,6 +32,7 @@ from genforge.serve import engine  # noqa: E402
 from genforge.serve.batching import Batcher  # noqa: E402
 from genforge.serve.engine import Limits, RequestError  # noqa: E402
 from genforge.serve.events import sse, until_done_or_gone, waker  # noqa: E402
+from genforge.serve.images import ImageBatcher, ImageJob, prepare  # noqa: E402
 
 STATIC = Path(__file__).parent / "static"
 OPEN_PATHS = ("/healthz", "/", "/favicon.ico")  # no key needed; /static/* too
@@ -118,6 +119,8 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
     app.state.entries, app.state.limits, app.state.active = entries, limits, 0
     app.state.batchers = {e.id: Batcher(e, limits.max_samples, max_jobs=None if batching else 1)
                           for e in entries.values() if e.modality == "text"}
+    app.state.image_batchers = {e.id: ImageBatcher(e, limits.max_samples, max_jobs=None if batching else 1)
+                                for e in entries.values() if e.modality == "image"}
 
     # -- errors: one JSON shape ---------------------------------------------------------
     @app.exception_handler(RequestError)
@@ -204,6 +207,27 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
             job.cancelled.set()
             release()
 
+    async def draw_images(entry: engine.Entry, options: dict, seed: int, request: Request) -> dict:
+        """An image request, drawn with compatible ones in one sampler call (serve/images.py);
+        a client that disconnects first cancels it (a draw whose clients all left stops)."""
+        from genforge.modalities import generator_for
+
+        admit()
+        done, job = asyncio.Event(), None
+        try:
+            job = ImageJob(prepare(entry, options), generator_for(entry.device, seed)[0])
+            job.notify = waker(asyncio.get_running_loop(), done, last_only=True)
+            app.state.image_batchers[entry.id].submit(job)
+            if not await until_done_or_gone(done, request.receive):
+                raise RequestError("the client went away", 499)
+            if job.error is not None:
+                raise job.error
+            return job.result
+        finally:
+            if job is not None:
+                job.cancelled.set()
+            release()
+
     def streamed(entry: engine.Entry, options: dict, seed: int, make_event, closing: list[str]) -> StreamingResponse:
         """SSE of a text job's pieces, pushed from the decode thread to the loop (serve/events.py);
         the queue slot is held until the stream ends or the client goes away (then the job is
@@ -282,6 +306,8 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
         if entry.modality == "text":
             rows = [p for p in (options.get("prompt") or ["\n"]) for _ in range(options["num_samples"])]
             return {**common, "text": await texts(entry, options, seed, request), "prompts": rows}
+        if entry.modality == "image":
+            return {**common, **await draw_images(entry, options, seed, request)}
         result = await run(engine.generate, entry, options, seed)
         return {**common, **result}
 
@@ -315,7 +341,7 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
                           "total_tokens": prompt_tokens + sum(used)}}
 
     @app.post("/v1/images/generations", responses=ERRORS)
-    async def images(body: ImageRequest):
+    async def images(body: ImageRequest, request: Request):
         entry = entry_for(body.model, "image")
         if body.response_format != "b64_json":
             raise RequestError("response_format must be 'b64_json' (genforge serves no image URLs)", 400,
@@ -335,7 +361,7 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
                                    "empty prompt", 400, "prompt")
         options = engine.resolve(entry, given, limits)
         seed = body.seed if body.seed is not None else engine.random_seed()
-        result = await run(engine.generate, entry, options, seed)
+        result = await draw_images(entry, options, seed, request)
         return {"created": int(time.time()), "data": [{"b64_json": b} for b in result["images"]],
                 "seed": seed}
 

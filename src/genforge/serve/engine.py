@@ -296,28 +296,11 @@ def generate(entry: Entry, options: dict[str, Any], seed: int) -> dict[str, Any]
 
 
 def _images(entry: Entry, options: dict[str, Any], generator) -> dict[str, Any]:
-    from genforge.data.grids import make_grid
-    from genforge.modalities.image import class_labels, from_uint8, to_uint8
+    """One image request drawn alone (serve/images.py batches compatible ones)."""
+    from genforge.serve import images
 
-    run, n = entry.run, options["num_samples"]
-    family = {k: v for k, v in options.items() if k not in ("num_samples", "class_label")}
-    plan = run.model.plan_sampling(family, n, None)  # served options never reference files
-    prompts = plan.options.get("prompt")
-    class_label = options.get("class_label")
-    if prompts and class_label is not None:
-        raise RequestError("give either 'prompt' or 'class_label', not both", 400, "class_label")
-    try:
-        y = None if prompts else class_labels(run.model, run.spec, None if class_label is None else str(class_label), n)
-        x = run.model.sample(n, generator, labels=y, **plan.options)
-    except GenforgeError as e:
-        raise from_library(e) from None
-    images = to_uint8(x.cpu(), run.spec)  # (n, C, H, W) uint8
-    from PIL import Image
-
-    singles = [png_bytes(Image.fromarray(img.permute(1, 2, 0).squeeze(-1).numpy())) for img in images]
-    captions = [prompts[i % len(prompts)] for i in range(n)] if prompts else (None if y is None else y.tolist())
-    grid = make_grid(from_uint8(images, run.spec), run.spec, captions)
-    return {"grid_png": b64(png_bytes(grid)), "images": [b64(b) for b in singles]}
+    prep = images.prepare(entry, options)
+    return images.encode(entry, images.sample(entry, prep, generator), prep)
 
 
 def text_job(entry: Entry, options: dict[str, Any], seed: int):

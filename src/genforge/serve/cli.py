@@ -23,8 +23,9 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--max-queue", type=int, default=None, metavar="N",
                    help="requests admitted at once, running and waiting; more get 429 (default 8)")
     s.add_argument("--no-batching", action="store_true",
-                   help="decode text requests one at a time instead of batching those sent within 10 ms "
-                        "(for comparison: benchmarks/bench_serve.py)")
+                   help="serve requests one at a time instead of batching them (text: continuous "
+                        "batching; images: compatible requests in one sampler call); for comparison "
+                        "(benchmarks/bench_serve.py)")
     s.set_defaults(func=serve_command)
 
 

@@ -308,3 +308,38 @@ def test_images_go_to_the_image_detector_or_are_refused_in_one_line(tmp_path, ca
                  "method": "tree-ring"}
     assert seen[0][1] == KEY and seen[0][2] is None  # no run given: the key file alone
     assert main(["detect", str(png), *keyed, "--gamma", "0.5"]) == 2  # text-only option
+
+
+def test_python_api_marks_gpt_samples_with_the_run_key(tmp_path):
+    from genforge.watermark.text import run_watermark
+
+    model = tiny_gpt()
+    mark = run_watermark(tmp_path, gamma=0.5, delta=4.0)
+    assert mark.key == run_key(tmp_path, create=False) and KEY_FILE in os.listdir(tmp_path)
+    tokens = model.sample(1, torch.Generator().manual_seed(0), [[1]], max_new_tokens=200, logits_hook=mark)[0]
+    assert detect_ids([1] + tokens, mark.key, V, gamma=0.5)["watermarked"]
+    plain = model.sample(1, torch.Generator().manual_seed(0), [[1]], max_new_tokens=200)[0]
+    assert not detect_ids([1] + plain, mark.key, V, gamma=0.5)["watermarked"]
+
+
+def test_a_read_only_run_says_how_to_sample_without_the_mark(text_run, tmp_path, monkeypatch):
+    import genforge.watermark.keys as keys
+
+    def refuse(path, write):
+        raise GenforgeError(f"cannot write {path} (Read-only file system); check that the folder is writable")
+
+    monkeypatch.setattr(keys, "atomic_write", refuse)
+    fresh = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(text_run, fresh, ignore=shutil.ignore_patterns(KEY_FILE, ".lock"))
+    with pytest.raises(GenforgeError, match="pass --no-watermark to sample without it"):
+        main_raises(["sample", str(fresh), "--max-new-tokens", "5"])
+
+
+def main_raises(argv):
+    """Run the sample command's library path without main's error printing."""
+    from genforge.cli import _parse
+
+    args = _parse(argv)
+    args.func(args)

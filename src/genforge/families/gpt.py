@@ -174,8 +174,9 @@ class GPT(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, prompts: list[list[int]] | None = None,
                max_new_tokens: int | None = None, temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None) -> list[list[int]]:
-        """New token ids for each of ``prompts``, drawn with ``generator``.
+               top_p: float | None = None, logits_hook=None) -> list[list[int]]:
+        """New token ids for each of ``prompts``, drawn with ``generator``; ``logits_hook`` (a
+        genforge.watermark.text.TextWatermark) marks them. RL rollouts never pass one.
 
         On sequences per example (``spec.special_ids``: molecules) the default prompt is
         ``<bos>`` and each sample ends at its ``<eos>`` (kept); otherwise the default prompt is
@@ -187,7 +188,7 @@ class GPT(GenerativeModel):
         if max_new_tokens is None:
             max_new_tokens = self.config.block_size + 1 - max(map(len, prompts))
         out = generate(self, prompts, max_new_tokens, temperature, top_k, top_p,
-                       generator=generator, eos_id=eos)
+                       generator=generator, eos_id=eos, logits_hook=logits_hook)
         return out.tokens
 
     @torch.no_grad()

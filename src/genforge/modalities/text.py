@@ -167,9 +167,9 @@ def text_watermark(run, off: bool, gamma: float | None, delta: float | None, con
 
     On by default, with the run-local key made at first use (genforge.watermark.keys.run_key);
     only the key's fingerprint is ever shown."""
-    from genforge.watermark.keys import key_fingerprint, run_key
-    from genforge.watermark.text import (DEFAULT_CONTEXT, DEFAULT_DELTA, DEFAULT_GAMMA, TextWatermark,
-                                          check_params)
+    from genforge.watermark.keys import key_fingerprint
+    from genforge.watermark.text import (DEFAULT_CONTEXT, DEFAULT_DELTA, DEFAULT_GAMMA, check_params,
+                                          run_watermark)
 
     given = {"--watermark-gamma": gamma, "--watermark-delta": delta, "--watermark-context": context}
     if off:
@@ -182,15 +182,15 @@ def text_watermark(run, off: bool, gamma: float | None, delta: float | None, con
     gamma = DEFAULT_GAMMA if gamma is None else gamma
     delta = DEFAULT_DELTA if delta is None else delta
     context = DEFAULT_CONTEXT if context is None else context
-    check_params(gamma, delta, context)  # before a key is made for nothing
+    check_params(gamma, delta, context)  # so that an error below can only be the key's
     try:
-        key = run_key(run.run_dir)
+        mark = run_watermark(run.run_dir, gamma, delta, context)
     except GenforgeError as e:
         raise GenforgeError(f"{e} (the watermark key is made in the run directory at first use; "
                             "pass --no-watermark to sample without it)") from None
-    print(f"watermarked (key fingerprint {key_fingerprint(key)}, gamma {gamma}, delta {delta}, context {context}, "
-          "--no-watermark to turn off)", file=sys.stderr)
-    return TextWatermark(key, gamma, delta, context)
+    print(f"watermarked (key fingerprint {key_fingerprint(mark.key)}, gamma {gamma}, delta {delta}, "
+          f"context {context}, --no-watermark to turn off)", file=sys.stderr)
+    return mark
 
 
 TEXT = TextModality()

@@ -107,6 +107,16 @@ class TextWatermark:
         return logits + self.delta * green.to(logits.dtype)
 
 
+def run_watermark(run_dir, gamma: float = DEFAULT_GAMMA, delta: float = DEFAULT_DELTA,
+                  context: int = DEFAULT_CONTEXT) -> TextWatermark:
+    """The hook that marks samples of the run in ``run_dir`` with its key (made at first use):
+    ``generate_text(model, tokenizer, prompts, n, logits_hook=run_watermark(run.run_dir))``."""
+    from genforge.watermark.keys import run_key
+
+    check_params(gamma, delta, context)  # before a key is made for nothing
+    return TextWatermark(run_key(run_dir), gamma, delta, context)
+
+
 def z_score(green: int, tokens: int, fraction: float) -> float:
     """The one-sided z of section 4: (|s|_G - gamma T) / sqrt(T gamma (1 - gamma)); 0 for no tokens."""
     if tokens == 0:

@@ -14,6 +14,6 @@ from genforge.families.base import SampleOption
 # One `--no-watermark` for every modality that marks its samples (text, images), declared once so
 # the CLI has one definition. Molecule runs declare none: a SMILES string is too short and too
 # constrained (little entropy per token) to hold a statistical mark, so they are never marked.
-NO_WATERMARK = SampleOption("no_watermark", "do not watermark these samples (text and image runs are "
-                                            "marked by default with the run's key, RUN_DIR/watermark.key; "
-                                            "molecule runs never are)", flag=True)
+NO_WATERMARK = SampleOption("no_watermark", "do not watermark these samples (marked by default with the "
+                                            "run's key, RUN_DIR/watermark.key; molecule runs are never "
+                                            "marked: a SMILES string holds too little entropy)", flag=True)

@@ -11,9 +11,7 @@ cannot make the server read or write a path. Each request draws from its own
 
 from __future__ import annotations
 
-import base64
 import functools
-import io
 import json
 import math
 import threading
@@ -25,6 +23,7 @@ import torch
 
 from genforge import GenforgeError
 from genforge.provenance import weights_sha256  # one definition: provenance records it too
+from genforge.serve.wire import RequestError, b64, from_library, png_bytes  # noqa: F401 (re-exported)
 
 # Declared sample options a server never takes from a request: file paths (read or written),
 # companion files, latent-path tools (several references each), and CLI-only switches.
@@ -38,14 +37,7 @@ DEFAULT_TEMPERATURE = {"text": 0.8, "molecule": 1.0}
 JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
 
 
-class RequestError(GenforgeError):
-    """A request the server refuses: ``status`` (400 wrong request, 404 unknown model, 413/422
-    a limit or a type) and ``param``, the option it names (or None)."""
 
-    def __init__(self, message: str, status: int = 400, param: str | None = None,
-                 kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.param, self.kind = status, param, kind
 
 
 @dataclass(frozen=True)
@@ -186,13 +178,7 @@ def _check_value(option, value: Any, limits: Limits) -> Any:
     return value
 
 
-def from_library(e: GenforgeError, status: int = 400) -> RequestError:
-    """A library error in the API's words: the CLI's --flag-name becomes 'flag_name', the param."""
-    import re
 
-    names = re.findall(r"--([a-z][a-z0-9-]*)", str(e))
-    message = re.sub(r"--([a-z][a-z0-9-]*)", lambda m: "'" + m.group(1).replace("-", "_") + "'", str(e))
-    return RequestError(message, status, names[0].replace("-", "_") if names else None)
 
 
 def _single(option):
@@ -268,15 +254,10 @@ def identity(entry: Entry) -> dict[str, str]:
     return {"run": entry.id, "weights_sha256": entry.weights_sha256}
 
 
-def png_bytes(image) -> bytes:
-    """A PIL image -> PNG bytes (deterministic: same pixels, same bytes)."""
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+
+
 
 
 # -- one library call per request ---------------------------------------------------------

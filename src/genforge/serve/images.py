@@ -90,7 +90,7 @@ class Prepared:
 
 def prepare(entry, options: dict[str, Any], init: torch.Tensor | None = None, init_sha: str | None = None) -> Prepared:
     from genforge.modalities.image import class_labels
-    from genforge.serve.engine import RequestError, from_library
+    from genforge.serve.wire import RequestError, from_library
 
     run, n = entry.run, options["num_samples"]
     family = {k: v for k, v in options.items() if k not in ("num_samples", "class_label", "init_image")}
@@ -115,7 +115,7 @@ def prepare(entry, options: dict[str, Any], init: torch.Tensor | None = None, in
 
 def sample(entry, prep: Prepared, generator, callback=None) -> torch.Tensor:
     """``model.sample`` for one prepared request (or a merged batch): (n, C, H, W)."""
-    from genforge.serve.engine import from_library
+    from genforge.serve.wire import from_library
 
     extra = {"callback": callback} if callback is not None and prep.per_step else {}
     try:
@@ -130,7 +130,7 @@ def encode(entry, x: torch.Tensor, prep: Prepared) -> dict[str, Any]:
 
     from genforge.data.grids import make_grid
     from genforge.modalities.image import from_uint8, to_uint8
-    from genforge.serve.engine import b64, png_bytes
+    from genforge.serve.wire import b64, png_bytes
 
     images = to_uint8(x.cpu(), entry.run.spec)  # (n, C, H, W) uint8
     singles = [png_bytes(Image.fromarray(img.permute(1, 2, 0).squeeze(-1).numpy())) for img in images]

@@ -343,3 +343,11 @@ def main_raises(argv):
 
     args = _parse(argv)
     args.func(args)
+
+
+def test_the_key_file_belongs_to_the_run_folder(text_run):
+    """`train --overwrite` clears only run folders: a sampled run (with its key) still is one."""
+    from genforge.rundir import foreign_entries
+
+    run_key(text_run)
+    assert KEY_FILE in os.listdir(text_run) and foreign_entries(text_run) == []

@@ -10,7 +10,6 @@ import pytest
 from genforge import GenforgeError
 from genforge.watermark.keys import KEY_FILE, derive, key_fingerprint, read_key_file, run_key
 
-
 # ---------------------------------------------------------------- keys
 
 def test_run_key_is_made_once_owner_only_and_reread(tmp_path):
@@ -52,8 +51,16 @@ import torch  # noqa: E402
 from genforge.data.spec import DataSpec  # noqa: E402
 from genforge.families.gpt import GPT, GPTConfig  # noqa: E402
 from genforge.sampling.text import generate  # noqa: E402
-from genforge.watermark.text import (TextWatermark, detect_ids, detect_text, green_count,  # noqa: E402
-                                     green_mask, key_words, last_context, p_value)
+from genforge.watermark.text import (  # noqa: E402
+    TextWatermark,
+    detect_ids,
+    detect_text,
+    green_count,
+    green_mask,
+    key_words,
+    last_context,
+    p_value,
+)
 
 KEY, OTHER = bytes(range(32)), bytes(range(1, 33))
 V = 40

@@ -89,7 +89,12 @@ def _detect_image(path: Path, key: bytes, run_dir) -> dict:
 
 def detect_files(args) -> tuple[list[dict], str]:
     """(one result per file, the key's fingerprint) for the parsed `detect` arguments."""
-    from genforge.watermark.text import DEFAULT_CONTEXT, DEFAULT_GAMMA, DEFAULT_THRESHOLD, check_params
+    from genforge.watermark.text import (
+        DEFAULT_CONTEXT,
+        DEFAULT_GAMMA,
+        DEFAULT_THRESHOLD,
+        check_params,
+    )
 
     paths = [Path(f) for f in args.files]
     for p in paths:

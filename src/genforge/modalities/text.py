@@ -168,8 +168,13 @@ def text_watermark(run, off: bool, gamma: float | None, delta: float | None, con
     On by default, with the run-local key made at first use (genforge.watermark.keys.run_key);
     only the key's fingerprint is ever shown."""
     from genforge.watermark.keys import key_fingerprint
-    from genforge.watermark.text import (DEFAULT_CONTEXT, DEFAULT_DELTA, DEFAULT_GAMMA, check_params,
-                                          run_watermark)
+    from genforge.watermark.text import (
+        DEFAULT_CONTEXT,
+        DEFAULT_DELTA,
+        DEFAULT_GAMMA,
+        check_params,
+        run_watermark,
+    )
 
     given = {"--watermark-gamma": gamma, "--watermark-delta": delta, "--watermark-context": context}
     if off:

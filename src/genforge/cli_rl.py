@@ -141,7 +141,8 @@ def add_rl_parser(sub) -> None:
                    help="checkpoints/best maximizes eval reward - W x eval KL (default 0: reward)")
     r.add_argument("--eval-samples", type=int, metavar="N", help="samples per evaluation (default 64)")
     r.add_argument("--prompt", action="append", metavar="TEXT",
-                   help="token runs: a prompt to continue (repeat; default the model's start token)")
+                   help="token runs: a prompt to continue (repeat; default the model's start token); music "
+                        "runs: an opening as a .mid file or grid tokens in whole 16th steps")
     r.add_argument("--prompt-file", metavar="FILE",
                    help="token runs: .jsonl/.csv of prompts ('prompt' field); other fields reach rewards")
     r.add_argument("--max-new-tokens", type=int, metavar="N",

@@ -53,7 +53,9 @@ class MusicModality(Modality):
         return load_music(data_cfg, needs["block_size"])
 
     def count(self, batch) -> int:
-        return int(batch["mask"].sum())
+        """Tokens trained on: the masked targets of a data batch, the generated tokens (the
+        action mask) of an RL rollout batch."""
+        return int(batch["mask" if "mask" in batch else "action"].sum())
 
     def write_preview(self, sample: str, path_stem: Path, data) -> Path:
         """The first previewed piece as MIDI (a preview is token names, one piece per line)."""

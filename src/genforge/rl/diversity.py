@@ -47,6 +47,40 @@ def molecule_diversity(smiles: Sequence[str]) -> dict[str, float]:
     return out
 
 
+def chords(sample) -> list[tuple[int, ...]]:
+    """A music sample's sonorities in order: its (T, 4) grid's rows with consecutive repeats
+    merged (a held chord is one chord), all-rest rows left out. ``sample``: what
+    ``rl.music_rewards.sample_grid`` reads (token text or a grid)."""
+    from genforge.rl.music_rewards import sample_grid
+
+    out: list[tuple[int, ...]] = []
+    for row in sample_grid(sample).tolist():
+        if any(p >= 0 for p in row) and (not out or out[-1] != tuple(row)):
+            out.append(tuple(row))
+    return out
+
+
+def music_diversity(samples: Sequence) -> dict[str, float]:
+    """distinct-n (Li et al. 2016) with chords as the words: ``distinct_1`` distinct chords per
+    chord, ``distinct_2`` distinct chord pairs per pair over the batch (the primary: a policy that
+    repeats one cadence drives it down while a batch of different chorales keeps it high), and
+    ``unique`` distinct pieces per piece."""
+    seqs = [chords(s) for s in samples]
+    out = {}
+    for n in (1, 2):
+        grams = [tuple(c[i:i + n]) for c in seqs for i in range(len(c) - n + 1)]
+        out[f"distinct_{n}"] = len(set(grams)) / len(grams) if grams else 0.0
+    out["unique"] = len({tuple(c) for c in seqs}) / max(len(seqs), 1)
+    return out
+
+
+def chord_ngrams(sample, n: int = 3) -> list[tuple]:
+    """The distinct chord n-grams of a music sample: its diversity-filter buckets, as word 3-grams
+    are text's."""
+    c = chords(sample)
+    return list(dict.fromkeys(tuple(c[i:i + n]) for i in range(len(c) - n + 1)))
+
+
 def murcko_key(smiles: str) -> str:
     """The Bemis-Murcko scaffold's SMILES (any number of rings; an acyclic molecule is its own
     bucket); the SMILES itself when RDKit cannot parse it."""

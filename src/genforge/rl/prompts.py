@@ -29,8 +29,9 @@ def load_prompts(settings: RLConfig, data, modality: str) -> Prompts | None:
     bos = data.spec.special_ids.get("bos")
     if not texts:
         return Prompts([data.prompt_ids()], [data.decode(data.prompt_ids()) if bos is None else ""])
+    encode = rl_spec(modality).encode_prompt or (lambda t, _: data.tokenizer.encode(t))
     try:
-        ids = [([bos] if bos is not None else []) + data.tokenizer.encode(t) for t in texts]
+        ids = [([bos] if bos is not None else []) + encode(t, data) for t in texts]
     except GenforgeError as e:
         raise GenforgeError(f"a prompt cannot be encoded with the run's tokenizer: {e}") from None
     if any(not i for i in ids):

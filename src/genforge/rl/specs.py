@@ -17,6 +17,9 @@ the reward and the rollouts never branch on a modality name or on ``special_ids`
   need the run's data), so their ``diversity`` is None here.
 - ``filter_keys``: sample -> the buckets of REINVENT's diversity filter, or None (no filter).
 - ``max_new_tokens``: the default generation budget of token policies (None: what fits).
+- ``encode_prompt``: (prompt text, the run's data) -> token ids after ``<bos>``, when the
+  modality reads prompts its own way (music: an opening as a MIDI file or grid tokens, in
+  whole 16th steps); None: the tokenizer's ``encode``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from genforge import GenforgeError
-from genforge.rl.diversity import molecule_diversity, murcko_key, text_diversity, word_ngrams
+from genforge.rl.diversity import (
+    chord_ngrams,
+    molecule_diversity,
+    murcko_key,
+    music_diversity,
+    text_diversity,
+    word_ngrams,
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class RLSpec:
     diversity: Callable[[Any], dict[str, float]] | None = None
     filter_keys: Callable[[Any], list] | None = None
     max_new_tokens: int | None = None
+    encode_prompt: Callable[[str, Any], list[int]] | None = None
 
 
 def canonical_key(smiles: str) -> str | None:
@@ -49,12 +60,41 @@ def canonical_key(smiles: str) -> str | None:
         return canonicalize(smiles)
 
 
+def music_prompt(text: str, data) -> list[int]:
+    """A music prompt is an opening the rollouts continue: a MIDI file (``.mid``/``.midi``, read
+    as ``genforge sample --prompt-midi`` reads it) or the tokenizer's names ("p67 p62 p55 p43
+    hold ..."). Grid prompts must be whole 16th steps (4 tokens: S, A, T, B), or every token the
+    policy adds would sit in the wrong voice."""
+    from pathlib import Path
+
+    tok = data.tokenizer
+    path = Path(text.strip()).expanduser()
+    if path.suffix.lower() in (".mid", ".midi"):
+        from genforge.data.music import read_midi, read_midi_notes
+
+        if not path.is_file():
+            raise GenforgeError(f"music prompt {text}: no such MIDI file")
+        ids = tok.encode_grid(*read_midi(path)) if tok.kind == "grid" else tok.encode_notes(read_midi_notes(path)[0])
+    else:
+        ids = tok.encode(text)
+    if not ids:
+        raise GenforgeError(f"music prompt {text!r} holds no notes; give an opening (a .mid file or tokens)")
+    if tok.kind == "grid" and len(ids) % 4:
+        raise GenforgeError(f"music prompt {text[:40]!r} is {len(ids)} tokens; a grid prompt is whole 16th "
+                            "steps of 4 tokens (soprano alto tenor bass)")
+    return ids
+
+
 SPECS = {
     "text": RLSpec(primary="distinct_1", prompts=True, diversity=text_diversity, filter_keys=word_ngrams,
                    max_new_tokens=64),
     "molecule": RLSpec(primary="intdiv", prompts=True, prompt_in_sample=True, oracle_key=canonical_key,
                        diversity=molecule_diversity, filter_keys=lambda s: [murcko_key(s)]),
     "image": RLSpec(primary="spread", prompts=False),
+    # a music sample is the piece: an opening given as a prompt is part of what the rewards
+    # (no parallels, key, ranges, cadence) and the diversity measures read, as a SMILES prefix is
+    "music": RLSpec(primary="distinct_2", prompts=True, prompt_in_sample=True, diversity=music_diversity,
+                    filter_keys=chord_ngrams, encode_prompt=music_prompt),
 }
 
 

@@ -279,5 +279,6 @@ def describe(record: dict[str, Any]) -> list[str]:
         f"{str(model.get('weights_sha256'))[:16]}...{' (EMA)' if model.get('ema') else ''}",
         f"run: {record.get('run_dir')}, checkpoint {record.get('checkpoint')} (step {record.get('step')})",
         f"seed: {record.get('seed')}; options: {shown or 'defaults'}",
-        f"made by genforge {record.get('genforge_version')} at {record.get('created')}",
+        f"made by genforge {record.get('genforge_version')} "
+        + (f"at {record['created']}" if record.get("created") else "by `genforge serve` (no time recorded)"),
     ]

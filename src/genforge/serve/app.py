@@ -33,6 +33,8 @@ from genforge.serve.batching import Batcher  # noqa: E402
 from genforge.serve.engine import Limits, RequestError  # noqa: E402
 from genforge.serve.events import sse, until_done_or_gone, waker  # noqa: E402
 from genforge.serve.images import ImageBatcher, ImageJob, prepare  # noqa: E402
+from genforge.serve.records import served_record  # noqa: E402
+from genforge.serve.uploads import take_init  # noqa: E402
 
 STATIC = Path(__file__).parent / "static"
 OPEN_PATHS = ("/healthz", "/", "/favicon.ico")  # no key needed; /static/* too
@@ -50,6 +52,9 @@ class SamplesRequest(BaseModel):
     num_samples: StrictInt | None = Field(None, ge=1)
     prompt: StrictStr | list[StrictStr] | None = None
     class_label: StrictStr | StrictInt | None = None
+    init_image: StrictStr | None = Field(None, description="diffusion runs: the image to edit (SDEdit), a PNG "
+                                         "file's bytes in base64; never a path (limits: max_init_bytes, "
+                                         "max_init_side)")
     stream: StrictBool = False
 
 
@@ -207,15 +212,17 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
             job.cancelled.set()
             release()
 
-    async def draw_images(entry: engine.Entry, options: dict, seed: int, request: Request) -> dict:
+    async def draw_images(entry: engine.Entry, options: dict, seed: int, request: Request, record: dict,
+                          init=(None, None)) -> dict:
         """An image request, drawn with compatible ones in one sampler call (serve/images.py);
-        a client that disconnects first cancels it (a draw whose clients all left stops)."""
+        a client that disconnects first cancels it (a draw whose clients all left stops).
+        ``init``: an uploaded image to edit and its sha256; ``record``: its PNGs' provenance."""
         from genforge.modalities import generator_for
 
         admit()
         done, job = asyncio.Event(), None
         try:
-            job = ImageJob(prepare(entry, options), generator_for(entry.device, seed)[0])
+            job = ImageJob(prepare(entry, options, *init, record=record), generator_for(entry.device, seed)[0])
             job.notify = waker(asyncio.get_running_loop(), done, last_only=True)
             app.state.image_batchers[entry.id].submit(job)
             if not await until_done_or_gone(done, request.receive):
@@ -296,19 +303,23 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
         if isinstance(given.get("class_label"), int):  # an index; the run's option takes "3" or a name
             given["class_label"] = str(given["class_label"])
         options = engine.resolve(entry, given, limits)
+        init = take_init(entry, options, limits)  # an uploaded image: decoded, its digest in options
         seed = body.seed if body.seed is not None else engine.random_seed()
-        common = {"model": entry.id, "seed": seed, "identity": engine.identity(entry), "options": options}
+        record = served_record(entry, seed, options)
+        common = {"model": entry.id, "seed": seed, "identity": engine.identity(entry), "options": options,
+                  "provenance": record}
         if body.stream:
             if entry.modality != "text":
                 raise RequestError("'stream' applies to text runs only", 400, "stream")
-            done = json.dumps({"done": True, "seed": seed, "identity": engine.identity(entry), "options": options})
+            done = json.dumps({"done": True, "seed": seed, "identity": engine.identity(entry), "options": options,
+                               "provenance": record})
             return streamed(entry, options, seed, lambda i, piece: {"index": i, "token": piece}, [done, "[DONE]"])
         if entry.modality == "text":
             rows = [p for p in (options.get("prompt") or ["\n"]) for _ in range(options["num_samples"])]
             return {**common, "text": await texts(entry, options, seed, request), "prompts": rows}
         if entry.modality == "image":
-            return {**common, **await draw_images(entry, options, seed, request)}
-        result = await run(engine.generate, entry, options, seed)
+            return {**common, **await draw_images(entry, options, seed, request, record, init)}
+        result = await run(engine.generate, entry, options, seed, limits)  # molecules, music
         return {**common, **result}
 
     @app.post("/v1/completions", responses={**ERRORS, **STREAMS})
@@ -336,7 +347,7 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
                     "finish_reason": "length" if k >= options["max_new_tokens"] else "stop"}
                    for i, (t, k) in enumerate(zip(result["text"], used, strict=True))]
         prompt_tokens = body.n * sum(len(tok.encode(p)) for p in prompts)
-        return {**head, "choices": choices, "seed": seed,
+        return {**head, "choices": choices, "seed": seed, "provenance": served_record(entry, seed, options),
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": sum(used),
                           "total_tokens": prompt_tokens + sum(used)}}
 
@@ -361,8 +372,9 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
                                    "empty prompt", 400, "prompt")
         options = engine.resolve(entry, given, limits)
         seed = body.seed if body.seed is not None else engine.random_seed()
-        result = await draw_images(entry, options, seed, request)
+        record = served_record(entry, seed, options)
+        result = await draw_images(entry, options, seed, request, record)
         return {"created": int(time.time()), "data": [{"b64_json": b} for b in result["images"]],
-                "seed": seed}
+                "seed": seed, "provenance": record}
 
     return app

@@ -22,18 +22,24 @@ from typing import Any
 import torch
 
 from genforge import GenforgeError
+from genforge.families.base import SampleOption
 from genforge.provenance import weights_sha256  # one definition: provenance records it too
+from genforge.serve.records import base_record, served_record
 from genforge.serve.wire import RequestError, b64, from_library, png_bytes  # noqa: F401 (re-exported)
 
 # Declared sample options a server never takes from a request: file paths (read or written),
 # companion files, latent-path tools (several references each), and CLI-only switches.
-NOT_SERVED = frozenset({"out", "batch_size", "no_stream", "nearest", "init", "mask", "strength",
+NOT_SERVED = frozenset({"out", "batch_size", "no_stream", "nearest", "init", "mask", "prompt_midi", "melody",
                         "trajectory", "interpolate", "interp_points", "interp_method", "attribute",
                         "interpolate_seeds", "around", "radius", "inception_weights",
                         "sign", "sign_cert", "sign_key"})
 # What `num_samples` means when absent, per modality (the CLI's 64 images is too many per request).
-DEFAULT_SAMPLES = {"text": 1, "image": 16, "molecule": 10}
-DEFAULT_TEMPERATURE = {"text": 0.8, "molecule": 1.0}
+DEFAULT_SAMPLES = {"text": 1, "image": 16, "molecule": 10, "music": 1}
+DEFAULT_TEMPERATURE = {"text": 0.8, "molecule": 1.0, "music": 1.0}
+# Served in place of a run's `init` (a path): the image to edit, uploaded (serve/uploads.py).
+INIT_IMAGE = SampleOption("init_image", "diffusion: start from this image and re-noise it (SDEdit): a PNG "
+                          "file's bytes in base64 (or a data:image/png;base64, URL), at most max_init_bytes "
+                          "and max_init_side pixels a side; resized to the run's size. Never a path", str)
 JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
 
 
@@ -50,6 +56,8 @@ class Limits:
     max_prompt_chars: int = 2000  # characters of each prompt
     max_body_bytes: int = 64 * 1024  # request body (Content-Length)
     max_queue: int = 8  # requests admitted at once (running + waiting); more get 429
+    max_init_bytes: int = 48 * 1024  # an uploaded init_image's PNG bytes (its base64 fits max_body_bytes)
+    max_init_side: int = 1024  # its width and height, read from the PNG header before decoding
     retry_after_s: int = 1
 
 
@@ -63,6 +71,7 @@ class Entry:
     options: dict[str, Any]  # name -> SampleOption, served ones only
     metrics: dict | None
     lock: threading.Lock = field(default_factory=threading.Lock)  # one draw at a time per model
+    record: dict[str, Any] = field(default_factory=dict)  # its answers' provenance, fixed part (serve/records.py)
 
     @property
     def modality(self) -> str:
@@ -85,11 +94,16 @@ def load_entries(run_dirs: list[str], device: str = "auto") -> dict[str, Entry]:
         if not path.is_dir():
             raise GenforgeError(f"run '{run_dir}' does not exist; give run directories made by `genforge train`")
         run = load_run(path, device=device)
+        if run.spec.modality not in DEFAULT_SAMPLES:
+            raise GenforgeError(f"run '{run_dir}' is a {run.spec.modality} run, which genforge serve does not "
+                                f"serve yet (it serves {', '.join(DEFAULT_SAMPLES)} runs)")
         name = path.resolve().name
         if name in entries:
             raise GenforgeError(f"two runs are named '{name}'; serve runs whose folder names differ")
-        served = {o.name: o for o in options_for(run, "sample")
-                  if o.name not in NOT_SERVED and o.nargs is None and o.name != "seed"}
+        declared = options_for(run, "sample")
+        served = {o.name: o for o in declared if o.name not in NOT_SERVED and o.nargs is None and o.name != "seed"}
+        if any(o.name == "init" for o in declared):  # its path option, served as uploaded bytes
+            served[INIT_IMAGE.name] = INIT_IMAGE
         if run.spec.modality == "image" and not run.model.prompt_conditioned:
             served.pop("prompt", None)  # declared by the family, refused by this run (not text-to-image)
         metrics = None
@@ -99,7 +113,7 @@ def load_entries(run_dirs: list[str], device: str = "auto") -> dict[str, Entry]:
                 metrics = {k: v for k, v in raw.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             except (OSError, ValueError):
                 metrics = None
-        entries[name] = Entry(name, run, weights_sha256(run), served, metrics)
+        entries[name] = Entry(name, run, weights_sha256(run), served, metrics, record=base_record(run, name))
     return entries
 
 
@@ -112,6 +126,12 @@ def option_schema(entry: Entry, option, limits: Limits) -> dict[str, Any]:
         default = DEFAULT_TEMPERATURE.get(entry.modality, default)
     maximum = {"num_samples": limits.max_samples, "sampling_steps": limits.max_steps,
                "max_new_tokens": limits.max_tokens}.get(option.name)
+    if option.name == "steps" and entry.modality == "music":
+        from genforge.serve.music import steps_limit
+
+        maximum = steps_limit(entry, limits.max_tokens)
+    elif option.name == "strength":
+        maximum = 1
     if maximum is not None and isinstance(default, int) and default > maximum:
         default = maximum  # what resolve() gives a request that names no value
     minimum = option.minimum
@@ -181,6 +201,32 @@ def _check_value(option, value: Any, limits: Limits) -> Any:
 
 
 
+def _check_edit(options: dict[str, Any]) -> None:
+    """``strength`` says how much of ``init_image`` to re-noise: in [0, 1], and only with one."""
+    strength = options.get("strength")
+    if strength is None:
+        return
+    if options.get("init_image") is None:
+        raise RequestError("'strength' says how much to re-noise 'init_image': give an init_image or drop "
+                           "'strength'", 400, "strength")
+    if not 0 <= strength <= 1:
+        raise RequestError(f"'strength' must be in [0, 1] (0 keeps the image, 1 ignores it), got {strength}",
+                           422, "strength")
+
+
+def _cap_music_steps(entry: Entry, options: dict[str, Any], limits: Limits) -> None:
+    """A piece's ``steps`` (16th steps) within max_tokens; absent, what fits the context, capped too."""
+    from genforge.serve.music import steps_limit
+
+    cap = steps_limit(entry, limits.max_tokens)
+    steps = options.get("steps")
+    if steps is not None and steps > cap:
+        raise RequestError(f"'steps' is {steps}, above this server's limit max_tokens={limits.max_tokens} "
+                           f"(at most {cap} steps of this run's tokens)", 422, "steps")
+    if steps is None and getattr(entry.run.model_config, "block_size", 0) > limits.max_tokens:
+        options["steps"] = cap
+
+
 def _single(option):
     from dataclasses import replace
 
@@ -204,6 +250,7 @@ def resolve(entry: Entry, given: dict[str, Any], limits: Limits) -> dict[str, An
             raise RequestError(f"'{name}' does not apply to this {entry.run.config.family} run "
                                f"({entry.modality}); its options are: {valid}", 400, name)
     checked = {k: _check_value(entry.options[k], v, limits) for k, v in given.items() if v is not None}
+    upload = checked.pop("init_image", None)  # not a declared option: check_options would refuse it
     if isinstance(checked.get("prompt"), str):
         checked["prompt"] = [checked["prompt"]]
     if isinstance(checked.get("stop"), str):
@@ -215,6 +262,11 @@ def resolve(entry: Entry, given: dict[str, Any], limits: Limits) -> dict[str, An
     except GenforgeError as e:
         raise from_library(e) from None
     options = {k: v for k, v in options.items() if k in entry.options}
+    if upload is not None:
+        options["init_image"] = upload  # base64 text; decoded by uploads.take_init
+    _check_edit(options)
+    if entry.modality == "music":
+        _cap_music_steps(entry, options, limits)
     if options.get("num_samples") is None:
         options["num_samples"] = default_samples(entry, limits)
     # A default (the run's own, e.g. 500 tokens or its configured sampler steps) is held to the
@@ -261,26 +313,38 @@ def identity(entry: Entry) -> dict[str, str]:
 
 
 # -- one library call per request ---------------------------------------------------------
-def generate(entry: Entry, options: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Samples as data for one request, drawn with ``generator_for(device, seed)``."""
+def generate(entry: Entry, options: dict[str, Any], seed: int, limits: Limits | None = None) -> dict[str, Any]:
+    """Samples as data for one request, drawn with ``generator_for(device, seed)``; every PNG in
+    them carries the request's provenance record, returned as ``provenance``. An ``init_image``
+    still in base64 is decoded here (``limits``: its bounds)."""
     from genforge.modalities import generator_for
+    from genforge.serve.uploads import take_init
 
     if entry.modality == "text":  # the same decode a batch runs, with one job
         from genforge.serve.batching import run_alone
 
         job = run_alone(entry, text_job(entry, options, seed))
-        return {"text": job.texts(), "prompts": job.prompts}
+        return {"text": job.texts(), "prompts": job.prompts, "provenance": served_record(entry, seed, options)}
+    init = take_init(entry, options, limits or Limits())
+    record = served_record(entry, seed, options)
     generator, seed = generator_for(entry.device, seed)
-    draw = {"image": _images, "molecule": _molecules}[entry.modality]
     with entry.lock, torch.inference_mode():
-        return draw(entry, options, generator)
+        if entry.modality == "image":
+            result = _images(entry, options, generator, init, record)
+        elif entry.modality == "music":
+            from genforge.serve import music
+
+            result = music.draw(entry, options, generator, record)
+        else:  # load_entries admits only the modalities served here
+            result = _molecules(entry, options, generator)
+    return {**result, "provenance": record}
 
 
-def _images(entry: Entry, options: dict[str, Any], generator) -> dict[str, Any]:
+def _images(entry: Entry, options: dict[str, Any], generator, init=(None, None), record=None) -> dict[str, Any]:
     """One image request drawn alone (serve/images.py batches compatible ones)."""
     from genforge.serve import images
 
-    prep = images.prepare(entry, options)
+    prep = images.prepare(entry, options, *init, record=record)
     return images.encode(entry, images.sample(entry, prep, generator), prep)
 
 

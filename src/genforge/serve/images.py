@@ -78,7 +78,8 @@ class RowGenerators(TorchFunctionMode):
 @dataclass(eq=False)  # identity: holds tensors
 class Prepared:
     """One image request resolved for ``model.sample``: its count, labels (n,) or None, the
-    family's keyword options, the prompt it cycles and its compatibility key (None: alone)."""
+    family's keyword options, the prompt it cycles, its compatibility key (None: alone) and the
+    provenance record its PNGs carry (serve/records.py)."""
 
     n: int
     labels: torch.Tensor | None
@@ -86,9 +87,11 @@ class Prepared:
     prompts: list[str] | None
     per_step: bool
     key: str | None
+    record: dict | None = None
 
 
-def prepare(entry, options: dict[str, Any], init: torch.Tensor | None = None, init_sha: str | None = None) -> Prepared:
+def prepare(entry, options: dict[str, Any], init: torch.Tensor | None = None, init_sha: str | None = None,
+            record: dict | None = None) -> Prepared:
     from genforge.modalities.image import class_labels
     from genforge.serve.wire import RequestError, from_library
 
@@ -110,7 +113,7 @@ def prepare(entry, options: dict[str, Any], init: torch.Tensor | None = None, in
     key = None
     if plan.count is None and not plan.one_row and (not prompts or len(prompts) == 1):
         key = json.dumps([sorted(shared.items()), prompts, init_sha, labels is None], default=str)
-    return Prepared(n, labels, kwargs, prompts, plan.per_step, key)
+    return Prepared(n, labels, kwargs, prompts, plan.per_step, key, record)
 
 
 def sample(entry, prep: Prepared, generator, callback=None) -> torch.Tensor:
@@ -125,7 +128,8 @@ def sample(entry, prep: Prepared, generator, callback=None) -> torch.Tensor:
 
 
 def encode(entry, x: torch.Tensor, prep: Prepared) -> dict[str, Any]:
-    """(n, C, H, W) samples -> the grid and each image as base64 PNG."""
+    """(n, C, H, W) samples -> the grid and each image as base64 PNG, each carrying the request's
+    provenance record (``prep.record``)."""
     from PIL import Image
 
     from genforge.data.grids import make_grid
@@ -133,11 +137,11 @@ def encode(entry, x: torch.Tensor, prep: Prepared) -> dict[str, Any]:
     from genforge.serve.wire import b64, png_bytes
 
     images = to_uint8(x.cpu(), entry.run.spec)  # (n, C, H, W) uint8
-    singles = [png_bytes(Image.fromarray(img.permute(1, 2, 0).squeeze(-1).numpy())) for img in images]
+    singles = [png_bytes(Image.fromarray(img.permute(1, 2, 0).squeeze(-1).numpy()), prep.record) for img in images]
     prompts, y = prep.prompts, prep.labels
     captions = [prompts[i % len(prompts)] for i in range(prep.n)] if prompts else (None if y is None else y.tolist())
     grid = make_grid(from_uint8(images, entry.run.spec), entry.run.spec, captions)
-    return {"grid_png": b64(png_bytes(grid)), "images": [b64(b) for b in singles]}
+    return {"grid_png": b64(png_bytes(grid, prep.record)), "images": [b64(b) for b in singles]}
 
 
 def merged(preps: list[Prepared]) -> Prepared:

@@ -5,7 +5,6 @@ importing engine.py (which imports them)."""
 from __future__ import annotations
 
 import base64
-import io
 import re
 
 from genforge import GenforgeError
@@ -28,11 +27,12 @@ def from_library(e: GenforgeError, status: int = 400) -> RequestError:
     return RequestError(message, status, names[0].replace("-", "_") if names else None)
 
 
-def png_bytes(image) -> bytes:
-    """A PIL image -> PNG bytes (deterministic: same pixels, same bytes)."""
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
+def png_bytes(image, record: dict | None = None) -> bytes:
+    """A PIL image -> PNG bytes with the provenance ``record`` in its chunk (serve/records.py).
+    Deterministic: same pixels and record, same bytes (no time in a served record)."""
+    from genforge.provenance import png_bytes as stamped
+
+    return stamped(image, record)
 
 
 def b64(data: bytes) -> str:

@@ -214,9 +214,15 @@ def _check_edit(options: dict[str, Any]) -> None:
                            422, "strength")
 
 
-def _cap_music_steps(entry: Entry, options: dict[str, Any], limits: Limits) -> None:
-    """A piece's ``steps`` (16th steps) within max_tokens; absent, what fits the context, capped too."""
+def _check_music(entry: Entry, options: dict[str, Any], limits: Limits) -> None:
+    """A positive ``tempo``; a piece's ``steps`` (16th steps) within max_tokens (absent: what fits
+    the context, capped too)."""
     from genforge.serve.music import steps_limit
+
+    tempo = options.get("tempo")
+    if tempo is not None and not tempo > 0:
+        raise RequestError(f"'tempo' must be a positive number of quarter notes per minute, got {tempo}",
+                           422, "tempo")
 
     cap = steps_limit(entry, limits.max_tokens)
     steps = options.get("steps")
@@ -266,7 +272,7 @@ def resolve(entry: Entry, given: dict[str, Any], limits: Limits) -> dict[str, An
         options["init_image"] = upload  # base64 text; decoded by uploads.take_init
     _check_edit(options)
     if entry.modality == "music":
-        _cap_music_steps(entry, options, limits)
+        _check_music(entry, options, limits)
     if options.get("num_samples") is None:
         options["num_samples"] = default_samples(entry, limits)
     # A default (the run's own, e.g. 500 tokens or its configured sampler steps) is held to the

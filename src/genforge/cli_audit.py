@@ -31,12 +31,13 @@ def add_audit_parser(sub) -> None:
                        description="Draw samples and measure how close they come to the training data "
                                    "(images: nearest training image in pixel space and near-copies; text: "
                                    "longest verbatim overlap and shared character 8-grams; molecules: exact "
-                                   "training molecules and novelty) and, for runs with classes, the class "
+                                   "training molecules and novelty; music: longest run of 16th steps copied from a training "
+                                   "piece, beside held-out pieces' own) and, for runs with classes, the class "
                                    "balance (chi-square) or per-class quality. Writes RUN_DIR/audit.json "
                                    "(read by the model card) and, for images, RUN_DIR/audit-pairs.png.")
     a.add_argument("run_dir", help="a run directory written by `genforge train`")
     a.add_argument("--num-samples", type=int, default=None, metavar="N",
-                   help="samples to draw (default: images 1000, text 16 of 500 tokens, molecules 1000)")
+                   help="samples to draw (default: images 1000, text 16 of 500 tokens, molecules 1000, music 32 pieces)")
     a.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0: the audit repeats exactly)")
     a.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
     a.add_argument("--out", metavar="FILE", default=None,

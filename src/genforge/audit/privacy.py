@@ -5,7 +5,9 @@ per modality; the thresholds and their rationale are in ``audit.memorization``:
 - images: RMS pixel distance to the nearest training image below THRESHOLD (default 0.025, on
   [0, 1] pixels);
 - text: a verbatim overlap with the training text of at least THRESHOLD characters (default 50);
-- molecules: an exact training molecule (canonical SMILES; no threshold).
+- molecules: an exact training molecule (canonical SMILES; no threshold);
+- music: a verbatim run of at least THRESHOLD 16th steps (all four voices) from a training piece,
+  or from one of its transpositions the run trained on (default 48; ``audit.music``).
 
 The training data come from the run's own data config, as ``genforge eval`` loads them; this
 is audit's one table per modality, as ``rl/specs.py`` is RL's.
@@ -115,7 +117,43 @@ def molecule_privacy(run, value: str | None) -> Filter:
     return Filter("privacy (molecules: exact training molecule)", exact)
 
 
-PRIVACY = {"image": image_privacy, "text": text_privacy, "molecule": molecule_privacy}
+def music_index(run, data=None):
+    """The run's training pieces as an ``audit.music.TrainingIndex`` (with the transpositions it
+    trained on)."""
+    from genforge.audit.music import TrainingIndex
+
+    data = training_data(run) if data is None else data
+    return TrainingIndex(data.pieces["train"], int(run.config.data.transpose or 0))
+
+
+def music_grid(run, sample):
+    """A music sample as the filters get it (token text, as RL rewards read it) -> (T, 4) grid."""
+    import numpy as np
+
+    tok = run.tokenizer
+    return tok.to_grid(tok.encode(sample)) if isinstance(sample, str) else np.asarray(sample)
+
+
+def music_privacy(run, value: str | None) -> Filter:
+    from genforge.audit.music import MUSIC_MIN_COPY
+
+    n = _number(value, int, "for music, give a whole number of 16th steps >= 1", 1, 10**9, MUSIC_MIN_COPY)
+    index = music_index(run)
+
+    def verbatim(samples):  # token text ("p67 p62 p55 p43 hold ...")
+        out = []
+        for s in samples:
+            c = index.longest(music_grid(run, s))
+            shift = f", transposed {c['shift']:+d}" if c["shift"] else ""
+            out.append((True, None) if c["steps"] < n else
+                       (False, f"{c['steps']} 16th steps verbatim from training piece {c['train_index']} "
+                               f"(from step {c['train_start']}{shift}; >= {n})"))
+        return out
+
+    return Filter(f"privacy (music: >= {n} 16th steps verbatim)", verbatim)
+
+
+PRIVACY = {"image": image_privacy, "text": text_privacy, "molecule": molecule_privacy, "music": music_privacy}
 
 
 def privacy_filter_for(run, value: str | None = DEFAULT) -> Filter:

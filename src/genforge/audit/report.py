@@ -30,6 +30,19 @@ def _memorization(m: dict, modality: str) -> list[str]:
                          f"{m['heldout_longest_overlap']} (median {_f(m['heldout_median_overlap'], '.0f')}), "
                          f"{m['ngram']}-grams found {_f(m['heldout_ngram_share'], '.1%')}")
         return lines
+    if modality == "music":
+        src = m["longest_copy_source"]
+        shift = f", transposed {src['shift']:+d}" if src["shift"] else ""
+        lines = [f"longest verbatim copy from a training piece ({m['unit']}; {m['training_pieces']} pieces"
+                 + (f", +/-{m['transpositions']} semitones" if m["transpositions"] else "") + "): "
+                 f"{m['longest_copy']} steps (sample {m['longest_copy_sample'] + 1}, from training piece "
+                 f"{src['train_index']} step {src['train_start']}{shift}); median {_f(m['median_copy'], '.0f')}",
+                 f"samples copying >= {m['threshold']} steps: {m['copies']} of {m['samples']}"]
+        if "heldout_longest_copy" in m:
+            lines.append(f"  held-out pieces ({m['heldout_pieces']} excerpts of {m['heldout_excerpt_steps']} steps): "
+                         f"longest {m['heldout_longest_copy']} (median {_f(m['heldout_median_copy'], '.0f')}), "
+                         f"{m['heldout_copies']} at >= {m['threshold']} (the data's own floor)")
+        return lines
     return [f"exact copies of training molecules (canonical SMILES): {m['copies']} of {m['valid']} valid "
             f"({_f(m['copy_fraction'], '.1%')})", f"novelty (MOSES): {_f(m['novelty'], '.3f')}"]
 

@@ -22,11 +22,11 @@ import torch
 from genforge import GenforgeError, __version__
 from genforge.audit.bias import class_balance, per_class_quality
 from genforge.audit.memorization import image_memorization, molecule_memorization, text_memorization
-from genforge.audit.privacy import training_data, training_molecules, training_text
+from genforge.audit.privacy import music_index, training_data, training_molecules, training_text
 
 AUDIT_FILE = "audit.json"
 PAIRS_FILE = "audit-pairs.png"
-DEFAULT_SAMPLES = {"image": 1000, "text": 16, "molecule": 1000}
+DEFAULT_SAMPLES = {"image": 1000, "text": 16, "molecule": 1000, "music": 32}
 TEXT_TOKENS = 500  # new tokens per text sample (the `genforge sample` default)
 TRAIN_LABEL_SUBSET = 5000  # training images the classifier labels for the expected class shares
 
@@ -142,7 +142,28 @@ def audit_molecules(run, n: int, generator, seed: int) -> tuple[dict, dict]:
     return {"memorization": molecule_memorization(smiles, train), "bias": None}, {}
 
 
-AUDITS = {"image": audit_images, "text": audit_text, "molecule": audit_molecules}
+# --------------------------------------------------------------------------- music
+
+
+@torch.no_grad()
+def audit_music(run, n: int, generator, seed: int) -> tuple[dict, dict]:
+    """Pieces drawn as `genforge sample` draws them (temperature 1 from <bos>, what fits the
+    context), against the training pieces; held-out pieces (test, else validation) cut to the
+    samples' length give the floor."""
+    from genforge.audit.music import music_memorization
+
+    data = training_data(run)
+    tok = run.tokenizer
+    ids = []
+    for s in range(0, n, 64):
+        m = min(64, n - s)
+        ids += run.model.sample(m, generator, prompts=[[tok.bos_id]] * m, temperature=1.0)
+    grids = [tok.to_grid(row) for row in ids]
+    heldout = data.pieces.get("test") or data.pieces.get("val") or []
+    return {"memorization": music_memorization(grids, music_index(run, data), heldout=heldout), "bias": None}, {}
+
+
+AUDITS = {"image": audit_images, "text": audit_text, "molecule": audit_molecules, "music": audit_music}
 
 
 # --------------------------------------------------------------------------- the run

@@ -51,7 +51,8 @@ PRIVACY_FILTER = SampleOption("privacy_filter", "block near-copies of training i
                                                 "pixel distance under THRESHOLD (default 0.025), text "
                                                 "with >= THRESHOLD characters verbatim from the training "
                                                 "text (default 50), molecules that are training molecules "
-                                                "(no threshold)", str, nargs="?", const="default",
+                                                "(no threshold), music copying >= THRESHOLD 16th steps of a "
+                                                "training piece (default 48)", str, nargs="?", const="default",
                               metavar="THRESHOLD")
 
 COMMON_EVAL_OPTIONS = (

@@ -22,7 +22,7 @@ import torch
 
 from genforge import GenforgeError
 from genforge.families.base import TEMPERATURE, SampleOption
-from genforge.modalities import EVAL_NUM_SAMPLES, Modality
+from genforge.modalities import EVAL_NUM_SAMPLES, FILTER, PRIVACY_FILTER, Modality
 
 OUT_SUFFIXES = (".mid", ".midi", ".wav", ".png", ".musicxml")
 
@@ -41,6 +41,8 @@ class MusicModality(Modality):
         SampleOption("steps", "music runs: grid runs: 16th steps to add after the opening; events runs: "
                               "event tokens (default: what fits the context; longer pieces crop the context)",
                      int, metavar="N", minimum=1),
+        FILTER,
+        PRIVACY_FILTER,
     )
     eval_options = (EVAL_NUM_SAMPLES,)
 
@@ -69,7 +71,9 @@ class MusicModality(Modality):
 
     # -- sample ------------------------------------------------------------------------
     def sample_command(self, run, generator, *, num_samples, out, batch_size, seed, temperature,
-                       prompt_midi=None, melody=None, tempo=100.0, steps=None, **family_options) -> None:
+                       prompt_midi=None, melody=None, tempo=100.0, steps=None, filter=None, privacy_filter=None,
+                       **family_options) -> None:
+        from genforge.audit.privacy import sample_filters
         from genforge.outputs import check_out, unique_output
 
         if melody is not None:
@@ -85,6 +89,7 @@ class MusicModality(Modality):
         if suffix not in OUT_SUFFIXES:
             raise GenforgeError(f"--out {out}: music is written as {', '.join(OUT_SUFFIXES)}")
         n = 1 if num_samples is None else num_samples
+        screens = sample_filters(run, filter, privacy_filter)  # loaded before sampling: fails fast
         plan = run.model.plan_sampling(family_options, n, None)
         prompt = prompt_ids(run, prompt_midi)
         length = {} if steps is None else {"max_new_tokens": steps * tokens_per_step(run.tokenizer)}
@@ -93,12 +98,17 @@ class MusicModality(Modality):
             rows = run.model.sample(min(batch_size, n - s), generator, prompts=[prompt] * min(batch_size, n - s),
                                     temperature=temperature, **length, **plan.options)
             ids += [prompt[1:] + row for row in rows]  # the opening is part of the piece
+        if screens:  # filters read token text, as RL rewards do; blocked pieces are never written
+            from genforge.filters import screen
+
+            kept, _ = screen([run.tokenizer.decode(row) for row in ids], screens, "pieces")
+            ids = [ids[i] for i in kept]
         if out is None:
             paths = [unique_output(run.run_dir / "samples", "music", ".mid") for _ in ids]
         elif n == 1:
             paths = [Path(out)]
         else:  # FILE-1.mid, FILE-2.mid, ...: each checked like --out itself
-            paths = [check_out(Path(out).with_name(f"{Path(out).stem}-{i + 1}{suffix}")) for i in range(n)]
+            paths = [check_out(Path(out).with_name(f"{Path(out).stem}-{i + 1}{suffix}")) for i in range(len(ids))]
         for row, path in zip(ids, paths, strict=True):
             write_piece(run.tokenizer, row, path, tempo)
         steps = [len(run.tokenizer.to_grid(row)) for row in ids]

@@ -31,6 +31,7 @@ from genforge.diffusion.likelihood import ode_bits_per_dim
 from genforge.diffusion.samplers import SAMPLERS
 from genforge.families.base import PROMPT, Batch, GenerativeModel, SampleOption, SamplingPlan
 from genforge.nn.unet import UNet
+from genforge.watermark.treering import DETERMINISTIC_SAMPLERS
 
 
 class DiffusionConfig(Strict):
@@ -57,7 +58,7 @@ class DiffusionConfig(Strict):
     """class: class labels; text: captions built from class names, encoded by all-MiniLM-L6-v2."""
     cond_dropout: float = Field(0.1, ge=0.0, le=1.0)
     """Fraction of training rows whose condition is dropped (for classifier-free guidance)."""
-    sampler: Literal["ddpm", "ddim", "euler", "heun", "dpmpp-2m"] = "dpmpp-2m"
+    sampler: Literal["ddpm", "ddim", "euler", "heun", "heun-churn", "dpmpp-2m"] = "dpmpp-2m"
     """Default sampler of `genforge sample`, `eval` and previews."""
     sampling_steps: int = Field(20, ge=1)
     schedule: Literal["karras", "linear", "cosine"] = "karras"
@@ -77,8 +78,8 @@ class DiffusionConfig(Strict):
 
 
 STEP_OPTIONS = (
-    SampleOption("sampler", "diffusion: ddpm, ddim, euler, heun or dpmpp-2m (default: the run's)", str,
-                 choices=tuple(SAMPLERS)),
+    SampleOption("sampler", "diffusion: ddpm, ddim, euler, heun, heun-churn (Karras et al. 2022, "
+                 "stochastic) or dpmpp-2m (default: the run's)", str, choices=tuple(SAMPLERS)),
     SampleOption("sampling_steps", "diffusion: sampler steps (default: the run's, e.g. 20)", int,
                  metavar="N", minimum=1),
     SampleOption("schedule", "diffusion: karras, linear or cosine sigmas (default: the run's)", str,
@@ -262,7 +263,8 @@ class Diffusion(GenerativeModel):
                sampler: str | None = None, sampling_steps: int | None = None, schedule: str | None = None,
                guidance: float | None = None, eta: float | None = None, prompt: list[str] | None = None,
                init: torch.Tensor | None = None, strength: float | None = None,
-               mask: torch.Tensor | None = None, trajectory: bool = False, callback=None) -> torch.Tensor:
+               mask: torch.Tensor | None = None, trajectory: bool = False, callback=None,
+               noise_mark=None) -> torch.Tensor:
         """n images (n, C, H, W) in pixel_range.
 
         ``labels`` (n,) condition a class or text model (text: the class's first caption);
@@ -271,6 +273,8 @@ class Diffusion(GenerativeModel):
         regenerates only where it is 1 (inpainting). Both work with every sampler.
         ``callback(info)`` is called once per step (``samplers.py``: progress, trajectories);
         ``trajectory`` is the CLI's switch for one, resolved by :meth:`plan_sampling`.
+        ``noise_mark`` maps the unit initial noise (n, C, H, W) to a watermarked one (Tree-Ring,
+        ``watermark/treering.py``); it needs pure noise, so not with ``init``.
         """
         guidance_given = guidance is not None
         sampler, steps, schedule, guidance, eta = self._resolve(sampler, sampling_steps, schedule, guidance, eta)
@@ -284,6 +288,9 @@ class Diffusion(GenerativeModel):
         shape = (n, self.C, self.H, self.W)
         if (strength is not None or mask is not None) and init is None:
             raise GenforgeError("--strength and --mask edit an image: give it with --init")
+        if init is not None and noise_mark is not None:
+            raise GenforgeError("a noise watermark (Tree-Ring) marks pure initial noise; --init starts "
+                                "from an image, so it cannot carry one")
         if init is not None:
             known = self._to_model(init.to(device)).expand(shape)
             if mask is not None:
@@ -295,7 +302,8 @@ class Diffusion(GenerativeModel):
             sigmas = schedules.truncate_for_strength(sigmas, strength)
             x = known + float(sigmas[0]) * torch.randn(shape, device=device, generator=generator)
         else:
-            x = float(sigmas[0]) * torch.randn(shape, device=device, generator=generator)
+            noise = torch.randn(shape, device=device, generator=generator)
+            x = float(sigmas[0]) * (noise if noise_mark is None else noise_mark(noise))
         extra = {"eta": eta} if eta is not None else {}
         # no progress bar here: the CLI passes one as ``callback`` (plan_sampling: per_step)
         x = SAMPLERS[sampler](denoiser, x, sigmas, cond=cond, guidance=guidance if cond else 1.0,
@@ -335,6 +343,10 @@ class Diffusion(GenerativeModel):
             options["init"] = refs.image(options["init"])
         if options.get("mask") is not None:
             options["mask"] = refs.mask(options["mask"])
+        # Tree-Ring needs x_T to decide the image: a deterministic sampler from pure noise
+        sampler, eta = options.get("sampler") or self.config.sampler, options.get("eta")
+        if refs is not None and options.get("init") is None and not eta and sampler in DETERMINISTIC_SAMPLERS:
+            options["noise_mark"] = refs.noise_mark((self.C, self.H, self.W))
         plan = SamplingPlan(options, per_step=True)
         if options.pop("trajectory", False):
             frames: list[torch.Tensor] = []  # (8, C, H, W) per step, model units

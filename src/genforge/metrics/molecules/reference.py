@@ -24,15 +24,17 @@ import numpy as np
 
 from genforge import GenforgeError
 from genforge.atomic import atomic_write, atomic_write_bytes
+from genforge.metrics.molecules import shipped
 from genforge.metrics.molecules.chem import (
     canonical_smiles,
     map_molecules,
+    mol_from_smiles,
     process_pool,
     rdkit_version,
     require_rdkit,
 )
 from genforge.metrics.molecules.fcd import fcd_stats
-from genforge.metrics.molecules.features import FP_BITS, PROPERTIES, describe_reference
+from genforge.metrics.molecules.features import FP_BITS, PROPERTIES, describe_reference, fingerprint
 
 STATS_VERSION = 2  # bump when anything stored in a ReferenceStats changes meaning (2: version-keyed)
 
@@ -73,12 +75,14 @@ def canonical_cache_name(smiles: Sequence[str]) -> str:
 
 
 def canonical_set(smiles: Sequence[str], n_jobs: int = 1, cache_dir: str | os.PathLike | None = None,
-                  progress: bool = False) -> set[str]:
+                  progress: bool = False, shipped_dir: str | os.PathLike | None = None) -> set[str]:
     """Set of RDKit canonical SMILES of ``smiles`` (invalid ones dropped), for novelty.
 
-    The 1.6M MOSES training SMILES take minutes to canonicalize, so with ``cache_dir`` the
-    result is kept as ``canonical-v<N>-<sha256 of the list>-<RDKit version key>.txt.gz``
-    and read back next time by the same RDKit only.
+    The 1.6M MOSES training SMILES take minutes to canonicalize. When the package ships this
+    list's changed rows for the installed RDKit (:mod:`.shipped`; ``shipped_dir`` overrides
+    the package's folder), the set is built from them in seconds, exactly. Otherwise, with
+    ``cache_dir``, the result is kept as ``canonical-v<N>-<sha256 of the list>-<RDKit
+    version key>.txt.gz`` and read back next time by the same RDKit only.
     """
     require_rdkit()
     smiles = list(smiles)
@@ -88,6 +92,10 @@ def canonical_set(smiles: Sequence[str], n_jobs: int = 1, cache_dir: str | os.Pa
         if path.is_file():
             with gzip.open(path, "rt") as f:
                 return set(f.read().split("\n")) - {""}
+    changes = shipped.load_train_changes(smiles_sha256(smiles), library_versions(fcd=False), shipped_dir)
+    if changes is not None:
+        # Every other row is its own canonical SMILES (see the shipped module's docstring).
+        return (set(smiles) - changes.keys()) | {c for c in changes.values() if c is not None}
     with process_pool(n_jobs) as pool:
         canonical = map_molecules(canonical_smiles, smiles, pool, "canonical train", progress, 2048)
     result = set(canonical) - {None}
@@ -165,10 +173,14 @@ def _stats_stem(sha256: str, versions: dict[str, str]) -> str:
 
 def reference_stats(smiles: Sequence[str], cache_dir: str | os.PathLike | None = None,
                     progress: bool = True, n_jobs: int = 2, device: str = "cpu",
-                    batch_size: int = 512, timings: dict | None = None) -> ReferenceStats:
+                    batch_size: int = 512, timings: dict | None = None,
+                    shipped_dir: str | os.PathLike | None = None) -> ReferenceStats:
     """Statistics of a reference set (see :class:`ReferenceStats`), read from ``cache_dir``
-    when this exact SMILES list (by sha256) was computed before by the same library versions,
-    else computed and saved.
+    when this exact SMILES list (by sha256) was computed before by the same library versions;
+    else taken from the package's shipped statistics (:mod:`.shipped`; ``shipped_dir``
+    overrides the folder) when they hold this list for the installed RDKit and fcd-torch,
+    with only the fingerprints recomputed (a fast RDKit pass); else computed. Either way
+    saved to ``cache_dir``.
 
     Invalid (or overlong) reference SMILES are dropped and counted in ``n_invalid`` (the MOSES
     sets have none; :func:`~genforge.metrics.molecules.table.moses_metrics` notes them). The
@@ -182,6 +194,12 @@ def reference_stats(smiles: Sequence[str], cache_dir: str | os.PathLike | None =
         cached = ReferenceStats.load(cache_dir, sha, versions)
         if cached is not None:
             return cached
+    fields = shipped.load_set(sha, versions, shipped_dir)
+    stats = None if fields is None else _with_fingerprints(smiles, sha, versions, fields, n_jobs, progress)
+    if stats is not None:
+        if cache_dir is not None:
+            stats.save(cache_dir)
+        return stats
     t = time.perf_counter()
     with process_pool(n_jobs) as pool:
         records = map_molecules(describe_reference, smiles, pool, "reference molecules", progress)
@@ -209,3 +227,55 @@ def reference_stats(smiles: Sequence[str], cache_dir: str | os.PathLike | None =
     if cache_dir is not None:
         stats.save(cache_dir)
     return stats
+
+
+def reference_fingerprint(smiles: str) -> np.ndarray | None:
+    """The packed Morgan fingerprint (128,) uint8 of one reference SMILES, or None where
+    :func:`~genforge.metrics.molecules.features.describe_reference` gives None (it does not
+    parse): the part of the reference pass the shipped statistics leave out."""
+    mol = mol_from_smiles(smiles)
+    return None if mol is None else np.packbits(fingerprint(mol))
+
+
+def _with_fingerprints(smiles: list[str], sha: str, versions: dict[str, str], fields: dict,
+                       n_jobs: int, progress: bool) -> ReferenceStats | None:
+    """The shipped ``fields`` plus fingerprints computed here; None (after a notice) when this
+    RDKit parses a different number of molecules than the one that computed them."""
+    with process_pool(n_jobs) as pool:
+        fps = [f for f in map_molecules(reference_fingerprint, smiles, pool, "reference fingerprints", progress)
+               if f is not None]
+    if len(fps) != fields["n"] or len(smiles) - len(fps) != fields["n_invalid"]:
+        shipped.notice(f"the shipped statistics count {fields['n']} valid reference molecules, this RDKit "
+                       f"parses {len(fps)}; computing them instead (minutes)")
+        return None
+    return ReferenceStats(sha256=sha, fingerprints=np.stack(fps), versions=versions, **fields)
+
+
+def train_changes(train: Sequence[str], n_jobs: int = 2, progress: bool = False) -> dict[str, str | None]:
+    """{row: canonical SMILES or None} for each training row that is not its own RDKit
+    canonical SMILES (None: RDKit cannot parse it), what :mod:`.shipped` keeps for novelty."""
+    require_rdkit()
+    with process_pool(n_jobs) as pool:
+        canonical = map_molecules(canonical_smiles, list(train), pool, "canonical train", progress, 2048)
+    return {s: c for s, c in zip(train, canonical, strict=True) if c != s}
+
+
+def build_shipped(references: dict[str, Sequence[str]], train: Sequence[str] | None,
+                  folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None, n_jobs: int = 2,
+                  progress: bool = False, changes: dict[str, str | None] | None = None) -> Path:
+    """Compute (or read from ``cache_dir``) the statistics of each reference set (label ->
+    SMILES) and the changed rows of ``train``, and write them as a shipped bundle in
+    ``folder`` (:func:`.shipped.write_bundle`). ``changes`` passes :func:`train_changes`
+    already computed for this ``train``."""
+    versions = library_versions()
+    sets = {}
+    for label, smiles in references.items():
+        smiles = list(smiles)
+        stats = reference_stats(smiles, cache_dir, progress=progress, n_jobs=n_jobs, shipped_dir=folder)
+        sets[label] = (smiles_sha256(smiles), stats)
+    train_entry = None
+    if train is not None:
+        train = list(train)
+        changes = train_changes(train, n_jobs, progress) if changes is None else changes
+        train_entry = (smiles_sha256(train), len(train), changes)
+    return shipped.write_bundle(folder, sets, train_entry, versions)

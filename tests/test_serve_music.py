@@ -102,3 +102,24 @@ def test_music_refusals_name_the_option(client, body, status, param):
     r = post(client, {"model": "chorales", **body})
     assert r.status_code == status, r.text
     assert r.json()["error"]["param"] == param and "Traceback" not in r.text
+
+
+def test_genforge_serve_loads_a_music_run_on_uvicorns_fastest_loop(runs, monkeypatch, capsys):
+    """The CLI serves a music run; uvicorn is left to pick httptools and uvloop (genforge[serve]
+    installs uvicorn[standard]) rather than pinned to h11 and asyncio."""
+    import importlib.util
+
+    import uvicorn
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    assert main(["serve", str(runs["chorales"].run.run_dir)]) == 0
+    assert "serving chorales" in capsys.readouterr().out
+    app, kw = calls[-1]
+    assert kw.get("http", "auto") == "auto" and kw.get("loop", "auto") == "auto"
+    if importlib.util.find_spec("httptools") is not None:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        config = uvicorn.Config(app, **kw)
+        config.load()
+        assert config.http_protocol_class is HttpToolsProtocol

@@ -5,7 +5,7 @@
 "use strict";
 
 // Options with a dedicated field (or set by the page itself) are not repeated in the generic form.
-const DEDICATED = new Set(["seed", "prompt", "class_label", "stream", "model"]);
+const DEDICATED = new Set(["seed", "prompt", "class_label", "stream", "model", "init_image"]);  // init_image: media.js
 const KEY_STORE = "genforge.apiKey";
 
 const $ = (id) => document.getElementById(id);
@@ -103,6 +103,7 @@ function showModel(model) {
   const select = $("class-label");
   select.replaceChildren(new Option("(any)", ""));
   for (const c of classes) select.append(new Option(String(c), String(c)));
+  showInitPicker(model);
   const fieldset = $("options");
   fieldset.replaceChildren(Object.assign(document.createElement("legend"), { textContent: "Options" }));
   for (const option of model.options || []) {
@@ -136,6 +137,7 @@ function buildRequest() {
   }
   if (model.accepts_prompt && $("prompt").value !== "") body.prompt = $("prompt").value;
   if (!$("class-row").hidden && $("class-label").value !== "") body.class_label = $("class-label").value;
+  if (!$("init-row").hidden && media.initImage) body.init_image = media.initImage;
   const seed = $("seed").value.trim();
   if (seed !== "") body.seed = Number.parseInt(seed, 10);
   if (model.modality === "text") body.stream = true;
@@ -296,6 +298,7 @@ async function generate(body) {
       result = await response.json();
       if (result.grid_png) showImages(result);
       else if (result.smiles) showMolecules(result);
+      else if (result.midi) showMusic(result);
       else if (result.text) {
         $("output").replaceChildren();
         const boxes = result.text.map((t, i) => {
@@ -363,7 +366,7 @@ function start() {
     event.preventDefault();
     if (!state.model) return;
     if (!$("form").reportValidity()) return;
-    generate(buildRequest());
+    media.ready.then(() => generate(buildRequest()));  // a file just picked is read first
   });
   $("again").addEventListener("click", () => {
     if (state.lastRequest) generate({ ...state.lastRequest, seed: state.lastSeed });

@@ -17,17 +17,28 @@ The reference statistics (ChemNet activations and RDKit features of 176k test an
 scaffold-test molecules) and the canonical training set for novelty are computed once and
 cached under ``--cache-dir``; their one-time cost is recorded when this run computed them.
 
+Two more modes, for what a fresh machine pays (issue #20):
+
+- ``--build-shipped``: compute (or read from ``--cache-dir``) the statistics of both reference
+  sets and the training rows whose canonical SMILES differ, and write the versioned,
+  checksummed bundle ``src/genforge/weights/moses-reference-v1.{npz,json}`` the package ships
+  (``genforge.metrics.molecules.shipped``); prints its size. Commit both files.
+- ``--first-score N``: what ``genforge metrics molecules`` costs on a fresh machine: N
+  (default 2,000) sampled training SMILES scored with an *empty* cache folder, so the
+  references come from the shipped bundle (fingerprints recomputed) and novelty from its
+  changed training rows; wall seconds of each part and in all, then the same N scored with the
+  statistics computed from scratch (``--cache-dir``, filled once) and every number compared.
+  Writes ``moses_first_score.{json,md}``.
+
 Usage: GENFORGE_DATA=/path/with/moses nice -n 19 python benchmarks/bench_moses_reference.py
        [--samples 30000] [--seed 0] [--n-jobs 2] [--device cpu] [--cache-dir DIR]
+       [--build-shipped | --first-score N]
 (``$GENFORGE_DATA/moses/{train,test,test_scaffolds}.csv.gz``: CSV with a SMILES column.)
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
-import io
 import json
 import math
 import os
@@ -83,15 +94,6 @@ GROUPS = [("rdkit_pass_s", "RDKit pass: parse, canonical SMILES, fingerprints, B
           ("intdiv_s", "IntDiv + IntDiv2: samples x samples Tanimoto, twice"),
           ("properties_s", "logP, SA, QED, weight: Wasserstein-1"),
           ("novelty_s", "Novelty (canonical training set: {novelty_source})")]
-
-
-def read_smiles(path: Path) -> list[str]:
-    """The SMILES column of a (gzipped) CSV with a header row (MOSES: SMILES[,SPLIT])."""
-    with gzip.open(path, "rb") as f:
-        rows = csv.reader(io.TextIOWrapper(f, encoding="utf-8"))
-        header = [h.strip().upper() for h in next(rows)]
-        col = header.index("SMILES")
-        return [row[col] for row in rows if row]
 
 
 def default_cache_dir() -> Path:
@@ -233,6 +235,11 @@ def main() -> None:
     p.add_argument("--no-controls", action="store_true", help="skip the sample-size controls")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--name", default="moses_reference")
+    p.add_argument("--build-shipped", action="store_true",
+                   help="write the shipped bundle src/genforge/weights/moses-reference-v1.* and stop")
+    p.add_argument("--first-score", type=int, nargs="?", const=2000, default=None, metavar="N",
+                   help="time N SMILES (default 2000) scored with an empty cache (shipped path) against the "
+                        "computed path, and stop")
     args = p.parse_args()
 
     import fcd_torch  # noqa: F401
@@ -243,14 +250,19 @@ def main() -> None:
     data = os.environ.get("GENFORGE_DATA")
     if not data:
         raise SystemExit("set GENFORGE_DATA to a folder holding moses/{train,test,test_scaffolds}.csv.gz")
-    folder = Path(data) / "moses"
     cache_dir = args.cache_dir or default_cache_dir()
     progress = not args.no_progress
     loadavg_start = os.getloadavg()
 
-    train = read_smiles(folder / "train.csv.gz")
-    test = read_smiles(folder / "test.csv.gz")
-    test_sf = read_smiles(folder / "test_scaffolds.csv.gz")
+    from genforge.data.smiles import moses_file, read_smiles_file
+
+    # The lists exactly as `genforge metrics molecules` reads them: the shipped bundle is keyed
+    # by their sha256.
+    train, test, test_sf = (read_smiles_file(moses_file(k)) for k in ("train", "test", "test_scaffolds"))
+    if args.build_shipped:
+        return build_shipped(test, test_sf, train, cache_dir, args.n_jobs, progress)
+    if args.first_score is not None:
+        return first_score(args.first_score, args.seed, test, test_sf, train, cache_dir, args.n_jobs, progress)
     rng = np.random.default_rng(args.seed)
     sample = [train[i] for i in rng.choice(len(train), size=args.samples, replace=False)]
 
@@ -296,6 +308,69 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
     write(args.name, json.loads(json.dumps(result, default=float)), render(result))
+
+
+def build_shipped(test, test_sf, train, cache_dir: Path, n_jobs: int, progress: bool) -> None:
+    from genforge.metrics.molecules import reference, shipped, smiles_sha256
+
+    folder = Path(reference.__file__).resolve().parents[2] / "weights"
+    path = reference.build_shipped({"test": test, "test_scaffolds": test_sf}, train, folder,
+                                   cache_dir=cache_dir, n_jobs=n_jobs, progress=progress)
+    manifest = json.loads(path.with_suffix(".json").read_text())
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB; {manifest['train']['changed']:,} of "
+          f"{manifest['train']['n']:,} training rows change under RDKit {manifest['versions']['rdkit']}); "
+          f"commit it with {path.with_suffix('.json').name}", file=sys.stderr)
+    if shipped.load_set(smiles_sha256(test), manifest["versions"], folder) is None:
+        raise SystemExit(f"{path} does not read back")
+
+
+def first_score(n: int, seed: int, test, test_sf, train, cache_dir: Path, n_jobs: int, progress: bool) -> None:
+    """The fresh-machine path (empty cache, shipped bundle) timed, then checked number by number
+    against the computed path (statistics computed from the reference files, in ``cache_dir``)."""
+    import tempfile
+
+    from genforge.metrics import molecules as M
+
+    rng = np.random.default_rng(seed)
+    sample = [train[i] for i in rng.choice(len(train), size=n, replace=False)]
+    loadavg_start = os.getloadavg()
+    parts: dict = {}
+    with tempfile.TemporaryDirectory() as empty:
+        t0 = time.perf_counter()
+        refs = {}
+        for name, smiles in (("test", test), ("test_scaffolds", test_sf)):
+            t = time.perf_counter()
+            refs[name] = M.reference_stats(smiles, cache_dir=empty, progress=progress, n_jobs=n_jobs)
+            parts[f"reference {name} (shipped + fingerprints)"] = time.perf_counter() - t
+        timings: dict = {}
+        t = time.perf_counter()
+        fresh = M.moses_metrics(sample, train, refs["test"], refs["test_scaffolds"], n_jobs=n_jobs,
+                                progress=progress, cache_dir=empty, timings=timings)
+        parts["moses_metrics (novelty from the shipped training rows)"] = time.perf_counter() - t
+        total = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as nothing:  # no bundle here: the computed path
+        os.environ["GENFORGE_SHIPPED_DIR"] = nothing
+        computed_refs = [M.reference_stats(s, cache_dir=cache_dir, progress=progress, n_jobs=n_jobs)
+                         for s in (test, test_sf)]
+        computed = M.moses_metrics(sample, train, *computed_refs, n_jobs=n_jobs, progress=progress,
+                                   cache_dir=cache_dir)
+        del os.environ["GENFORGE_SHIPPED_DIR"]
+    diffs = {k: abs(fresh[k] - computed[k]) for k in fresh if isinstance(fresh[k], float)
+             and not (math.isnan(fresh[k]) and math.isnan(computed[k]))}
+    result = {"samples": n, "seed": seed, "n_jobs": n_jobs, "parts_s": parts, "total_s": total,
+              "metrics_timings": timings, "fresh": fresh, "computed": computed,
+              "max_abs_difference": max(diffs.values()), "differences": diffs,
+              "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg(), "machine": machine(),
+              "peak_rss_mib": peak_rss_mib(), "date": time.strftime("%Y-%m-%d")}
+    lines = ["# `genforge metrics molecules` on a fresh machine", "",
+             f"{n:,} MOSES training SMILES (seed {seed}) scored with an empty cache folder: reference "
+             f"statistics from the shipped bundle (fingerprints recomputed), novelty from its changed training "
+             f"rows; {n_jobs} processes, load average {loadavg_start[0]:.1f} at start; {result['machine']['cpu']}.",
+             "", "| part | seconds |", "| --- | --- |",
+             *(f"| {k} | {v:.1f} |" for k, v in parts.items()), f"| **first number, in all** | **{total:.1f}** |",
+             "", f"Largest absolute difference from the computed path over all {len(diffs)} numbers: "
+             f"{result['max_abs_difference']:.2e}."]
+    write("moses_first_score", json.loads(json.dumps(result, default=float)), "\n".join(lines))
 
 
 def _version(dist: str) -> str:

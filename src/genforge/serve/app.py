@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from starlette.exceptions import HTTPException  # noqa: E402
 
 from genforge import GenforgeError  # noqa: E402
-from genforge.serve import engine  # noqa: E402
+from genforge.serve import checks, engine, responsible  # noqa: E402
 from genforge.serve.batching import Batcher  # noqa: E402
 from genforge.serve.engine import Limits, RequestError  # noqa: E402
 from genforge.serve.events import sse, until_done_or_gone, waker  # noqa: E402
@@ -73,6 +73,8 @@ class CompletionRequest(BaseModel):
     stop: StrictStr | list[StrictStr] | None = None
     stream: StrictBool = False
     user: StrictStr | None = None
+    watermark: StrictBool | None = Field(None, description="genforge's extension: false turns the text "
+                                         "watermark off (on by default, as `genforge sample`)")
 
 
 class ImageRequest(BaseModel):
@@ -164,9 +166,10 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
                 return _error(401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
                               "authentication_error", headers={"WWW-Authenticate": "Bearer"})
         size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > limits.max_body_bytes):
-            return _error(413, f"the body is {size} bytes, above this server's limit max_body_bytes="
-                               f"{limits.max_body_bytes}")
+        cap = limits.body_limit(path)
+        if size is not None and (not size.isdigit() or int(size) > cap):
+            what = "max_body_bytes" if cap == limits.max_body_bytes else "max_file_bytes (in base64)"
+            return _error(413, f"the body is {size} bytes, above this server's limit {what}={cap}")
         if size is None and request.method == "POST":
             return _error(411, "send a Content-Length (chunked bodies are not accepted)")
         return await call_next(request)
@@ -234,6 +237,11 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
             if job is not None:
                 job.cancelled.set()
             release()
+
+    async def screened_texts(entry: engine.Entry, options: dict, seed: int, request: Request):
+        """A text job's answer through the request's filters (serve/responsible.py)."""
+        drawn = await texts(entry, options, seed, request)
+        return await run_in_threadpool(responsible.screen_text, entry, options, drawn)
 
     def streamed(entry: engine.Entry, options: dict, seed: int, make_event, closing: list[str]) -> StreamingResponse:
         """SSE of a text job's pieces, pushed from the decode thread to the loop (serve/events.py);
@@ -307,20 +315,37 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
         seed = body.seed if body.seed is not None else engine.random_seed()
         record = served_record(entry, seed, options)
         common = {"model": entry.id, "seed": seed, "identity": engine.identity(entry), "options": options,
-                  "provenance": record}
+                  "provenance": record, "watermark": responsible.watermark_status(entry, options)}
         if body.stream:
             if entry.modality != "text":
                 raise RequestError("'stream' applies to text runs only", 400, "stream")
-            done = json.dumps({"done": True, "seed": seed, "identity": engine.identity(entry), "options": options,
-                               "provenance": record})
-            return streamed(entry, options, seed, lambda i, piece: {"index": i, "token": piece}, [done, "[DONE]"])
+            done = {"done": True, "seed": seed, "identity": engine.identity(entry), "options": options,
+                    "provenance": record, "watermark": common["watermark"]}
+            event = lambda i, piece: {"index": i, "token": piece}  # noqa: E731
+            if not responsible.screens(entry, options):
+                return streamed(entry, options, seed, event, [json.dumps(done), "[DONE]"])
+            items, screening = await screened_texts(entry, options, seed, request)
+            return StreamingResponse(responsible.replay(items, event, [json.dumps({**done, "screening": screening}),
+                                                                       "[DONE]"]), media_type="text/event-stream")
         if entry.modality == "text":
             rows = [p for p in (options.get("prompt") or ["\n"]) for _ in range(options["num_samples"])]
-            return {**common, "text": await texts(entry, options, seed, request), "prompts": rows}
+            items, screening = await screened_texts(entry, options, seed, request)
+            return {**common, "text": items, "prompts": rows} | ({"screening": screening} if screening else {})
         if entry.modality == "image":
             return {**common, **await draw_images(entry, options, seed, request, record, init)}
         result = await run(engine.generate, entry, options, seed, limits)  # molecules, music
         return {**common, **result}
+
+    @app.post("/v1/detect", response_model=checks.DetectResponse, responses=ERRORS)
+    async def detect(body: checks.DetectRequest):
+        """Is this text (or image) watermarked with the model's run key? The key is never returned."""
+        entry = entry_for(body.model)
+        return await run(checks.detect, entry, body, limits)
+
+    @app.post("/v1/verify", response_model=checks.VerifyResponse, responses=ERRORS)
+    async def verify(body: checks.VerifyRequest):
+        """`genforge verify` of a file's bytes: its provenance record and C2PA credentials."""
+        return await run(checks.verify, body, limits)
 
     @app.post("/v1/completions", responses={**ERRORS, **STREAMS})
     async def completions(body: CompletionRequest, request: Request):
@@ -330,7 +355,7 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
         max_tokens = body.max_tokens if body.max_tokens is not None else min(16, limits.max_tokens)
         given = {"prompt": prompts, "num_samples": body.n, "max_new_tokens": max_tokens,
                  "temperature": body.temperature, "top_p": body.top_p,
-                 "stop": [body.stop] if isinstance(body.stop, str) else body.stop}
+                 "stop": [body.stop] if isinstance(body.stop, str) else body.stop, "watermark": body.watermark}
         options = engine.resolve(entry, given, limits)
         seed = body.seed if body.seed is not None else engine.random_seed()
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
@@ -339,16 +364,23 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
             def chunk(i, piece):
                 return {**head, "choices": [{"text": piece, "index": i, "logprobs": None, "finish_reason": None}]}
 
-            return streamed(entry, options, seed, chunk, ["[DONE]"])
-        result = {"text": await texts(entry, options, seed, request)}
+            if not responsible.screens(entry, options):
+                return streamed(entry, options, seed, chunk, ["[DONE]"])
+            items, _ = await screened_texts(entry, options, seed, request)
+            return StreamingResponse(responsible.replay(items, chunk, ["[DONE]"]), media_type="text/event-stream")
+        items, screening = await screened_texts(entry, options, seed, request)
         tok = entry.run.tokenizer
-        used = [len(tok.encode(t)) for t in result["text"]]
+        used = [len(tok.encode(t)) if isinstance(t, str) else 0 for t in items]
+        # a blocked sample: no text, OpenAI's "content_filter" finish reason, and why
         choices = [{"text": t, "index": i, "logprobs": None,
                     "finish_reason": "length" if k >= options["max_new_tokens"] else "stop"}
-                   for i, (t, k) in enumerate(zip(result["text"], used, strict=True))]
+                   if isinstance(t, str) else {"text": "", "index": i, "logprobs": None,
+                                               "finish_reason": "content_filter", **t}
+                   for i, (t, k) in enumerate(zip(items, used, strict=True))]
         prompt_tokens = body.n * sum(len(tok.encode(p)) for p in prompts)
         return {**head, "choices": choices, "seed": seed, "provenance": served_record(entry, seed, options),
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": sum(used),
+                "watermark": responsible.watermark_status(entry, options),
+                **({"screening": screening} if screening else {}), "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": sum(used),
                           "total_tokens": prompt_tokens + sum(used)}}
 
     @app.post("/v1/images/generations", responses=ERRORS)
@@ -374,7 +406,9 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
         seed = body.seed if body.seed is not None else engine.random_seed()
         record = served_record(entry, seed, options)
         result = await draw_images(entry, options, seed, request, record)
-        return {"created": int(time.time()), "data": [{"b64_json": b} for b in result["images"]],
-                "seed": seed, "provenance": record}
+        return {"created": int(time.time()), "seed": seed, "provenance": record,
+                "data": [{"b64_json": None, **b} if isinstance(b, dict) else {"b64_json": b} for b in result["images"]],
+                "watermark": responsible.watermark_status(entry, options),
+                **({"screening": result["screening"]} if "screening" in result else {})}
 
     return app

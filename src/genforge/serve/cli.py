@@ -26,6 +26,10 @@ def add_serve_parser(sub) -> None:
                    help="serve requests one at a time instead of batching them (text: continuous "
                         "batching; images: compatible requests in one sampler call); for comparison "
                         "(benchmarks/bench_serve.py)")
+    s.add_argument("--filter", action="append", default=None, metavar="MODULE:FUNCTION",
+                   help="screen every answer with your function (samples in, one verdict per sample out: "
+                        "True, False or (bool, reason)); blocked samples come back as {\"blocked\": true, "
+                        "\"reason\": ...}; repeatable. Requests can never name a filter")
     s.set_defaults(func=serve_command)
 
 
@@ -55,6 +59,9 @@ def serve_command(args: argparse.Namespace) -> None:
     key = args.api_key or os.environ.get("GENFORGE_API_KEY") or None
     limits = Limits() if args.max_queue is None else Limits(max_queue=args.max_queue)
     entries = load_entries(args.run_dirs, args.device)  # before the port opens
+    from genforge.serve.responsible import add_operator_filters
+
+    add_operator_filters(entries, args.filter or [])  # loaded now: a bad name fails before the port opens
     app = create_app(entries, api_key=key, limits=limits, batching=not args.no_batching)
     if not is_loopback(args.host) and key is None:
         print(f"genforge: warning: serving on {args.host} without an API key: anyone who can reach "

@@ -24,6 +24,7 @@ import torch
 from genforge import GenforgeError
 from genforge.families.base import SampleOption
 from genforge.provenance import weights_sha256  # one definition: provenance records it too
+from genforge.serve import responsible
 from genforge.serve.records import base_record, served_record
 from genforge.serve.wire import RequestError, b64, from_library, png_bytes  # noqa: F401 (re-exported)
 
@@ -32,7 +33,7 @@ from genforge.serve.wire import RequestError, b64, from_library, png_bytes  # no
 NOT_SERVED = frozenset({"out", "batch_size", "no_stream", "nearest", "init", "mask", "prompt_midi", "melody",
                         "trajectory", "interpolate", "interp_points", "interp_method", "attribute",
                         "interpolate_seeds", "around", "radius", "inception_weights",
-                        "sign", "sign_cert", "sign_key"})
+                        "sign", "sign_cert", "sign_key", "filter"})  # filter: a request never names code
 # What `num_samples` means when absent, per modality (the CLI's 64 images is too many per request).
 DEFAULT_SAMPLES = {"text": 1, "image": 16, "molecule": 10, "music": 1}
 DEFAULT_TEMPERATURE = {"text": 0.8, "molecule": 1.0, "music": 1.0}
@@ -59,6 +60,14 @@ class Limits:
     max_init_bytes: int = 48 * 1024  # an uploaded init_image's PNG bytes (its base64 fits max_body_bytes)
     max_init_side: int = 1024  # its width and height, read from the PNG header before decoding
     retry_after_s: int = 1
+    max_file_bytes: int = 4 * 1024 * 1024  # a file given to /v1/verify or /v1/detect, decoded
+    max_detect_chars: int = 20_000  # text given to /v1/detect
+
+    def body_limit(self, path: str) -> int:
+        """The body a route may receive: /v1/verify and /v1/detect carry a whole file in base64."""
+        if path in ("/v1/verify", "/v1/detect"):
+            return max(self.max_body_bytes, 4 * ((self.max_file_bytes + 2) // 3) + 4096)
+        return self.max_body_bytes
 
 
 @dataclass
@@ -72,6 +81,7 @@ class Entry:
     metrics: dict | None
     lock: threading.Lock = field(default_factory=threading.Lock)  # one draw at a time per model
     record: dict[str, Any] = field(default_factory=dict)  # its answers' provenance, fixed part (serve/records.py)
+    extras: dict[str, Any] = field(default_factory=dict, repr=False)  # watermark key, filters (serve/responsible.py)
 
     @property
     def modality(self) -> str:
@@ -104,6 +114,7 @@ def load_entries(run_dirs: list[str], device: str = "auto") -> dict[str, Entry]:
         served = {o.name: o for o in declared if o.name not in NOT_SERVED and o.nargs is None and o.name != "seed"}
         if any(o.name == "init" for o in declared):  # its path option, served as uploaded bytes
             served[INIT_IMAGE.name] = INIT_IMAGE
+        served = responsible.served_options(run.spec.modality, served, declared)
         if run.spec.modality == "image" and not run.model.prompt_conditioned:
             served.pop("prompt", None)  # declared by the family, refused by this run (not text-to-image)
         metrics = None
@@ -114,6 +125,7 @@ def load_entries(run_dirs: list[str], device: str = "auto") -> dict[str, Entry]:
             except (OSError, ValueError):
                 metrics = None
         entries[name] = Entry(name, run, weights_sha256(run), served, metrics, record=base_record(run, name))
+        responsible.attach(entries[name])  # the watermark key, read or made before the port opens
     return entries
 
 
@@ -245,6 +257,8 @@ def resolve(entry: Entry, given: dict[str, Any], limits: Limits) -> dict[str, An
     is a 400 that names it and lists the run's options."""
     from genforge.modalities import check_options
 
+    given = dict(given)
+    kept = responsible.take(entry, given)  # watermark, privacy_filter: served forms of CLI options
     for name, value in given.items():
         if value is None:
             continue
@@ -267,7 +281,7 @@ def resolve(entry: Entry, given: dict[str, Any], limits: Limits) -> dict[str, An
         raise
     except GenforgeError as e:
         raise from_library(e) from None
-    options = {k: v for k, v in options.items() if k in entry.options}
+    options = {k: v for k, v in options.items() if k in entry.options} | kept
     if upload is not None:
         options["init_image"] = upload  # base64 text; decoded by uploads.take_init
     _check_edit(options)
@@ -330,7 +344,9 @@ def generate(entry: Entry, options: dict[str, Any], seed: int, limits: Limits | 
         from genforge.serve.batching import run_alone
 
         job = run_alone(entry, text_job(entry, options, seed))
-        return {"text": job.texts(), "prompts": job.prompts, "provenance": served_record(entry, seed, options)}
+        text, screening = responsible.screen_text(entry, options, job.texts())
+        return {"text": text, "prompts": job.prompts, "provenance": served_record(entry, seed, options),
+                "watermark": responsible.watermark_status(entry, options)} | ({"screening": screening} if screening else {})
     init = take_init(entry, options, limits or Limits())
     record = served_record(entry, seed, options)
     generator, seed = generator_for(entry.device, seed)
@@ -343,7 +359,9 @@ def generate(entry: Entry, options: dict[str, Any], seed: int, limits: Limits | 
             result = music.draw(entry, options, generator, record)
         else:  # load_entries admits only the modalities served here
             result = _molecules(entry, options, generator)
-    return {**result, "provenance": record}
+    if entry.modality == "molecule":  # images are screened as they are encoded (serve/images.py)
+        result = responsible.screen_molecules(entry, options, result)
+    return {**result, "provenance": record, "watermark": responsible.watermark_status(entry, options)}
 
 
 def _images(entry: Entry, options: dict[str, Any], generator, init=(None, None), record=None) -> dict[str, Any]:
@@ -363,7 +381,7 @@ def text_job(entry: Entry, options: dict[str, Any], seed: int):
     prompts = [p for p in (options.get("prompt") or ["\n"]) for _ in range(options["num_samples"])]
     settings = dict(max_new_tokens=options["max_new_tokens"], temperature=options["temperature"],
                     top_k=options.get("top_k"), top_p=options.get("top_p"), stop=tuple(options.get("stop") or ()))
-    return Job(prompts, settings, generator)
+    return Job(prompts, settings, generator, logits_hook=responsible.text_hook(entry, options))
 
 
 def _molecules(entry: Entry, options: dict[str, Any], generator) -> dict[str, Any]:

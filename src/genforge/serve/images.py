@@ -96,7 +96,9 @@ def prepare(entry, options: dict[str, Any], init: torch.Tensor | None = None, in
     from genforge.serve.wire import RequestError, from_library
 
     run, n = entry.run, options["num_samples"]
-    family = {k: v for k, v in options.items() if k not in ("num_samples", "class_label", "init_image")}
+    from genforge.serve.responsible import SERVER_ONLY
+
+    family = {k: v for k, v in options.items() if k not in ("num_samples", "class_label", "init_image", *SERVER_ONLY)}
     plan = run.model.plan_sampling(family, n, None)  # served options never reference files
     prompts = plan.options.get("prompt")
     class_label = options.get("class_label")
@@ -134,14 +136,17 @@ def encode(entry, x: torch.Tensor, prep: Prepared) -> dict[str, Any]:
 
     from genforge.data.grids import make_grid
     from genforge.modalities.image import from_uint8, to_uint8
+    from genforge.serve.responsible import screen_images, with_screening
     from genforge.serve.wire import b64, png_bytes
 
     images = to_uint8(x.cpu(), entry.run.spec)  # (n, C, H, W) uint8
+    images, screening = screen_images(entry, prep.record, images)  # blocked rows blanked (serve/responsible.py)
     singles = [png_bytes(Image.fromarray(img.permute(1, 2, 0).squeeze(-1).numpy()), prep.record) for img in images]
     prompts, y = prep.prompts, prep.labels
     captions = [prompts[i % len(prompts)] for i in range(prep.n)] if prompts else (None if y is None else y.tolist())
     grid = make_grid(from_uint8(images, entry.run.spec), entry.run.spec, captions)
-    return {"grid_png": b64(png_bytes(grid, prep.record)), "images": [b64(b) for b in singles]}
+    return with_screening({"grid_png": b64(png_bytes(grid, prep.record)), "images": [b64(b) for b in singles]},
+                          screening, "images")
 
 
 def merged(preps: list[Prepared]) -> Prepared:

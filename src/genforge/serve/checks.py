@@ -1,0 +1,205 @@
+"""``POST /v1/detect`` and ``POST /v1/verify``: `genforge detect` and `genforge verify` over HTTP.
+
+- detect: is this text (or image) marked with a served run's watermark? The run's key is used on
+  the server and never returned (only its fingerprint); text goes through the z-test of
+  Kirchenbauer et al. 2023 (``watermark.text.detect_text``), images through
+  ``watermark.image.detect_image_file`` when this genforge has it.
+- verify: a file's provenance record and C2PA content credentials, through the CLI's own
+  ``cli_provenance.verify_file``. The file arrives as base64 bytes and is written into a private
+  temporary folder under a fixed name (only the request's suffix is kept), so no path ever comes
+  from a request; the folder is removed after the check.
+
+Bounds: the decoded file at most ``Limits.max_file_bytes`` (413), text at most
+``Limits.max_detect_chars`` characters (422), a PNG's declared size at most ``max_init_side``
+pixels a side, read from its header before any decoder sees it (the decompression-bomb guard).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+
+from genforge import GenforgeError
+from genforge.serve.wire import RequestError, from_library
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+VERDICTS = {"valid": "valid", "untrusted": "untrusted", "tampered": "tampered", "no provenance": "none"}
+
+
+class DetectRequest(BaseModel):
+    """POST /v1/detect: ``text`` for a text run, or ``image_b64`` (a PNG's bytes) for an image run."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model: StrictStr
+    text: StrictStr | None = Field(None, description="text to check (a text run's samples)")
+    image_b64: StrictStr | None = Field(None, description="an image file's bytes in base64 (image runs)")
+    gamma: StrictFloat | StrictInt | None = Field(None, description="green-list share used when sampling "
+                                                  "(default 0.25, as watermark_gamma)")
+    context: StrictInt | None = Field(None, description="context width used when sampling (default 1)")
+    threshold: StrictFloat | StrictInt | None = Field(None, description="z above which text counts as "
+                                                      "watermarked (default 4)")
+
+
+class DetectResponse(BaseModel):
+    watermarked: bool
+    z: float | None
+    p_value: float
+    tokens: int | None
+    method: str
+    key_fingerprint: str
+
+
+class VerifyRequest(BaseModel):
+    """POST /v1/verify: a file genforge wrote, as base64 bytes (never a path)."""
+
+    model_config = ConfigDict(extra="forbid")
+    file_b64: StrictStr = Field(description="the file's bytes in base64")
+    filename: StrictStr | None = Field(None, max_length=255, description="its name; only the suffix is used "
+                                       "(.png is checked for C2PA credentials)")
+    provenance: StrictStr | None = Field(None, description="for a non-PNG file: the text of its "
+                                         "FILE.provenance.json sidecar")
+
+
+class VerifyResponse(BaseModel):
+    verdict: str = Field(description="valid, untrusted (a valid signature by an untrusted signer), "
+                                     "tampered, or none (no provenance)")
+    message: str
+    provenance: dict[str, Any]
+    credentials: dict[str, Any] | None
+
+
+def decode_file(value: str, name: str, max_bytes: int) -> bytes:
+    """Strict base64 -> bytes, its size checked before and after decoding."""
+    if len(value) > 4 * ((max_bytes + 2) // 3):
+        raise RequestError(f"'{name}' is about {len(value) * 3 // 4} bytes, above this server's limit "
+                           f"max_file_bytes={max_bytes}", 413, name)
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(f"'{name}' is not valid base64: send the file's bytes base64-encoded (the server "
+                           "never reads a path)", 422, name) from None
+    if len(raw) > max_bytes:
+        raise RequestError(f"'{name}' is {len(raw)} bytes, above this server's limit max_file_bytes={max_bytes}",
+                           413, name)
+    return raw
+
+
+def check_png_size(raw: bytes, name: str, max_side: int) -> None:
+    """A PNG's width and height from its IHDR chunk, before any decoder sees the pixels."""
+    if raw[:8] != PNG_SIGNATURE:
+        return
+    if len(raw) < 24 or raw[12:16] != b"IHDR":
+        raise RequestError(f"'{name}' starts like a PNG but has no IHDR header chunk", 422, name)
+    width, height = struct.unpack(">II", raw[16:24])
+    if not (1 <= width <= max_side and 1 <= height <= max_side):
+        raise RequestError(f"'{name}' is a {width}x{height} PNG, outside this server's limit max_init_side="
+                           f"{max_side} pixels a side", 422, name)
+
+
+def detect(entry, body: DetectRequest, limits) -> dict[str, Any]:
+    """The verdict for ``body`` under ``entry``'s key (never returned: only its fingerprint)."""
+    from genforge.watermark.keys import key_fingerprint, run_key
+
+    if (body.text is None) == (body.image_b64 is None):
+        raise RequestError("give exactly one of 'text' (text runs) or 'image_b64' (image runs)", 400, "text")
+    want = "text" if body.text is not None else "image"
+    if entry.modality != want:
+        raise RequestError(f"model '{entry.id}' is a {entry.modality} run; '{'text' if want == 'text' else 'image_b64'}'"
+                           f" is checked against {want} runs", 400, "text" if want == "text" else "image_b64")
+    try:
+        key = entry.extras.get("key") or run_key(entry.run.run_dir, create=False)
+    except GenforgeError:
+        raise RequestError(f"run '{entry.id}' has no watermark key: nothing sampled from it was watermarked",
+                           400, "model") from None
+    if want == "text":
+        return {**_detect_text(entry, body, key, limits), "key_fingerprint": key_fingerprint(key)}
+    if any(v is not None for v in (body.gamma, body.context, body.threshold)):
+        raise RequestError("'gamma', 'context' and 'threshold' apply to text only; remove them for images",
+                           400, "gamma")
+    return {**_detect_image(entry, body.image_b64, key, limits), "key_fingerprint": key_fingerprint(key)}
+
+
+def _detect_text(entry, body: DetectRequest, key: bytes, limits) -> dict[str, Any]:
+    from genforge.cli_detect import TEXT_METHOD
+    from genforge.watermark.text import (
+        DEFAULT_CONTEXT,
+        DEFAULT_GAMMA,
+        DEFAULT_THRESHOLD,
+        detect_text,
+    )
+
+    if len(body.text) > limits.max_detect_chars:
+        raise RequestError(f"'text' has {len(body.text)} characters, above this server's limit "
+                           f"max_detect_chars={limits.max_detect_chars}", 422, "text")
+    gamma = DEFAULT_GAMMA if body.gamma is None else float(body.gamma)
+    context = DEFAULT_CONTEXT if body.context is None else body.context
+    threshold = DEFAULT_THRESHOLD if body.threshold is None else float(body.threshold)
+    if context > 64:
+        raise RequestError(f"'context' is {context}; a watermark context is a few tokens (at most 64)", 422, "context")
+    try:
+        text = body.text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates are not text
+        d = detect_text(text, entry.run.tokenizer, key, gamma, context, threshold)
+    except GenforgeError as e:
+        raise from_library(e, 422) from None
+    return {k: d[k] for k in ("watermarked", "z", "p_value", "tokens")} | {"method": TEXT_METHOD}
+
+
+def _detect_image(entry, value: str, key: bytes, limits) -> dict[str, Any]:
+    try:
+        from genforge.watermark.image import detect_image_file
+    except ImportError:
+        raise RequestError("image watermark detection is not available in this genforge "
+                           "(genforge.watermark.image is missing)", 400, "image_b64") from None
+    raw = decode_file(value, "image_b64", limits.max_file_bytes)
+    if raw[:8] != PNG_SIGNATURE and raw[:3] != b"\xff\xd8\xff":
+        raise RequestError("'image_b64' is not a PNG or JPEG file", 422, "image_b64")
+    check_png_size(raw, "image_b64", limits.max_init_side)
+    with tempfile.TemporaryDirectory(prefix="genforge-detect-") as tmp:
+        path = Path(tmp) / ("image.png" if raw[:8] == PNG_SIGNATURE else "image.jpg")
+        path.write_bytes(raw)
+        try:
+            r = detect_image_file(path, key, run_dir=entry.run.run_dir)
+        except GenforgeError as e:
+            raise from_library(e, 422) from None
+    z = r.get("z", r.get("statistic"))
+    return {"watermarked": bool(r["watermarked"]), "z": None if z is None else float(z),
+            "p_value": float(r["p_value"]), "tokens": None, "method": str(r.get("method", "image"))}
+
+
+def verify(body: VerifyRequest, limits) -> dict[str, Any]:
+    """`genforge verify` of the uploaded bytes: provenance (integrity) and, for PNGs, C2PA credentials."""
+    from genforge.cli_provenance import verify_file
+    from genforge.credentials import credential_json
+
+    raw = decode_file(body.file_b64, "file_b64", limits.max_file_bytes)
+    check_png_size(raw, "file_b64", limits.max_init_side)
+    suffix = Path(body.filename or "").suffix.lower()
+    if raw[:8] == PNG_SIGNATURE:
+        suffix = ".png"
+    elif not re.fullmatch(r"\.[a-z0-9]{1,10}", suffix):
+        suffix = ".bin"
+    if body.provenance is not None and raw[:8] == PNG_SIGNATURE:
+        raise RequestError("'provenance' is a sidecar's text, for files other than PNGs (a PNG carries its "
+                           "record inside); remove it", 400, "provenance")
+    with tempfile.TemporaryDirectory(prefix="genforge-verify-") as tmp:
+        path = Path(tmp) / f"file{suffix}"
+        path.write_bytes(raw)
+        if body.provenance is not None:
+            # lone surrogates (valid JSON, not UTF-8) become U+FFFD: the check then says "edited"
+            Path(f"{path}.provenance.json").write_bytes(body.provenance.encode("utf-8", "replace"))
+        try:
+            r = verify_file(path, None)
+        except GenforgeError as e:
+            raise from_library(e, 422) from None
+    prov, cred = r["provenance"], r["credentials"]
+    message = f"provenance {prov.status}: {prov.detail}" + (f"; content credentials: {cred.message()}" if cred else "")
+    return {"verdict": VERDICTS[r["verdict"]], "message": message,
+            "provenance": {"status": prov.status, "detail": prov.detail, "record": prov.record},
+            "credentials": credential_json(cred) if cred is not None else None}

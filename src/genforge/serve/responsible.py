@@ -147,10 +147,11 @@ def watermark_status(entry, options: dict[str, Any]) -> dict[str, Any]:
 def screens(entry, options: dict[str, Any]) -> list:
     """The filters for one request, privacy first (as the CLI orders them); built once per threshold."""
     out = []
+    extras = getattr(entry, "extras", {})  # a bare entry (tests, benchmarks) has no filters
     value = options.get("privacy_filter")
     if value not in (None, False):
         threshold = "default" if value is True else repr(value)
-        cache = entry.extras["privacy"]
+        cache = extras.setdefault("privacy", {})
         with _build_lock:
             if threshold not in cache:
                 from genforge.audit.privacy import privacy_filter_for
@@ -160,7 +161,7 @@ def screens(entry, options: dict[str, Any]) -> list:
                 except GenforgeError as e:
                     raise from_library(e, 422) from None
         out.append(cache[threshold])
-    return out + list(entry.extras.get("filters", ()))
+    return out + list(extras.get("filters", ()))
 
 
 def screen(entry, options: dict[str, Any], samples) -> tuple[list[int], dict[str, Any] | None]:

@@ -229,8 +229,9 @@ def test_tiny_gpt_samples_midi_an_independent_reader_parses(music_run, tmp_path,
 
 def test_sample_refuses_what_the_gpt_cannot_do(music_run, tmp_path, capsys):
     melody = grid_to_midi(chorale(8, 1), tmp_path / "m.mid")
-    assert main(["sample", str(music_run), "--out", str(tmp_path / "x.mid"), "--melody", str(melody)]) == 2
-    assert "--melody needs a family that fills in voices" in capsys.readouterr().err
+    assert main(["sample", str(music_run), "--out", str(tmp_path / "x.mid"), "--melody", str(melody),
+                 "--steps", "2"]) == 2  # the melody sets the length (harmonizing: tests/test_music_melody.py)
+    assert "drop --prompt-midi and --steps" in capsys.readouterr().err
     assert main(["sample", str(music_run), "--out", str(tmp_path / "x.txt")]) == 2
     assert "music is written as" in capsys.readouterr().err
     assert main(["sample", str(music_run), "--out", str(melody)]) == 2  # never replaces a file

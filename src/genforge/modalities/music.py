@@ -34,8 +34,9 @@ class MusicModality(Modality):
     sample_options = (
         TEMPERATURE,
         SampleOption("prompt_midi", "music runs: continue the opening in this MIDI file", str, metavar="FILE"),
-        SampleOption("melody", "music runs: harmonize this soprano (MIDI), for families that infill "
-                               "voices; the GPT cannot (it is refused)", str, metavar="FILE"),
+        SampleOption("melody", "music runs: harmonize the soprano (top voice) of this MIDI file: the GPT on "
+                               "grid tokens is given each step's soprano and samples alto, tenor and bass "
+                               "(it sees the melody up to the current step, not ahead)", str, metavar="FILE"),
         SampleOption("tempo", "music runs: quarter notes per minute in the written file (default 100)",
                      float, 100.0, metavar="BPM"),
         SampleOption("steps", "music runs: grid runs: 16th steps to add after the opening; events runs: "
@@ -76,10 +77,6 @@ class MusicModality(Modality):
         from genforge.audit.privacy import sample_filters
         from genforge.outputs import check_out, unique_output
 
-        if melody is not None:
-            raise GenforgeError(f"--melody needs a family that fills in voices around a given soprano "
-                                f"(Coconet-style infilling); this {run.config.family} run generates left to "
-                                "right: use --prompt-midi FILE to continue an opening instead")
         temperature = 1.0 if temperature is None else temperature
         if not math.isfinite(temperature) or temperature < 0:
             raise GenforgeError(f"--temperature must be >= 0 (0 is greedy), got {temperature}")
@@ -93,6 +90,11 @@ class MusicModality(Modality):
         plan = run.model.plan_sampling(family_options, n, None)
         prompt = prompt_ids(run, prompt_midi)
         length = {} if steps is None else {"max_new_tokens": steps * tokens_per_step(run.tokenizer)}
+        if melody is not None:
+            if prompt_midi is not None or steps is not None:
+                raise GenforgeError("--melody sets the piece and its length: drop --prompt-midi and --steps")
+            hook = melody_hook(run, melody)
+            length = {"max_new_tokens": hook.length + 1, "logits_hook": hook}  # + the closing <eos>
         ids = []
         for s in range(0, n, batch_size):
             rows = run.model.sample(min(batch_size, n - s), generator, prompts=[prompt] * min(batch_size, n - s),
@@ -151,6 +153,30 @@ def _parts(tokenizer) -> list[str] | None:
     from genforge.data.music import VOICES
 
     return [v.capitalize() for v in VOICES] if tokenizer.kind == "grid" else None
+
+
+def melody_hook(run, path: str):
+    """The soprano of the MIDI file ``path`` (its top voice, read as ``--prompt-midi`` reads a
+    file) as forced tokens: every 4th grid token is that step's soprano and the model samples
+    alto, tenor and bass after it (``sampling.forcing``: it sees the soprano up to the current
+    step, never a future note)."""
+    import inspect
+
+    from genforge.data.music import read_midi
+    from genforge.sampling.forcing import ForcedSlots
+
+    tok = run.tokenizer
+    if tok.kind != "grid" or "logits_hook" not in inspect.signature(run.model.sample).parameters:
+        raise GenforgeError(f"--melody needs a token model on four-voice grids (gpt with data.music_tokens=grid); "
+                            f"this is a {run.config.family} run on {tok.kind} tokens: use --prompt-midi FILE")
+    if not Path(path).is_file():
+        raise GenforgeError(f"--melody {path}: no such file")
+    grid, onsets = read_midi(path)
+    soprano = tok.encode_grid(grid, onsets)[0::4]  # one token per 16th step: pitch, hold or rest
+    if not soprano or all(t == tok.stoi["rest"] for t in soprano):
+        raise GenforgeError(f"--melody {path} holds no notes")
+    return ForcedSlots(soprano, period=4, slot=0, prompt_len=1, eos_id=tok.eos_id,
+                       banned=[tok.bos_id, tok.pad_id])
 
 
 def tokens_per_step(tokenizer) -> int:

@@ -166,6 +166,9 @@ def test_page_generates_an_image_and_a_streamed_text(server, browser, runs):
     resolved = page.inner_text("#resolved")
     assert "num_samples=4" in resolved and "class_label=0" in resolved, resolved
     assert page.get_attribute("#download", "download") == "digits-seed7.png"
+    # Each answer says whether it is watermarked (images: why not) and carries its provenance record.
+    assert page.inner_text("#watermark-status").startswith("not watermarked: ")
+    assert '"seed": 7' in page.eval_on_selector("#provenance pre", "e => e.textContent")
     if os.environ.get("GENFORGE_SCREENSHOT"):
         page.screenshot(path=os.environ["GENFORGE_SCREENSHOT"])
     # "Same seed again" re-sends the request with its seed: the same image, byte for byte.
@@ -202,6 +205,11 @@ def test_page_generates_an_image_and_a_streamed_text(server, browser, runs):
     assert "max_new_tokens=30" in page.inner_text("#resolved")
     assert page.is_hidden("#error")  # the earlier refusal's message is gone
     assert page.get_attribute("#download", "download") == "poem-seed3.txt"
+    # The text is watermarked by default, and the page says so with the key's fingerprint (never the key).
+    mark = page.inner_text("#watermark-status")
+    assert mark.startswith("watermarked (kirchenbauer-2023, key fingerprint ") and "delta 2" in mark, mark
+    card = page.eval_on_selector("#model-card pre", "e => e.textContent")  # the run's README.md, folded
+    assert card.startswith("---") and "gpt" in card, card[:200]
 
     # Report tab: the loaded runs side by side, with the GPT's eval.json numbers (the VAE has none).
     page.click("#tab-report")

@@ -216,3 +216,9 @@ def test_serve_refuses_a_bad_filter_before_the_port_opens(dirs, capsys):
     assert main(["serve", str(dirs / "gpt"), "--filter", "no_such_module_here:check", "--port", "1"]) == 2
     err = capsys.readouterr().err
     assert "no_such_module_here" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_models_list_carries_each_runs_model_card(client, dirs):
+    cards = {m["id"]: m["card"] for m in client.get("/v1/models").json()["data"]}
+    assert cards["gpt"] == (dirs / "gpt" / "README.md").read_text()  # as written, escaped by the page
+    assert cards["gpt"].startswith("---") and cards["vae"].startswith("---")

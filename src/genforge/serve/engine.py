@@ -168,7 +168,7 @@ def describe(entry: Entry, limits: Limits) -> dict[str, Any]:
             "modality": entry.modality, "dataset": run.spec.name, "classes": classes,
             "accepts_prompt": "prompt" in entry.options, "weights_sha256": entry.weights_sha256,
             "step": run.step, "options": [option_schema(entry, o, limits) for o in entry.options.values()],
-            "metrics": entry.metrics}
+            "metrics": entry.metrics, "card": responsible.card_text(entry)}
 
 
 def _check_value(option, value: Any, limits: Limits) -> Any:

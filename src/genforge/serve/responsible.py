@@ -46,7 +46,10 @@ def served_options(modality: str, served: dict[str, SampleOption], declared) -> 
     """The run's served options with the CLI's ``no_watermark`` switch served as ``watermark``
     (default true) and ``privacy_filter`` (a CLI option with an optional value) as a boolean or number."""
     names = {o.name for o in declared}
-    out = {k: v for k, v in served.items() if k != "no_watermark"}
+    # Marks this server does not apply (image marks are not wired here yet) are not served at all:
+    # an option taken and ignored would claim a mark the answer does not carry.
+    out = {k: v for k, v in served.items()
+           if k != "no_watermark" and (modality == "text" or not k.startswith("watermark"))}
     if "no_watermark" in names and modality == "text":
         out[WATERMARK.name] = WATERMARK
     if "privacy_filter" in names and modality in SCREENED:
@@ -237,3 +240,16 @@ async def replay(items: list, make_event, closing: list[str]):
         event = make_event(i, item) if isinstance(item, str) else {**make_event(i, ""), **item}
         out.append(f"data: {json.dumps(event)}\n\n")
     yield "".join(out + [f"data: {line}\n\n" for line in closing])
+
+
+def card_text(entry, limit: int = 64 * 1024) -> str | None:
+    """The run's model card (RUN/README.md, `genforge card`) as text for GET /v1/models, read per
+    call (a card rewritten since start-up shows), at most ``limit`` characters; None without one."""
+    from genforge.card import CARD
+
+    try:
+        with open(entry.run.run_dir / CARD, encoding="utf-8", errors="replace") as f:
+            text = f.read(limit + 1)
+    except (OSError, TypeError):
+        return None
+    return text if len(text) <= limit else text[:limit] + "\n[... cut at 64 KiB]"

@@ -104,6 +104,7 @@ function showModel(model) {
   select.replaceChildren(new Option("(any)", ""));
   for (const c of classes) select.append(new Option(String(c), String(c)));
   showInitPicker(model);
+  showCard(model);  // responsible.js
   const fieldset = $("options");
   fieldset.replaceChildren(Object.assign(document.createElement("legend"), { textContent: "Options" }));
   for (const option of model.options || []) {
@@ -283,6 +284,7 @@ async function generate(body) {
   setDownload(null);
   $("status").textContent = "generating…";
   $("resolved").textContent = "";
+  showResponsible(null);
   try {
     const response = await fetch("v1/samples", { method: "POST", headers: headers(true), body: JSON.stringify(body) });
     if (!response.ok) throw new Error(await errorMessage(response));
@@ -313,6 +315,7 @@ async function generate(body) {
     state.lastSeed = result.seed;
     $("status").textContent = describe(result);
     $("resolved").textContent = resolvedOptions(result.options);
+    showResponsible(result);  // watermark, blocked samples, provenance (responsible.js)
   } catch (err) {
     $("status").textContent = "";
     showError(err.message || String(err));

@@ -222,3 +222,17 @@ def test_models_list_carries_each_runs_model_card(client, dirs):
     cards = {m["id"]: m["card"] for m in client.get("/v1/models").json()["data"]}
     assert cards["gpt"] == (dirs / "gpt" / "README.md").read_text()  # as written, escaped by the page
     assert cards["gpt"].startswith("---") and cards["vae"].startswith("---")
+
+
+def test_molecule_answers_blocked_with_their_drawing_and_validity_removed():
+    from types import SimpleNamespace
+
+    from genforge.filters import Filter
+    from genforge.serve.responsible import screen_molecules
+
+    entry = SimpleNamespace(extras={"filters": [Filter("no-N", lambda s: [(("N" not in x), "has N") for x in s])]})
+    result = {"smiles": ["CCO", "CCN"], "valid": [True, True], "svg": ["<svg/>", "<svg/>"]}
+    out = screen_molecules(entry, {}, result)
+    assert out["smiles"] == ["CCO", {"blocked": True, "reason": "no-N: has N"}]
+    assert out["svg"] == ["<svg/>", None] and out["valid"] == [True, None] and out["screening"]["blocked"] == 1
+    assert screen_molecules(SimpleNamespace(extras={}), {}, result) == result  # no filter: untouched

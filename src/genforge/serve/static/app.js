@@ -212,7 +212,8 @@ function showMolecules(result) {
     list.append(card);
   });
   out.replaceChildren(list);
-  setDownload(new Blob([result.smiles.join("\n") + "\n"], { type: "text/plain" }),
+  const kept = result.smiles.filter((s) => typeof s === "string");  // blocked ones are {blocked, reason}
+  setDownload(new Blob([kept.join("\n") + "\n"], { type: "text/plain" }),
     `${result.model}-seed${result.seed}.smi`);
 }
 

@@ -17,6 +17,7 @@ from genforge.families.base import LatentVariableModel, SampleOption
 from genforge.modalities import EVAL_NUM_SAMPLES, FILTER, PRIVACY_FILTER, Modality, step_progress
 from genforge.outputs import check_out, unique_output
 from genforge.provenance import SIGN_KEYS, SIGN_OPTIONS, sample_stamp
+from genforge.watermark import NO_WATERMARK
 
 LATENT_TOOLS = ("interpolate", "interp_points", "interp_method", "attribute")
 
@@ -32,6 +33,11 @@ class ImageModality(Modality):
         *SIGN_OPTIONS,
         FILTER,
         PRIVACY_FILTER,
+        NO_WATERMARK,
+        SampleOption("watermark_strength", "post-hoc watermark amplitude in gray levels (default: per image, "
+                                         "the least that detects at z > 4 with 90%% power, at most 8 = PSNR "
+                                         "30 dB; an image that cannot hold a given strength is an error)",
+                     float, metavar="LEVELS"),
     )
     eval_options = (
         EVAL_NUM_SAMPLES,
@@ -59,7 +65,10 @@ class ImageModality(Modality):
 
     # -- sample ------------------------------------------------------------------------
     def sample_command(self, run, generator, *, num_samples, out, batch_size, seed, class_label=None,
-                       nearest=False, filter=None, privacy_filter=None, **family_options) -> None:
+                       nearest=False, filter=None, privacy_filter=None, no_watermark=False,
+                       watermark_strength=None, **family_options) -> None:
+        from genforge.watermark.image import ImageMarker
+
         model, spec = run.model, run.spec
         signing = {k: family_options.pop(k, None) for k in SIGN_KEYS}
         # every file this call writes carries where it came from (PNG chunk / .npz sidecar)
@@ -84,7 +93,8 @@ class ImageModality(Modality):
             _save_png(images, path, spec, labels, nrow, prov)
             return
         # the family resolves its own options (a GAN's seed path, diffusion's --init/--trajectory)
-        plan = model.plan_sampling(family_options, num_samples, ImageRefs(run))
+        marker = ImageMarker.for_run(run, no_watermark, watermark_strength)  # the run's key, made at first use
+        plan = model.plan_sampling(family_options, num_samples, ImageRefs(run, marker.noise_mark))
         family_options = plan.options
         n = plan.count or (64 if num_samples is None else num_samples)
         if plan.one_row:  # a path: one call, one PNG row
@@ -110,8 +120,11 @@ class ImageModality(Modality):
             batch_y = None if y is None else y[s : s + batch_size]
             with step_progress(plan, f"batch {s // batch_size + 1}/{len(starts)}") as per_step:
                 x = model.sample(min(batch_size, n - s), generator, labels=batch_y, **family_options, **per_step)
-            chunks.append(to_uint8(x.cpu(), spec))  # uint8 on the CPU: 100k 28x28 images are 78 MB
+            # uint8 on the CPU (100k 28x28 images are 78 MB); marked before PNG encoding
+            chunks.append(marker.posthoc(to_uint8(x.cpu(), spec)))
         images = torch.cat(chunks)
+        marker.announce()
+        prov.record["watermark"] = marker.record()
         kept = list(range(n))  # which drawn samples are written (all, unless a filter blocks some)
         if screens:  # before anything is written; blocked images are counted on stderr and in provenance
             from genforge.filters import screen, summary
@@ -266,14 +279,20 @@ class ImageRefs:
     line (a PNG/JPEG file, test:INDEX or val:INDEX) -> (C, H, W) in pixel range, and an
     inpainting mask -> (1, H, W) in {0, 1}."""
 
-    def __init__(self, run):
+    def __init__(self, run, noise_mark=None):
         self.run, self.cache = run, {}
+        self._noise_mark = noise_mark  # ImageMarker.noise_mark, or None: no watermark
 
     def image(self, ref: str) -> torch.Tensor:
         return _load_image(self.run, ref, self.cache)[0]
 
     def mask(self, ref: str) -> torch.Tensor:
         return load_mask(ref, self.run.spec.shape)
+
+    def noise_mark(self, shape: tuple[int, int, int]):
+        """A watermark for a diffusion family's initial noise (Tree-Ring): unit noise (n, C, H, W)
+        -> marked; None when this call is not watermarked."""
+        return None if self._noise_mark is None else self._noise_mark(shape)
 
 
 def load_mask(ref: str, shape) -> torch.Tensor:

@@ -110,7 +110,9 @@ class ReferenceStats:
     """Everything the metrics need of one reference set (e.g. MOSES test), computed once.
 
     ``fingerprints`` are packed bits, uint8 (N, 128) (:meth:`dense_fingerprints` gives the
-    0/1 (N, 1024) matrix); ``properties`` maps logP/SA/QED/weight to float64 (N,) arrays;
+    0/1 (N, 1024) matrix); ``properties`` maps logP/SA/QED/weight to float64 (N,) arrays
+    (empty for a set shipped without them: MOSES's scaffold test set, whose properties no
+    metric reads);
     ``fragments`` and ``scaffolds`` count BRICS fragments and 2+-ring scaffolds. ``n`` is the
     number of valid reference molecules (``n_invalid`` were dropped); ``versions`` are the
     :func:`library_versions` that computed them.
@@ -262,11 +264,14 @@ def train_changes(train: Sequence[str], n_jobs: int = 2, progress: bool = False)
 
 def build_shipped(references: dict[str, Sequence[str]], train: Sequence[str] | None,
                   folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None, n_jobs: int = 2,
-                  progress: bool = False, changes: dict[str, str | None] | None = None) -> Path:
+                  progress: bool = False, changes: dict[str, str | None] | None = None,
+                  properties_of: tuple[str, ...] = ("test",)) -> Path:
     """Compute (or read from ``cache_dir``) the statistics of each reference set (label ->
     SMILES) and the changed rows of ``train``, and write them as a shipped bundle in
     ``folder`` (:func:`.shipped.write_bundle`). ``changes`` passes :func:`train_changes`
-    already computed for this ``train``."""
+    already computed for this ``train``; property values are kept for the labels in
+    ``properties_of`` only (the property distances read the test set's alone; a set's four
+    properties cost about 1 MB each)."""
     versions = library_versions()
     sets = {}
     for label, smiles in references.items():
@@ -278,4 +283,4 @@ def build_shipped(references: dict[str, Sequence[str]], train: Sequence[str] | N
         train = list(train)
         changes = train_changes(train, n_jobs, progress) if changes is None else changes
         train_entry = (smiles_sha256(train), len(train), changes)
-    return shipped.write_bundle(folder, sets, train_entry, versions)
+    return shipped.write_bundle(folder, sets, train_entry, versions, properties_of=properties_of)

@@ -9,10 +9,12 @@ the key of each entry:
 
 - **a reference set** (key: the sha256 of its SMILES list): ChemNet's mean and covariance
   (the covariance as its upper triangle, float64: exact, half the bytes), the BRICS fragment
-  and scaffold counts, and each property as its distinct values with their counts (the
-  Wasserstein distance of the expanded values is bit for bit the computed one). Not the
-  fingerprints SNN needs (176k x 128 bytes per set): recomputed on first use, a fast RDKit
-  pass (parse + Morgan, no BRICS, SA or QED), then cached with the rest.
+  and scaffold counts, and, for the sets whose properties the metrics read (MOSES: the test
+  set only; ``moses_metrics`` takes the property distances against ``test``), each property
+  as its distinct values with their counts (the Wasserstein distance of the expanded values
+  is bit for bit the computed one). Not the fingerprints SNN needs: 176k x 128 bytes per set,
+  still about 24 bytes a molecule under lzma (4 MB a set), so they are recomputed on first
+  use, a fast RDKit pass (parse + Morgan, no BRICS, SA or QED), then cached with the rest.
 - **a training set** (key: the sha256 of its SMILES list): the rows whose RDKit canonical
   SMILES differ from the row itself (``""`` where RDKit cannot parse it). MOSES stores its
   training SMILES canonically, so this list is short, and the canonical set novelty needs is
@@ -72,8 +74,9 @@ def _split(array: np.ndarray, count: int) -> list[str]:
     return out
 
 
-def pack_set(prefix: str, stats) -> dict[str, np.ndarray]:
-    """The arrays of one reference set (a ``ReferenceStats``) under ``prefix/``."""
+def pack_set(prefix: str, stats, properties: bool = True) -> dict[str, np.ndarray]:
+    """The arrays of one reference set (a ``ReferenceStats``) under ``prefix/``; its property
+    values only with ``properties``."""
     iu = np.triu_indices(len(stats.fcd_mu))
     out = {f"{prefix}/fcd_mu": np.asarray(stats.fcd_mu, np.float64),
            f"{prefix}/fcd_sigma_triu": np.asarray(stats.fcd_sigma, np.float64)[iu]}
@@ -82,7 +85,7 @@ def pack_set(prefix: str, stats) -> dict[str, np.ndarray]:
         keys = sorted(counter)
         out[f"{prefix}/{kind}_keys"] = _join(keys)
         out[f"{prefix}/{kind}_counts"] = np.array([counter[k] for k in keys], np.int64)
-    for name, values in stats.properties.items():
+    for name, values in (stats.properties.items() if properties else ()):
         uniq, counts = np.unique(np.asarray(values, np.float64), return_counts=True)
         out[f"{prefix}/prop_{name}_values"] = uniq
         out[f"{prefix}/prop_{name}_counts"] = counts.astype(np.int64)
@@ -117,20 +120,22 @@ def unpack_set(z, prefix: str, entry: dict) -> dict:
 
 def write_bundle(folder: str | os.PathLike, sets: dict[str, tuple[str, object]],
                  train: tuple[str, int, dict[str, str | None]] | None, versions: dict[str, str],
-                 name: str = BUNDLE) -> Path:
+                 name: str = BUNDLE, properties_of: tuple[str, ...] | None = None) -> Path:
     """Write ``<name>.npz`` then ``<name>.json`` (its sha256 and keys) atomically.
 
     ``sets`` maps a label (``test``) to (sha256 of its SMILES, ``ReferenceStats``); ``train``
     is (sha256 of the training SMILES, how many, {row: canonical or None} for the rows whose
-    canonical SMILES differ) or None. ``versions``: the library versions that computed them."""
+    canonical SMILES differ) or None. ``versions``: the library versions that computed them.
+    ``properties_of``: the labels whose property values are kept (default: every set)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     manifest = {"format": FORMAT, "versions": versions, "sets": {}, "train": None}
     for label, (sha, stats) in sets.items():
-        arrays.update(pack_set(label, stats))
+        keep = properties_of is None or label in properties_of
+        arrays.update(pack_set(label, stats, keep))
         manifest["sets"][sha] = {"label": label, "n": stats.n, "n_invalid": stats.n_invalid,
-                                 "properties": sorted(stats.properties)}
+                                 "properties": sorted(stats.properties) if keep else []}
     if train is not None:
         sha, count, changed = train
         rows = sorted(changed)

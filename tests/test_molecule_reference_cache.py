@@ -114,6 +114,20 @@ def test_other_versions_are_not_used_and_say_so(bundle, tmp_path, capsys):
     assert "rdkit 1999.01" in capsys.readouterr().err
 
 
+def test_a_different_valid_count_falls_back_to_computing(bundle, tmp_path, capsys):
+    """Fingerprints are computed here; if this RDKit parses another number of reference
+    molecules than the one that made the bundle, the shipped fields would not line up."""
+    (want, _, _), folder = bundle
+    path = folder / f"{shipped.BUNDLE}.json"
+    manifest = json.loads(path.read_text())
+    manifest["sets"][M.smiles_sha256(REF)]["n"] += 1
+    path.write_text(json.dumps(manifest))
+    shipped._manifests.cache_clear()
+    got, test, _ = _score(tmp_path / "fresh")
+    assert "this RDKit parses 14" in capsys.readouterr().err
+    assert _same(got, want) and test.n == 14
+
+
 def test_a_damaged_bundle_is_refused(bundle, capsys):
     _, folder = bundle
     npz = folder / f"{shipped.BUNDLE}.npz"

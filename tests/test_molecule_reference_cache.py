@@ -141,15 +141,16 @@ def test_a_damaged_bundle_is_refused(bundle, capsys):
 def test_packed_properties_and_covariance_round_trip_exactly():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(6, 6))
-    values = np.array([3.5, 1.25, 3.5, 0.1 + 0.2, 7.0, 1.25])
-    stats = M.ReferenceStats(sha256="x", n=6, fcd_mu=rng.normal(size=6), fcd_sigma=a @ a.T,
+    values = np.array([3.5, 1.25, 3.5, 0.1 + 0.2, -7.0, 1.25, -0.0, 0.0, -1e-300, 5e300])
+    stats = M.ReferenceStats(sha256="x", n=10, fcd_mu=rng.normal(size=6), fcd_sigma=a @ a.T,
                              fingerprints=np.zeros((6, 128), np.uint8), fragments=M.fragment_counts([]),
                              scaffolds=M.scaffold_counts([]), properties={"QED": values})
     arrays = shipped.pack_set("t", stats)
-    assert arrays["t/prop_QED_values"].size == 4  # distinct values only
-    back = shipped.unpack_set(arrays, "t", {"n": 6, "n_invalid": 0, "properties": ["QED"]})
+    assert arrays["t/prop_QED_values"].shape == (8, 7)  # distinct values only (-0.0 == 0.0), byte planes
+    back = shipped.unpack_set(arrays, "t", {"n": 10, "n_invalid": 0, "properties": ["QED"]})
     np.testing.assert_array_equal(back["fcd_sigma"], stats.fcd_sigma)
     np.testing.assert_array_equal(back["properties"]["QED"], np.sort(values))
+    assert back["properties"]["QED"].tobytes() == np.repeat(*np.unique(values, return_counts=True)).tobytes()
     assert M.wasserstein([0.2, 4.0], back["properties"]["QED"]) == M.wasserstein([0.2, 4.0], values)
 
 

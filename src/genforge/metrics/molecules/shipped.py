@@ -74,6 +74,19 @@ def _split(array: np.ndarray, count: int) -> list[str]:
     return out
 
 
+def _sorted_floats(values: np.ndarray) -> np.ndarray:
+    """Sorted float64 values, losslessly made compressible: the differences of their 64-bit
+    patterns (small: neighbours share their top bits) with each byte plane stored together,
+    uint8 (8, N). About 4.7 bytes a value under deflate instead of 6 for full-precision values."""
+    deltas = np.diff(np.ascontiguousarray(values, np.float64).view(np.uint64), prepend=np.uint64(0))
+    return deltas.view(np.uint8).reshape(-1, 8).T.copy()
+
+
+def _sorted_floats_back(planes: np.ndarray) -> np.ndarray:
+    deltas = np.ascontiguousarray(planes.T).view(np.uint64).ravel()
+    return np.cumsum(deltas, dtype=np.uint64).view(np.float64)  # wraps modulo 2^64: exact
+
+
 def pack_set(prefix: str, stats, properties: bool = True) -> dict[str, np.ndarray]:
     """The arrays of one reference set (a ``ReferenceStats``) under ``prefix/``; its property
     values only with ``properties``."""
@@ -87,7 +100,7 @@ def pack_set(prefix: str, stats, properties: bool = True) -> dict[str, np.ndarra
         out[f"{prefix}/{kind}_counts"] = np.array([counter[k] for k in keys], np.int64)
     for name, values in (stats.properties.items() if properties else ()):
         uniq, counts = np.unique(np.asarray(values, np.float64), return_counts=True)
-        out[f"{prefix}/prop_{name}_values"] = uniq
+        out[f"{prefix}/prop_{name}_values"] = _sorted_floats(uniq)
         out[f"{prefix}/prop_{name}_counts"] = counts.astype(np.int64)
     return out
 
@@ -110,8 +123,8 @@ def unpack_set(z, prefix: str, entry: dict) -> dict:
         counts = z[f"{prefix}/{kind}_counts"]
         keys = _split(z[f"{prefix}/{kind}_keys"], len(counts))
         out[kind] = Counter(dict(zip(keys, counts.tolist(), strict=True)))
-    out["properties"] = {name: np.repeat(z[f"{prefix}/prop_{name}_values"], z[f"{prefix}/prop_{name}_counts"])
-                         for name in entry["properties"]}
+    out["properties"] = {name: np.repeat(_sorted_floats_back(z[f"{prefix}/prop_{name}_values"]),
+                                         z[f"{prefix}/prop_{name}_counts"]) for name in entry["properties"]}
     return out
 
 

@@ -152,13 +152,15 @@ def detect_images(images: torch.Tensor, key: bytes, model=None,
                   inversion_steps: int = treering.INVERSION_STEPS) -> dict:
     """Test images (n, C, H, W), float gray levels 0..255, for the key's marks: post-hoc always,
     Tree-Ring when ``model`` is a diffusion model. A verdict over all n (one file, one answer):
-    post-hoc z's are combined by Stouffer's sum z / sqrt(n), Tree-Ring p-values by Fisher's method;
+    post-hoc by one z over the summed residuals (``posthoc.combined_z``), Tree-Ring p-values by
+    Fisher's method (its inverted noises are independent under H0 for images the run sampled,
+    each from its own x_T; for outside images that share structure it can overstate the evidence);
     with two tests the smaller p is Bonferroni-doubled. ``watermarked``: p < 3.2e-5 (z > 4)."""
     from genforge.families.diffusion import Diffusion
 
     n = images.shape[0]
     ph = posthoc.detect(images, key)
-    z_ph = sum(d["z"] for d in ph) / math.sqrt(n)
+    z_ph = posthoc.combined_z(images, key)
     methods = {"posthoc": {"z": z_ph, "p_value": posthoc.normal_sf(z_ph),
                            "per_image_z": [round(d["z"], 3) for d in ph]}}
     if isinstance(model, Diffusion):

@@ -2,24 +2,23 @@
 (Wen et al. 2023, "Tree-Ring Watermarks", arXiv 2305.20030).
 
 Marking: the centred 2-D FFT (orthonormal) of the unit noise x_T / sigma_max, (n, C, H, W), gets
-its coefficients inside radius r replaced by a key pattern: one real value per ring
-{i - 1 < |f| <= i}, i = 1..r, per channel (the paper's "Tree-Ring_Rings", sec. 3.2). A pattern that
-is constant on rings is Hermitian (f and -f lie on the same ring) when real, so the marked noise is
-real without discarding an imaginary part (the paper's code takes ``.real`` of the inverse FFT,
-which symmetrises its complex pattern the same way). The ring values are drawn N(0, 1): an
-orthonormal FFT of N(0, 1) noise has E|F(f)|^2 = 1, so over keys the marked x_T keeps unit power
-per pixel (Parseval) and a mean of 0.
+its coefficients inside radius r replaced by key values drawn like white N(0, 1) noise's own
+spectrum: complex N(0, 1) per conjugate pair, mirrored as its conjugate (Hermitian, so the marked
+noise is real and keeps its statistics exactly). This is the paper's "Tree-Ring_Rand" pattern
+(sec. 3.2). Their rotation-invariant "Rings" variant (one real value per ring) was tried first and
+dropped: on 8x8 images it has 2 key values per channel, and a real-valued key leaves the ring's
+imaginary parts at zero, a shift any key's test rewards (Ci et al. 2024, RingID, arXiv 2404.14055):
+24 marked digits tested under another key scored p = 1e-6. Rotation is not in our attack list.
 
 Detection: DDIM inversion (the deterministic probability-flow ODE run backwards with Euler steps,
 the run's own denoiser, unconditional as the paper's empty prompt) maps an image back to y ~ x_T.
 The paper's test (sec. 3.3, "Detecting the watermark"): under H0 (no mark) the ring coefficients
-of y are Gaussian with variance sigma^2, so eta = sum |k - y|^2 / sigma^2 is noncentral chi-square
+of y are Gaussian with variance sigma^2, so eta = sum |k - y|^2 / sigma^2 is (for a fixed k) noncentral chi-square
 with noncentrality lambda = sum |k|^2 / sigma^2; marked images sit close to k, so the p-value is
 the lower tail P(chi^2 <= eta). sigma^2 is estimated from y's ring region, as in the paper. Here y
-is real, so F(-f) = conj F(f): only one coefficient of each conjugate pair is counted (two degrees
-of freedom, real and imaginary parts each of variance sigma^2 / 2) plus the real DC term (one
-degree of freedom, variance sigma^2), which keeps the null distribution exact instead of doubling
-every coefficient.
+is real, so F(-f) = conj F(f): only one coefficient of each conjugate pair is counted, plus the
+real DC term (real and imaginary parts of a pair each of variance sigma^2 / 2, DC of sigma^2),
+which keeps the null distribution exact instead of doubling every coefficient.
 
 Size: the paper marks radius 10 of a 64x64 latent (about 8% of the coefficients);
 :func:`default_radius` keeps that share, with at least radius 2 (13 coefficients) so that 8x8
@@ -70,16 +69,26 @@ def ring_index(h: int, w: int, radius: int) -> torch.Tensor:
 
 
 def key_pattern(key: bytes, shape: tuple[int, int, int], radius: int) -> torch.Tensor:
-    """The key's centred spectrum (C, H, W) float64: N(0, 1) values, one per (channel, ring),
-    zero outside the rings. ``key``: the run key (a sub-key is derived for this use)."""
+    """The key's centred spectrum (C, H, W) complex128, zero outside radius ``radius``: inside,
+    one complex N(0, 1) value per conjugate pair (real and imaginary parts N(0, 1/2)), its
+    conjugate at -f, and a real N(0, 1) at DC: the spectrum of white N(0, 1) noise, so Hermitian
+    (the marked noise is real) and with the noise's own statistics. ``key``: the run key (a
+    sub-key is derived for this use)."""
     from genforge.watermark.keys import derive
 
     c, h, w = shape
-    rings = ring_index(h, w, radius)
+    inside = ring_index(h, w, radius) > 0
+    fy, fx = _offsets(h, w)
     g = torch.Generator().manual_seed(int.from_bytes(derive(key, PURPOSE)[:8], "little"))
-    values = torch.randn(c, radius + 1, generator=g, dtype=torch.float64)
-    values[:, 0] = 0.0  # index 0: outside every ring
-    return values[:, rings]
+    re, im = (torch.randn(c, h, w, generator=g, dtype=torch.float64) / math.sqrt(2) for _ in range(2))
+    half = inside & ((fy > 0) | ((fy == 0) & (fx > 0)))
+    k = torch.complex(re, im) * half
+    mirror = torch.zeros_like(k)  # F(-f) = conj F(f): index i -> 2 * centre - i
+    ys, xs = half.nonzero(as_tuple=True)
+    mirror[:, 2 * (h // 2) - ys, 2 * (w // 2) - xs] = k[:, ys, xs].conj()
+    dc = torch.zeros(h, w, dtype=torch.bool)
+    dc[h // 2, w // 2] = True
+    return k + mirror + torch.complex(re * math.sqrt(2), torch.zeros_like(re)) * dc
 
 
 def _spectrum(x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +102,7 @@ def mark_noise(noise: torch.Tensor, key: bytes, radius: int | None = None) -> to
     inside = ring_index(h, w, radius) > 0
     spec = _spectrum(noise)
     pattern = key_pattern(key, (c, h, w), radius).to(noise.device)
-    spec = torch.where(inside.to(noise.device), pattern.to(spec.dtype), spec)
+    spec = torch.where(inside.to(noise.device), pattern, spec)
     x = torch.fft.ifft2(torch.fft.ifftshift(spec, dim=(-2, -1)), norm="ortho")
     return x.real.to(noise.dtype)  # the pattern is Hermitian: the imaginary part is rounding only
 
@@ -149,8 +158,9 @@ def ring_pvalues(noise: torch.Tensor, key: bytes, radius: int | None = None) -> 
         if not sigma2 > 0:
             out.append({"p_value": 1.0, "eta": 0.0, "dof": 0, "lambda": 0.0})
             continue
-        eta = 2 * float(((y - k)[:, half].abs() ** 2).sum()) + float(((y - k)[:, dc].abs() ** 2).sum())
-        lam = 2 * float((k[:, half] ** 2).sum()) + float((k[:, dc] ** 2).sum())
+        d = y - k  # real and imaginary parts N(0, sigma^2 / 2) off DC, N(0, sigma^2) at DC under H0
+        eta = 2 * float((d[:, half].abs() ** 2).sum()) + float((d[:, dc].abs() ** 2).sum())
+        lam = 2 * float((k[:, half].abs() ** 2).sum()) + float((k[:, dc].abs() ** 2).sum())
         dof = c * (2 * int(half.sum()) + 1)
         p = float(ncx2.cdf(eta / sigma2, dof, lam / sigma2))
         out.append({"p_value": p if math.isfinite(p) else 1.0, "eta": eta / sigma2, "dof": dof,

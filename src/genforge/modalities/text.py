@@ -80,6 +80,10 @@ class TextModality(Modality):
         check_settings(temperature, top_k, top_p, max_new_tokens)
         n = 1 if num_samples is None else num_samples
         prompts = [p for p in (prompt or ["\n"]) for _ in range(n)]
+        if out is not None and Path(out).suffix not in (".txt", ".jsonl"):
+            raise GenforgeError(f"--out {out}: text samples are written as .txt or .jsonl")
+        for p in dict.fromkeys(prompts):  # a bad prompt is the one line printed, before any notice
+            run.tokenizer.encode(p)
         hook = text_watermark(run, no_watermark, watermark_gamma, watermark_delta, watermark_context)
         settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                         top_p=top_p, stop=stop or (), logits_hook=hook)
@@ -92,8 +96,6 @@ class TextModality(Modality):
                 sys.stdout.flush()
             sys.stdout.write("\n")
             return
-        if out is not None and Path(out).suffix not in (".txt", ".jsonl"):
-            raise GenforgeError(f"--out {out}: text samples are written as .txt or .jsonl")
         # the file's provenance goes to a sidecar (FILE.provenance.json): the text stays as sampled
         stamp = None if out is None else sample_stamp(run, generator, {
             "prompt": prompt, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k,

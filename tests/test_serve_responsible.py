@@ -1,5 +1,5 @@
-"""Responsible generation in `genforge serve` (issue 18): the text watermark on by default and
-equal to `genforge sample`'s, /v1/detect and /v1/verify, the privacy filter as a served option,
+"""Responsible generation in `genforge serve` (issue 18): the text and image watermarks on by
+default and equal to `genforge sample`'s (batched image requests too), /v1/detect and /v1/verify, the privacy filter as a served option,
 the operator's --filter, blocked samples returned as {"blocked": true, "reason"} and counted."""
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ GPT = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size
        "train.batch_size=4", "train.max_steps=3", "train.eval_every=0", "train.plot=false"]
 VAE = ["model.latent_dim=4", "model.channels=[8, 8]", "model.hidden=32", "train.batch_size=8",
        "train.max_steps=2", "train.eval_every=0", "train.plot=false"]
+DIFF = ["model.channels=[8, 16]", "model.attention=[false, true]", "model.heads=2", "model.sampling_steps=4",
+        "train.batch_size=8", "train.max_steps=2", "train.eval_every=0", "train.plot=false"]  # dpmpp-2m: Tree-Ring
 # Blocks the first sample of every answer, with a reason; keeps the rest.
 FILTER = "def first(samples):\n    return [(False, 'first one') if i == 0 else True for i in range(len(samples))]\n"
 
@@ -37,6 +39,7 @@ def dirs(tmp_path_factory):
         assert main(["train", "gpt-demo", f"data.name={corpus}", *GPT, "--run-dir", str(root / "gpt"),
                      "--no-progress"]) == 0
         assert main(["train", "vae-digits", *VAE, "--run-dir", str(root / "vae"), "--no-progress"]) == 0
+        assert main(["train", "diffusion-digits", *DIFF, "--run-dir", str(root / "diff"), "--no-progress"]) == 0
     (root / "filt.py").write_text(FILTER)
     return root
 
@@ -45,7 +48,7 @@ def dirs(tmp_path_factory):
 def entries(dirs):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GENFORGE_CACHE", str(dirs / "cache"))
-        return load_entries([str(dirs / "gpt"), str(dirs / "vae")], device="cpu")
+        return load_entries([str(dirs / "gpt"), str(dirs / "vae"), str(dirs / "diff")], device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +128,10 @@ def test_streamed_and_openai_answers_carry_the_mark(client):
                "/v1/completions").json()
     assert off["watermark"]["applied"] is False
     image = post(client, {"model": "vae", "num_samples": 2, "seed": 1}).json()
-    assert image["watermark"]["applied"] is False and image["watermark"]["reason"]  # says why, never silent
+    counts = image["watermark"]["posthoc"]  # 8x8 digits mostly cannot hold the post-hoc mark: counted
+    assert counts["marked"] + counts["unmarked"] == 2
+    assert image["watermark"]["applied"] is (counts["marked"] > 0)
+    assert counts["unmarked"] == 0 or "cannot hold the post-hoc mark" in image["watermark"]["reason"]
 
 
 def test_refusals_are_one_json_message(client):
@@ -134,7 +140,10 @@ def test_refusals_are_one_json_message(client):
              ({"model": "gpt", "filter": "os:system"}, 400, "filter"),  # a request never names code
              ({"model": "gpt", "no_watermark": True}, 400, "no_watermark"),  # the served name is "watermark"
              ({"model": "gpt", "privacy_filter": "50"}, 422, "privacy_filter"),
-             ({"model": "vae", "watermark": False}, 400, "watermark")]  # no image marks served: refused
+             ({"model": "vae", "watermark": 1}, 422, "watermark"),
+             ({"model": "vae", "watermark": False, "watermark_strength": 9.0}, 400, "watermark_strength"),
+             ({"model": "vae", "watermark_gamma": 0.5}, 400, "watermark_gamma"),  # a text option
+             ({"model": "diff", "watermark_strength": 0.5}, 422, "watermark_strength")]  # too weak to hold
     for body, status, param in cases:
         r = post(client, body)
         assert r.status_code == status, (body, r.text)
@@ -236,3 +245,125 @@ def test_molecule_answers_blocked_with_their_drawing_and_validity_removed():
     assert out["smiles"] == ["CCO", {"blocked": True, "reason": "no-N: has N"}]
     assert out["svg"] == ["<svg/>", None] and out["valid"] == [True, None] and out["screening"]["blocked"] == 1
     assert screen_molecules(SimpleNamespace(extras={}), {}, result) == result  # no filter: untouched
+
+
+# -- image marks (serve/images.py, responsible.image_marker) ----------------------------------
+def served_pixels(answer) -> list:
+    """An answer's single-image PNGs -> (C, H, W) uint8 arrays, as the CLI's .npz holds them."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    out = []
+    for b in answer["images"]:
+        arr = np.array(Image.open(io.BytesIO(base64.b64decode(b))))
+        out.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+    return out
+
+
+def cli_pixels(dirs, tmp_path, run, *extra):
+    import numpy as np
+
+    out = tmp_path / f"{run}{len(list(tmp_path.iterdir()))}.npz"
+    assert main(["sample", str(dirs / run), "--num-samples", "4", "--seed", "5", "--out", str(out), *extra]) == 0
+    return list(np.load(out)["images"])
+
+
+def test_images_are_marked_by_default_exactly_as_the_cli_marks_them(client, dirs, tmp_path):
+    from genforge.watermark.keys import key_fingerprint, run_key
+
+    body = {"model": "diff", "num_samples": 4, "seed": 5}
+    marked = post(client, body).json()
+    mark = marked["watermark"]
+    assert mark["applied"] is True and mark["tree_ring"] is True and mark["method"].startswith("tree_ring")
+    assert mark["key_fingerprint"] == key_fingerprint(run_key(dirs / "diff", create=False))
+    assert mark["posthoc"]["marked"] + mark["posthoc"]["unmarked"] == 4
+    assert marked["provenance"]["watermark"]["tree_ring"] is True  # the PNGs' record says it too
+    pixels = served_pixels(marked)
+    assert all((a == b).all() for a, b in zip(pixels, cli_pixels(dirs, tmp_path, "diff"), strict=True))
+    plain = post(client, {**body, "watermark": False}).json()
+    assert plain["watermark"]["applied"] is False and "false" in plain["watermark"]["reason"]
+    unmarked = served_pixels(plain)
+    assert all((a == b).all() for a, b in zip(unmarked, cli_pixels(dirs, tmp_path, "diff", "--no-watermark"),
+                                              strict=True))
+    assert any((a != b).any() for a, b in zip(pixels, unmarked, strict=True))  # the ring changed the draw
+    # /v1/images/generations carries the same block; an edit of an upload has no initial noise: no ring.
+    openai = post(client, {"model": "diff", "n": 4, "seed": 5}, "/v1/images/generations").json()
+    assert openai["watermark"] == mark and [d["b64_json"] for d in openai["data"]] == marked["images"]
+    edit = post(client, {"model": "diff", "num_samples": 1, "seed": 5, "init_image": marked["images"][0],
+                         "strength": 0.5}).json()
+    assert edit["watermark"]["tree_ring"] is False, edit  # as the CLI with --init: no ring, post-hoc only
+
+
+def test_batched_marked_image_requests_are_byte_identical_to_alone(entries):
+    import torch
+
+    from genforge.serve import images
+    from genforge.serve.engine import resolve
+    from genforge.serve.records import served_record
+
+    e = entries["diff"]
+    group = [({"num_samples": n, "watermark": w}, seed) for n, w, seed in ((3, None, 11), (1, None, 12), (2, None, 13))]
+
+    def prep(o, s):
+        options = resolve(e, o, Limits())
+        return images.prepare(e, options, record=served_record(e, s, options))
+
+    def alone(o, s):
+        p = prep(o, s)
+        return images.encode(e, images.sample(e, p, torch.Generator().manual_seed(s)), p)
+
+    with torch.inference_mode():
+        expected = [alone(o, s) for o, s in group]
+    jobs = [images.ImageJob(prep(o, s), torch.Generator().manual_seed(s)) for o, s in group]
+    assert len({j.prep.key for j in jobs}) == 1 and "noise_mark" in jobs[0].prep.options
+    off = prep({"num_samples": 1, "watermark": False}, 1)
+    assert off.key != jobs[0].prep.key and "noise_mark" not in off.options  # marked and unmarked never mix
+    batcher = images.ImageBatcher(e)
+    with torch.inference_mode():
+        batcher._draw(jobs)
+    assert batcher.stats["calls"] == 1
+    for job, want in zip(jobs, expected, strict=True):
+        assert job.error is None and job.result == want  # same PNG bytes, same watermark block
+        assert job.result["watermark"]["tree_ring"] is True
+
+
+def test_detect_finds_the_served_image_mark_and_not_an_unmarked_image(client, dirs):
+    from genforge.watermark.keys import key_fingerprint, run_key
+
+    marked = post(client, {"model": "diff", "num_samples": 4, "seed": 8}).json()
+    plain = post(client, {"model": "diff", "num_samples": 4, "seed": 8, "watermark": False}).json()
+    for image in (marked["grid_png"], marked["images"][0]):  # a grid is split into its cells
+        found = post(client, {"model": "diff", "image_b64": image}, "/v1/detect")
+        assert found.status_code == 200 and found.json()["watermarked"] is True, found.text
+        assert found.json()["p_value"] < 3.2e-5 and found.json()["method"] == "tree_ring"
+        assert found.json()["key_fingerprint"] == key_fingerprint(run_key(dirs / "diff", create=False))
+    for image in (plain["grid_png"], plain["images"][0]):
+        missed = post(client, {"model": "diff", "image_b64": image}, "/v1/detect").json()
+        assert missed["watermarked"] is False and missed["p_value"] > 1e-4, missed
+    # Bounds as for /v1/verify: size from the header, bytes capped; wrong kinds refused in one line.
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    bomb = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    buf = io.BytesIO()
+    Image.new("L", (5000, 10)).save(buf, "JPEG")
+    cases = [({"image_b64": base64.b64encode(bomb).decode()}, 422, "max_init_side"),
+             ({"image_b64": base64.b64encode(buf.getvalue()).decode()}, 422, "max_init_side"),
+             ({"image_b64": base64.b64encode(b"GIF89a").decode()}, 422, "PNG or JPEG"),
+             ({"image_b64": base64.b64encode(b"\0" * (Limits().max_file_bytes + 1)).decode()}, 413, "max_file_bytes"),
+             ({"image_b64": marked["images"][0], "gamma": 0.5}, 400, "text only")]
+    for extra, status, words in cases:
+        r = post(client, {"model": "diff", **extra}, "/v1/detect")
+        assert r.status_code == status and words in r.json()["error"]["message"], r.text
+        assert "\n" not in r.json()["error"]["message"]
+    wrong = Image.new("L", (9, 9))
+    buf = io.BytesIO()
+    wrong.save(buf, "PNG")
+    r = post(client, {"model": "diff", "image_b64": base64.b64encode(buf.getvalue()).decode()}, "/v1/detect")
+    assert r.status_code == 422 and "neither one 8x8 image" in r.json()["error"]["message"], r.text

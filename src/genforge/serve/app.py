@@ -408,7 +408,7 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
         result = await draw_images(entry, options, seed, request, record)
         return {"created": int(time.time()), "seed": seed, "provenance": record,
                 "data": [{"b64_json": None, **b} if isinstance(b, dict) else {"b64_json": b} for b in result["images"]],
-                "watermark": responsible.watermark_status(entry, options),
+                "watermark": result.get("watermark") or responsible.watermark_status(entry, options),
                 **({"screening": result["screening"]} if "screening" in result else {})}
 
     return app

@@ -2,8 +2,9 @@
 
 - detect: is this text (or image) marked with a served run's watermark? The run's key is used on
   the server and never returned (only its fingerprint); text goes through the z-test of
-  Kirchenbauer et al. 2023 (``watermark.text.detect_text``), images through
-  ``watermark.image.detect_image_file`` when this genforge has it.
+  Kirchenbauer et al. 2023 (``watermark.text.detect_text``), images (one image or a served grid)
+  through ``watermark.image.detect_images`` with the served model: the post-hoc mark's z-test,
+  and for diffusion runs Tree-Ring by DDIM inversion (as `genforge detect FILE --run RUN`).
 - verify: a file's provenance record and C2PA content credentials, through the CLI's own
   ``cli_provenance.verify_file``. The file arrives as base64 bytes and is written into a private
   temporary folder under a fixed name (only the request's suffix is kept), so no path ever comes
@@ -152,11 +153,14 @@ def _detect_text(entry, body: DetectRequest, key: bytes, limits) -> dict[str, An
 
 
 def _detect_image(entry, value: str, key: bytes, limits) -> dict[str, Any]:
-    try:
-        from genforge.watermark.image import detect_image_file
-    except ImportError:
-        raise RequestError("image watermark detection is not available in this genforge "
-                           "(genforge.watermark.image is missing)", 400, "image_b64") from None
+    """`genforge detect FILE --run RUN` on an uploaded PNG/JPEG (one image of the run or a served
+    grid): the post-hoc test, and Tree-Ring by DDIM inversion with the served model for diffusion
+    runs. The model already loaded is used (detect_image_file would load the run again per call),
+    under the run's lock: inversion runs its denoiser, as a draw does."""
+    import torch
+
+    from genforge.watermark.image import detect_images, read_image, split_grid
+
     raw = decode_file(value, "image_b64", limits.max_file_bytes)
     if raw[:8] != PNG_SIGNATURE and raw[:3] != b"\xff\xd8\xff":
         raise RequestError("'image_b64' is not a PNG or JPEG file", 422, "image_b64")
@@ -164,13 +168,31 @@ def _detect_image(entry, value: str, key: bytes, limits) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="genforge-detect-") as tmp:
         path = Path(tmp) / ("image.png" if raw[:8] == PNG_SIGNATURE else "image.jpg")
         path.write_bytes(raw)
+        _check_jpeg_size(path, limits.max_init_side)
         try:
-            r = detect_image_file(path, key, run_dir=entry.run.run_dir)
+            images = split_grid(read_image(path, entry.run.spec.shape[0]), tuple(entry.run.spec.shape))
+            with entry.lock, torch.inference_mode():
+                r = detect_images(images, key, entry.run.model)
         except GenforgeError as e:
             raise from_library(e, 422) from None
     z = r.get("z", r.get("statistic"))
     return {"watermarked": bool(r["watermarked"]), "z": None if z is None else float(z),
             "p_value": float(r["p_value"]), "tokens": None, "method": str(r.get("method", "image"))}
+
+
+def _check_jpeg_size(path: Path, max_side: int) -> None:
+    """A JPEG's size from its header (PIL reads no pixels on open): the decompression-bomb guard
+    that check_png_size is for PNGs."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        raise RequestError("'image_b64' cannot be read as an image", 422, "image_b64") from None
+    if not (1 <= width <= max_side and 1 <= height <= max_side):
+        raise RequestError(f"'image_b64' is a {width}x{height} image, outside this server's limit max_init_side="
+                           f"{max_side} pixels a side", 422, "image_b64")
 
 
 def verify(body: VerifyRequest, limits) -> dict[str, Any]:

@@ -361,7 +361,8 @@ def generate(entry: Entry, options: dict[str, Any], seed: int, limits: Limits | 
             result = _molecules(entry, options, generator)
     if entry.modality == "molecule":  # images are screened as they are encoded (serve/images.py)
         result = responsible.screen_molecules(entry, options, result)
-    return {**result, "provenance": record, "watermark": responsible.watermark_status(entry, options)}
+    mark = result.pop("watermark", None) or responsible.watermark_status(entry, options)  # images: after the draw
+    return {**result, "provenance": record, "watermark": mark}
 
 
 def _images(entry: Entry, options: dict[str, Any], generator, init=(None, None), record=None) -> dict[str, Any]:

@@ -15,6 +15,11 @@ new family is never batched wrongly, only not batched.
 
 Requests are compatible when everything but their count, class and (single) prompt is equal;
 the label and prompt of each row are passed explicitly, so conditioning is per request.
+
+Watermarks (serve/responsible.py) keep this: Tree-Ring replaces ring coefficients of each row's
+own 2-D spectrum (watermark/treering.mark_noise works per image, with the run's one key), so it
+maps the concatenated noise row by row, and whether it is on is part of the compatibility key;
+the post-hoc mark is applied per request to its own uint8 rows, with its own strength, in encode.
 """
 
 from __future__ import annotations
@@ -88,18 +93,26 @@ class Prepared:
     per_step: bool
     key: str | None
     record: dict | None = None
+    marker: Any = None  # watermark.image.ImageMarker of this request (responsible.image_marker)
 
 
 def prepare(entry, options: dict[str, Any], init: torch.Tensor | None = None, init_sha: str | None = None,
             record: dict | None = None) -> Prepared:
-    from genforge.modalities.image import class_labels
+    from genforge.modalities.image import ImageRefs, class_labels
+    from genforge.serve.responsible import IMAGE_ONLY, SERVER_ONLY, image_marker
     from genforge.serve.wire import RequestError, from_library
 
     run, n = entry.run, options["num_samples"]
-    from genforge.serve.responsible import SERVER_ONLY
-
-    family = {k: v for k, v in options.items() if k not in ("num_samples", "class_label", "init_image", *SERVER_ONLY)}
-    plan = run.model.plan_sampling(family, n, None)  # served options never reference files
+    family = {k: v for k, v in options.items()
+              if k not in ("num_samples", "class_label", "init_image", *SERVER_ONLY, *IMAGE_ONLY)}
+    marker = image_marker(entry, options)
+    # As the CLI: the family asks refs for a Tree-Ring noise hook where x_T decides the image; an
+    # edited upload starts from that image, not from pure noise, so it gets no refs (and no ring).
+    refs = ImageRefs(run, marker.noise_mark) if init is None and marker.key is not None else None
+    try:
+        plan = run.model.plan_sampling(family, n, refs)  # served options never reference files
+    except GenforgeError as e:
+        raise from_library(e) from None
     prompts = plan.options.get("prompt")
     class_label = options.get("class_label")
     if prompts and class_label is not None:
@@ -111,11 +124,13 @@ def prepare(entry, options: dict[str, Any], init: torch.Tensor | None = None, in
     kwargs = dict(plan.options)
     if init is not None:
         kwargs["init"] = init
-    shared = {k: v for k, v in kwargs.items() if k not in ("prompt", "init")}
+    # the noise hook is a new closure per request, but the same map (the run's one key): keyed by presence
+    shared = {k: v for k, v in kwargs.items() if k not in ("prompt", "init", "noise_mark")}
     key = None
     if plan.count is None and not plan.one_row and (not prompts or len(prompts) == 1):
-        key = json.dumps([sorted(shared.items()), prompts, init_sha, labels is None], default=str)
-    return Prepared(n, labels, kwargs, prompts, plan.per_step, key, record)
+        key = json.dumps([sorted(shared.items()), prompts, init_sha, labels is None,
+                          kwargs.get("noise_mark") is not None], default=str)
+    return Prepared(n, labels, kwargs, prompts, plan.per_step, key, record, marker)
 
 
 def sample(entry, prep: Prepared, generator, callback=None) -> torch.Tensor:
@@ -136,17 +151,27 @@ def encode(entry, x: torch.Tensor, prep: Prepared) -> dict[str, Any]:
 
     from genforge.data.grids import make_grid
     from genforge.modalities.image import from_uint8, to_uint8
-    from genforge.serve.responsible import screen_images, with_screening
-    from genforge.serve.wire import b64, png_bytes
+    from genforge.serve.responsible import image_status, screen_images, with_screening
+    from genforge.serve.wire import b64, from_library, png_bytes
 
     images = to_uint8(x.cpu(), entry.run.spec)  # (n, C, H, W) uint8
+    marker = prep.marker
+    if marker is not None:  # the post-hoc mark before PNG encoding and screening, as `genforge sample`
+        try:
+            images = marker.posthoc(images)
+        except GenforgeError as e:  # a given watermark_strength these images cannot hold
+            raise from_library(GenforgeError(str(e).replace("--no-watermark", '"watermark": false')), 422) from None
+        if prep.record is not None:  # the PNGs' and the answer's record say which marks (one dict)
+            prep.record["watermark"] = marker.record()
     images, screening = screen_images(entry, prep.record, images)  # blocked rows blanked (serve/responsible.py)
     singles = [png_bytes(Image.fromarray(img.permute(1, 2, 0).squeeze(-1).numpy()), prep.record) for img in images]
     prompts, y = prep.prompts, prep.labels
     captions = [prompts[i % len(prompts)] for i in range(prep.n)] if prompts else (None if y is None else y.tolist())
     grid = make_grid(from_uint8(images, entry.run.spec), entry.run.spec, captions)
-    return with_screening({"grid_png": b64(png_bytes(grid, prep.record)), "images": [b64(b) for b in singles]},
-                          screening, "images")
+    out = {"grid_png": b64(png_bytes(grid, prep.record)), "images": [b64(b) for b in singles]}
+    if marker is not None and prep.record is not None:  # a served request (bare test entries have no record)
+        out["watermark"] = image_status(entry, (prep.record or {}).get("options") or {}, marker)
+    return with_screening(out, screening, "images")
 
 
 def merged(preps: list[Prepared]) -> Prepared:
@@ -248,8 +273,11 @@ class ImageBatcher:
                 x = None  # this family draws in a way rows cannot split: one by one below
             if x is not None:
                 at = 0
-                for job in jobs:
-                    job.finish(encode(self.entry, x[at:at + job.prep.n], job.prep))
+                for job in jobs:  # one request's refusal (e.g. its watermark_strength) is its own
+                    try:
+                        job.finish(encode(self.entry, x[at:at + job.prep.n], job.prep))
+                    except Exception as e:
+                        job.finish(error=e)
                     at += job.prep.n
                 return
         for job in jobs:

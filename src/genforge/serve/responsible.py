@@ -9,6 +9,11 @@ returned as ``{"blocked": true, "reason": ...}`` items, counted, never dropped s
   served text with a seed is the CLI's with the same seed and options. ``"watermark": false``
   turns it off (the CLI's ``--no-watermark``); ``watermark_gamma``/``_delta``/``_context`` are the
   CLI's options. Molecule runs are never marked (a SMILES string holds too little entropy).
+- Image runs get `genforge sample`'s marks (watermark/image.py ``ImageMarker``, same key): Tree-Ring
+  in a diffusion run's initial noise (Wen et al. 2023, arXiv 2305.20030) where the sampler is
+  deterministic and no init image is given, and the keyed post-hoc mark on every image that can
+  hold it; ``watermark_strength`` is the CLI's option. The answer's ``watermark`` block is made
+  per request after the draw (serve/images.py): which marks, and how many images were too small.
 - A request never names code: ``filter`` is in engine.NOT_SERVED; only the operator gives
   filters (``genforge serve RUN --filter mod:fn``), applied to every request of every run.
 - ``privacy_filter`` is ``true`` (the modality's default threshold) or a number (the threshold),
@@ -27,8 +32,9 @@ from genforge.families.base import SampleOption
 from genforge.serve.wire import RequestError, from_library
 
 TEXT_METHOD = "kirchenbauer-2023"  # as `genforge detect --json` names it
-WATERMARK = SampleOption("watermark", "watermark the samples with the run's key (Kirchenbauer et al. 2023; "
-                                      "on by default, false turns it off; /v1/detect checks text)",
+WATERMARK = SampleOption("watermark", "watermark the samples with the run's key (text: Kirchenbauer et al. "
+                                      "2023; images: Tree-Ring and a post-hoc mark, as `genforge sample`; "
+                                      "on by default, false turns it off; /v1/detect checks them)",
                          flag=True, default=True)
 PRIVACY = SampleOption("privacy_filter", "block near-copies of training items: true uses the modality's "
                                          "threshold, a number sets it (images: RMS pixel distance, default "
@@ -36,7 +42,9 @@ PRIVACY = SampleOption("privacy_filter", "block near-copies of training items: t
                                          "copies, true only); blocked samples come back as {blocked, reason}",
                        flag=True, default=False)
 SERVER_ONLY = ("watermark", "privacy_filter")  # applied here, never passed to a family's sample()
-MARK_OPTIONS = ("watermark_gamma", "watermark_delta", "watermark_context")
+MARK_OPTIONS = ("watermark_gamma", "watermark_delta", "watermark_context", "watermark_strength")
+MARKED = ("text", "image")  # modalities this server watermarks (as `genforge sample` does)
+IMAGE_ONLY = ("watermark_strength",)  # applied to the uint8 pixels here, never passed to a family's sample()
 SCREENED = ("text", "molecule", "image")  # modalities whose answers the filters screen here
 _build_lock = threading.Lock()  # one privacy filter built at a time (each loads training data)
 
@@ -46,11 +54,11 @@ def served_options(modality: str, served: dict[str, SampleOption], declared) -> 
     """The run's served options with the CLI's ``no_watermark`` switch served as ``watermark``
     (default true) and ``privacy_filter`` (a CLI option with an optional value) as a boolean or number."""
     names = {o.name for o in declared}
-    # Marks this server does not apply (image marks are not wired here yet) are not served at all:
-    # an option taken and ignored would claim a mark the answer does not carry.
+    # Marks this server does not apply are not served at all: an option taken and ignored would
+    # claim a mark the answer does not carry.
     out = {k: v for k, v in served.items()
-           if k != "no_watermark" and (modality == "text" or not k.startswith("watermark"))}
-    if "no_watermark" in names and modality == "text":
+           if k != "no_watermark" and (modality in MARKED or not k.startswith("watermark"))}
+    if "no_watermark" in names and modality in MARKED:
         out[WATERMARK.name] = WATERMARK
     if "privacy_filter" in names and modality in SCREENED:
         out[PRIVACY.name] = PRIVACY
@@ -58,7 +66,7 @@ def served_options(modality: str, served: dict[str, SampleOption], declared) -> 
 
 
 def attach(entry) -> None:
-    """Read (or make, at first use, as `genforge sample` does) a text run's watermark key now,
+    """Read (or make, at first use, as `genforge sample` does) a text or image run's watermark key now,
     before the port opens: a run directory where no key can be made is an error at start."""
     entry.extras.setdefault("filters", [])
     entry.extras.setdefault("privacy", {})
@@ -69,7 +77,7 @@ def attach(entry) -> None:
     try:
         key = run_key(entry.run.run_dir)
     except GenforgeError as e:
-        raise GenforgeError(f"run '{entry.id}': {e} (the server watermarks text with the run's key, made in "
+        raise GenforgeError(f"run '{entry.id}': {e} (the server watermarks {entry.modality} with the run's key, made in "
                             "the run directory at first use; make the folder writable)") from None
     entry.extras.update(key=key, fingerprint=key_fingerprint(key))
 
@@ -142,9 +150,43 @@ def watermark_status(entry, options: dict[str, Any]) -> dict[str, Any]:
     if not options.get("watermark"):
         return {"applied": False, "method": None, "key_fingerprint": None,
                 "reason": "turned off by the request (\"watermark\": false)"}
+    if entry.modality == "image":  # before the draw; the answer carries image_status's block
+        return {"applied": True, "method": "image", "key_fingerprint": entry.extras["fingerprint"]}
     hook = text_hook(entry, options)
     return {"applied": True, "method": TEXT_METHOD, "key_fingerprint": entry.extras["fingerprint"],
             "gamma": hook.gamma, "delta": hook.delta, "context": hook.context}
+
+
+def image_marker(entry, options: dict[str, Any]):
+    """The marks of one image request: `genforge sample`'s ``ImageMarker`` with the run's key and
+    the request's ``watermark_strength``; one with no key (marks nothing) when the request turned
+    it off or the entry serves no watermark (a bare entry in tests and benchmarks)."""
+    from genforge.watermark.image import ImageMarker
+
+    extras = getattr(entry, "extras", {})
+    if not options.get("watermark") or "key" not in extras:
+        return ImageMarker(None)
+    return ImageMarker(extras["key"], options.get("watermark_strength"), extras["fingerprint"])
+
+
+def image_status(entry, options: dict[str, Any], marker) -> dict[str, Any]:
+    """An image answer's ``watermark`` block after its draw: which marks went in (``tree_ring``:
+    a diffusion run's initial noise; ``posthoc``: how many images hold the post-hoc mark and how
+    many were too small for it at PSNR >= 30 dB, left unmarked and counted, never weakly marked)."""
+    from genforge.watermark.posthoc import MIN_PSNR
+
+    if marker.key is None:
+        return watermark_status(entry, options)
+    record = marker.record()
+    counts = record["posthoc"]
+    methods = (["tree_ring"] if record["tree_ring"] else []) + (["posthoc"] if counts["marked"] else [])
+    out = {"applied": bool(methods), "method": "+".join(methods) or None,
+           "key_fingerprint": record["key_fingerprint"], "tree_ring": record["tree_ring"], "posthoc": counts}
+    if counts["unmarked"]:
+        size = "x".join(map(str, marker.shape[1:]))
+        out["reason"] = (f"{counts['unmarked']} of {counts['marked'] + counts['unmarked']} {size} images cannot "
+                         f"hold the post-hoc mark at PSNR >= {MIN_PSNR:g} dB and were left without it")
+    return out
 
 
 def screens(entry, options: dict[str, Any]) -> list:

@@ -30,6 +30,11 @@ function showCard(model) {
 
 function watermarkLine(mark) {
   if (!mark) return "watermark: not reported";
+  if (mark.applied && mark.posthoc) {  // images: which marks, and how many were too small for one
+    const p = mark.posthoc;
+    return `watermarked (${mark.method}, key fingerprint ${mark.key_fingerprint}; ` +
+      `post-hoc mark on ${p.marked} of ${p.marked + p.unmarked} images)` + (mark.reason ? `; ${mark.reason}` : "");
+  }
   if (mark.applied) {
     return `watermarked (${mark.method}, key fingerprint ${mark.key_fingerprint}; ` +
       `gamma ${mark.gamma}, delta ${mark.delta}, context ${mark.context})`;

@@ -166,8 +166,11 @@ def test_page_generates_an_image_and_a_streamed_text(server, browser, runs):
     resolved = page.inner_text("#resolved")
     assert "num_samples=4" in resolved and "class_label=0" in resolved, resolved
     assert page.get_attribute("#download", "download") == "digits-seed7.png"
-    # Each answer says whether it is watermarked (images: why not) and carries its provenance record.
-    assert page.inner_text("#watermark-status").startswith("not watermarked: ")
+    # Each answer says whether it is watermarked (images: the post-hoc mark's count, or why none held
+    # it) and carries its provenance record.
+    mark = page.inner_text("#watermark-status")
+    assert (mark.startswith("watermarked (posthoc, key fingerprint ") and "post-hoc mark on " in mark) \
+        or "cannot hold the post-hoc mark" in mark, mark
     assert '"seed": 7' in page.eval_on_selector("#provenance pre", "e => e.textContent")
     if os.environ.get("GENFORGE_SCREENSHOT"):
         page.screenshot(path=os.environ["GENFORGE_SCREENSHOT"])

@@ -140,22 +140,14 @@ def split_grid(arr: np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:
     return torch.from_numpy(np.stack(cells)).permute(0, 3, 1, 2).float()
 
 
-def _fisher(pvalues: list[float]) -> float:
-    """Fisher's combination of independent p-values: -2 sum ln p ~ chi^2 with 2n dof under H0."""
-    from scipy.stats import chi2
-
-    stat = -2 * sum(math.log(max(p, 1e-300)) for p in pvalues)
-    return float(chi2.sf(stat, 2 * len(pvalues)))
-
-
 def detect_images(images: torch.Tensor, key: bytes, model=None,
                   inversion_steps: int = treering.INVERSION_STEPS) -> dict:
     """Test images (n, C, H, W), float gray levels 0..255, for the key's marks: post-hoc always,
     Tree-Ring when ``model`` is a diffusion model. A verdict over all n (one file, one answer):
-    post-hoc by one z over the summed residuals (``posthoc.combined_z``), Tree-Ring p-values by
-    Fisher's method (its inverted noises are independent under H0 for images the run sampled,
-    each from its own x_T; for outside images that share structure it can overstate the evidence);
-    with two tests the smaller p is Bonferroni-doubled. ``watermarked``: p < 3.2e-5 (z > 4)."""
+    post-hoc by one z over the summed residuals (``posthoc.combined_z``), Tree-Ring by the cosine
+    of the mean inverted ring with the key (``treering.combined_pvalue``); both nulls hold however
+    the images depend on each other. With two tests the smaller p is Bonferroni-doubled.
+    ``watermarked``: p < 3.2e-5 (z > 4)."""
     from genforge.families.diffusion import Diffusion
 
     n = images.shape[0]
@@ -166,8 +158,9 @@ def detect_images(images: torch.Tensor, key: bytes, model=None,
     if isinstance(model, Diffusion):
         from genforge.data.images import to_range
 
-        tr = treering.detect(model, to_range(images, model.spec.pixel_range), key, steps=inversion_steps)
-        methods["tree_ring"] = {"p_value": _fisher([d["p_value"] for d in tr]),
+        tr, together = treering.detect_all(model, to_range(images, model.spec.pixel_range), key,
+                                           steps=inversion_steps)
+        methods["tree_ring"] = {"p_value": together["p_value"], "cos": round(together["cos"], 4),
                                 "per_image_p": [float(f"{d['p_value']:.3g}") for d in tr],
                                 "radius": treering.default_radius(*images.shape[-2:]),
                                 "inversion_steps": inversion_steps}

@@ -207,10 +207,10 @@ def test_every_transformation_runs_and_png_keeps_the_mark(diffusion_run, digits)
 
 # -- files and the CLI -------------------------------------------------------------------------
 def test_split_grid_recovers_the_images_of_a_sample_grid():
+    import numpy as np
+
     from genforge.data.grids import make_grid
     from genforge.data.spec import DataSpec
-
-    import numpy as np
 
     images = torch.randint(0, 256, (7, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     spec = DataSpec(name="digits", modality="image", shape=(1, 8, 8), pixel_range=(0.0, 1.0))

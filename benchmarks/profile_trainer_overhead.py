@@ -147,7 +147,7 @@ def pieces(trainer) -> list[tuple[str, float, str]]:
     loss = model(batch)["loss"]
     loss.backward()
     params = [p for g in opt.param_groups for p in g["params"]]
-    rows.append(("params list comp in _StepContext.step", us(lambda: [p for g in opt.param_groups for p in g["params"]],
+    rows.append(("params list comp in StepContext.step", us(lambda: [p for g in opt.param_groups for p in g["params"]],
                                                                5000), "model.parameters() generator"))
     grads_keep = [p.grad.clone() for p in params]
 

@@ -17,10 +17,7 @@ pixels a side, read from its header before any decoder sees it (the decompressio
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
-import struct
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,9 +25,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from genforge import GenforgeError
-from genforge.serve.wire import RequestError, from_library
+from genforge.serve.wire import PNG_SIGNATURE, RequestError, decode_base64, from_library, png_size
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VERDICTS = {"valid": "valid", "untrusted": "untrusted", "tampered": "tampered", "no provenance": "none"}
 
 
@@ -77,28 +73,14 @@ class VerifyResponse(BaseModel):
 
 
 def decode_file(value: str, name: str, max_bytes: int) -> bytes:
-    """Strict base64 -> bytes, its size checked before and after decoding."""
-    if len(value) > 4 * ((max_bytes + 2) // 3):
-        raise RequestError(f"'{name}' is about {len(value) * 3 // 4} bytes, above this server's limit "
-                           f"max_file_bytes={max_bytes}", 413, name)
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError(f"'{name}' is not valid base64: send the file's bytes base64-encoded (the server "
-                           "never reads a path)", 422, name) from None
-    if len(raw) > max_bytes:
-        raise RequestError(f"'{name}' is {len(raw)} bytes, above this server's limit max_file_bytes={max_bytes}",
-                           413, name)
-    return raw
+    return decode_base64(value, name, max_bytes, "max_file_bytes")
 
 
 def check_png_size(raw: bytes, name: str, max_side: int) -> None:
     """A PNG's width and height from its IHDR chunk, before any decoder sees the pixels."""
     if raw[:8] != PNG_SIGNATURE:
         return
-    if len(raw) < 24 or raw[12:16] != b"IHDR":
-        raise RequestError(f"'{name}' starts like a PNG but has no IHDR header chunk", 422, name)
-    width, height = struct.unpack(">II", raw[16:24])
+    width, height = png_size(raw, name)
     if not (1 <= width <= max_side and 1 <= height <= max_side):
         raise RequestError(f"'{name}' is a {width}x{height} PNG, outside this server's limit max_init_side="
                            f"{max_side} pixels a side", 422, name)

@@ -19,19 +19,15 @@ The image is then converted to the run's channels and resized to its size (bilin
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import io
-import struct
 from typing import Any
 
 import numpy as np
 import torch
 
-from genforge.serve.wire import RequestError
+from genforge.serve.wire import PNG_SIGNATURE, RequestError, decode_base64, png_size
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DATA_URL = "data:image/png;base64,"
 NAME = "init_image"
 
@@ -45,24 +41,12 @@ def decode_png(value: str, shape: tuple[int, int, int], max_bytes: int, max_side
             raise RequestError(f"'{NAME}' must be a PNG ({DATA_URL}...), got a {value[5:30].split(',')[0]!r} "
                                "data URL", 422, NAME)
         value = value[len(DATA_URL):]
-    if len(value) > 4 * ((max_bytes + 2) // 3):  # base64 of max_bytes bytes, padded
-        raise RequestError(f"'{NAME}' is about {len(value) * 3 // 4} bytes, above this server's limit "
-                           f"max_init_bytes={max_bytes}", 413, NAME)
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError(f"'{NAME}' is not valid base64: send a PNG file's bytes base64-encoded "
-                           "(the server never reads a path)", 422, NAME) from None
-    if len(raw) > max_bytes:
-        raise RequestError(f"'{NAME}' is {len(raw)} bytes, above this server's limit max_init_bytes={max_bytes}",
-                           413, NAME)
+    raw = decode_base64(value, NAME, max_bytes, "max_init_bytes")
     if raw[:8] != PNG_SIGNATURE:
         raise RequestError(f"'{NAME}' is not a PNG file (no PNG signature): send a PNG's bytes in base64 "
                            "(the server never reads a path)", 422, NAME)
     c, h, w = shape
-    if len(raw) < 24 or raw[12:16] != b"IHDR":  # the PNG spec: IHDR is the first chunk
-        raise RequestError(f"'{NAME}' is not a PNG file (no IHDR header chunk)", 422, NAME)
-    width, height = struct.unpack(">II", raw[16:24])
+    width, height = png_size(raw, NAME)
     if not (1 <= width <= max_side and 1 <= height <= max_side):
         raise RequestError(f"'{NAME}' is {width}x{height} pixels, outside this server's limit "
                            f"max_init_side={max_side} (1 to {max_side} pixels a side; images are resized to "

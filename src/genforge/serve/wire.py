@@ -5,7 +5,9 @@ importing engine.py (which imports them)."""
 from __future__ import annotations
 
 import base64
+import binascii
 import re
+import struct
 
 from genforge import GenforgeError
 
@@ -37,3 +39,32 @@ def png_bytes(image, record: dict | None = None) -> bytes:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def decode_base64(value: str, name: str, max_bytes: int, limit: str) -> bytes:
+    """Strict base64 -> bytes, the size checked before decoding (from the text's length) and
+    after; ``limit`` names the server limit in the 413 (e.g. "max_file_bytes")."""
+    if len(value) > 4 * ((max_bytes + 2) // 3):  # base64 of max_bytes bytes, padded
+        raise RequestError(f"'{name}' is about {len(value) * 3 // 4} bytes, above this server's limit "
+                           f"{limit}={max_bytes}", 413, name)
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(f"'{name}' is not valid base64: send the file's bytes base64-encoded (the server "
+                           "never reads a path)", 422, name) from None
+    if len(raw) > max_bytes:
+        raise RequestError(f"'{name}' is {len(raw)} bytes, above this server's limit {limit}={max_bytes}",
+                           413, name)
+    return raw
+
+
+def png_size(raw: bytes, name: str) -> tuple[int, int]:
+    """(width, height) of PNG bytes from the IHDR chunk (the PNG spec: the first chunk), read
+    before any decoder sees the pixels, so a size bomb is refused by our limit, not Pillow's."""
+    if len(raw) < 24 or raw[12:16] != b"IHDR":
+        raise RequestError(f"'{name}' starts like a PNG but has no IHDR header chunk", 422, name)
+    return struct.unpack(">II", raw[16:24])
+

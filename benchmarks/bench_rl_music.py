@@ -84,7 +84,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    run = out / "rl"
+    run = Path(__file__).resolve().parent.parent / "runs" / "bench-rl-music" / "rl"  # weights stay out of results/
     cmd = [sys.executable, "-m", "genforge", "rl", args.base_run, "--reward", "no_parallels",
            "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--run-dir", str(run),
            "--overwrite", "--no-progress", *shlex.split(args.rl_options)]

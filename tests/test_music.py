@@ -157,7 +157,7 @@ def test_held_out_windows_score_every_token_once_with_the_voice_phase_fixed(tmp_
     split = WindowSplit(seqs, 32, tok.pad_id, tok, scored_once=True)
     batch = split.get(torch.arange(len(split)))
     assert int(batch["mask"].sum()) == sum(len(s) - 1 for s in seqs)  # every target exactly once
-    for i, o, _, _ in split.items:
+    for _, o, _, _ in split.items:
         assert o % 4 == 0  # position 1 of every window is a soprano token (or <bos> at 0)
     train = WindowSplit(seqs, 32, tok.pad_id, tok, scored_once=False)
     assert int(train.get(torch.arange(len(train)))["mask"].sum()) > int(batch["mask"].sum())  # overlaps

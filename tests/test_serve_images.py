@@ -55,7 +55,8 @@ def test_batched_image_requests_are_byte_identical_to_alone(family, monkeypatch)
         assert len({j.prep.key for j in jobs}) == 1  # compatible: counts and classes differ only
         calls = []
         inner = e.run.model.sample
-        monkeypatch.setattr(e.run.model, "sample", lambda n, *a, **k: calls.append(n) or inner(n, *a, **k))
+        monkeypatch.setattr(e.run.model, "sample",
+                            lambda n, *a, calls=calls, inner=inner, **k: calls.append(n) or inner(n, *a, **k))
         batcher = images.ImageBatcher(e)
         with torch.inference_mode():
             batcher._draw(jobs)

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+import genforge.metrics.molecules.shipped as shipped  # the module itself, not through the package
 from genforge import GenforgeError
 from genforge.atomic import atomic_write, atomic_write_bytes
-from genforge.metrics.molecules import shipped
 from genforge.metrics.molecules.chem import (
     canonical_smiles,
     map_molecules,

@@ -109,30 +109,46 @@ class _Rows:
         self.job.put(END)
 
 
-class Batcher:
+class RunWorker:
+    """A run's queue of waiting jobs and the one thread that serves them, started at the first
+    job; subclasses give ``_loop`` (text: continuous batching; images: compatible draws)."""
+
+    thread_name = "worker"
+
+    def __init__(self, entry, max_rows: int = 64, max_jobs: int | None = None):
+        self.entry, self.max_rows, self.max_jobs = entry, max_rows, max_jobs
+        self.waiting: collections.deque = collections.deque()
+        self.cond = threading.Condition()
+        self.thread: threading.Thread | None = None
+
+    def submit(self, job):
+        with self.cond:
+            self.waiting.append(job)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name=f"{self.thread_name}-{self.entry.id}",
+                                               daemon=True)
+                self.thread.start()
+            self.cond.notify()
+        return job
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class Batcher(RunWorker):
     """One per text run: a thread that admits waiting jobs in arrival order into the run's
     continuous batch (at most ``max_rows`` rows, ``max_jobs`` jobs) and steps it under the run's
     lock, one decode step at a time, so other draws of the run interleave between steps.
     ``max_jobs=1`` serves requests one at a time (batching off, for comparison)."""
 
+    thread_name = "batcher"
+
     def __init__(self, entry, max_rows: int = 64, max_jobs: int | None = None):
-        self.entry, self.max_rows, self.max_jobs = entry, max_rows, max_jobs
-        self.waiting: collections.deque[Job] = collections.deque()
-        self.cond = threading.Condition()
-        self.thread: threading.Thread | None = None
+        super().__init__(entry, max_rows, max_jobs)
         self.decoder = None  # the running batch, once the thread has started
         # what the batch has done (tests, the load benchmark): steps, most jobs at once, and jobs
         # that joined while others were decoding
         self.stats = {"steps": 0, "peak_jobs": 0, "joined_running": 0}
-
-    def submit(self, job: Job) -> Job:
-        with self.cond:
-            self.waiting.append(job)
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._loop, name=f"batcher-{self.entry.id}", daemon=True)
-                self.thread.start()
-            self.cond.notify()
-        return job
 
     def _take(self, decoder) -> list[Job]:
         """Waiting jobs that fit now, in arrival order (the first that does not fit waits, and so

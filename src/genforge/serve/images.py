@@ -24,7 +24,6 @@ the post-hoc mark is applied per request to its own uint8 rows, with its own str
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
 import threading
@@ -35,6 +34,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from genforge import GenforgeError
+from genforge.serve.batching import RunWorker
 
 
 class NotRowwise(RuntimeError):
@@ -204,26 +204,16 @@ class Cancelled(Exception):
     """Every request of a draw has gone: stop at the next sampler step."""
 
 
-class ImageBatcher:
+class ImageBatcher(RunWorker):
     """One per image run: a thread that draws waiting requests, the first in line together with
     every waiting one compatible with it (up to ``max_rows`` rows), in one sampler call.
     ``max_jobs=1``: one at a time (batching off)."""
 
-    def __init__(self, entry, max_rows: int = 64, max_jobs: int | None = None):
-        self.entry, self.max_rows, self.max_jobs = entry, max_rows, max_jobs
-        self.waiting: collections.deque[ImageJob] = collections.deque()
-        self.cond = threading.Condition()
-        self.thread: threading.Thread | None = None
-        self.stats = {"calls": 0, "peak_jobs": 0, "steps": 0}
+    thread_name = "images"
 
-    def submit(self, job: ImageJob) -> ImageJob:
-        with self.cond:
-            self.waiting.append(job)
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._loop, name=f"images-{self.entry.id}", daemon=True)
-                self.thread.start()
-            self.cond.notify()
-        return job
+    def __init__(self, entry, max_rows: int = 64, max_jobs: int | None = None):
+        super().__init__(entry, max_rows, max_jobs)
+        self.stats = {"calls": 0, "peak_jobs": 0, "steps": 0}
 
     def _take(self) -> list[ImageJob]:
         with self.cond:

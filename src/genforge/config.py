@@ -53,8 +53,11 @@ class DataConfig(Strict):
     (the MOSES preset turns this off: its files are already canonical)."""
     max_molecules: int | None = Field(None, ge=2)
     """Molecules: train on a fixed-seed subset of this many training molecules."""
-    music_tokens: Literal["grid", "events"] = "grid"
-    """Music: four-voice grid tokens (S, A, T, B per 16th; chorales) or REMI-like events (any MIDI)."""
+    music_tokens: Literal["grid", "events", "chorale"] = "grid"
+    """Music: four-voice grid tokens (S, A, T, B per 16th; chorales), REMI-like events (any MIDI),
+    or chorale tokens (the grid with a key token and fermata-flagged soprano; data.name=bach)."""
+    key_to_c: bool = False
+    """Music (data.name=bach): move every chorale to C major or A minor, as BachBot does."""
     transpose: int = Field(0, ge=0, le=12)
     """Music: also train on each piece moved up to this many semitones, every voice kept in its range."""
 

@@ -12,7 +12,8 @@ Sources:
   as prepared for Coconet (Huang et al. 2017): train/valid/test = 229/76/77 chorales,
   ``Jsb16thSeparated.json`` (rests are -1). Found through :func:`genforge.data.locate.locate`.
 - ``bach``: the 433 Bach chorales bundled in the music21 wheel (MusicXML), parsed once and
-  cached as grids; only four-part chorales are kept (the others are counted and reported).
+  cached as grids with each chorale's key and soprano fermatas (:mod:`genforge.data.music_chorales`);
+  only four-part chorales are kept (the others are counted and reported).
 - any folder of ``.mid``/``.midi`` files, read with pretty_midi: its note-level API (notes with
   start/end in seconds per instrument) is what a grid needs, and Magenta's tools build on it;
   mido (one level lower: messages) is used only as the independent reader in the tests.
@@ -20,9 +21,7 @@ Sources:
 
 from __future__ import annotations
 
-import hashlib
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +43,8 @@ MIDI_SUFFIXES = {".mid", ".midi"}
 MUSIC_DATASETS = {
     "jsb": "JSB Chorales, 4 voices on a 16th-note grid: 229 train / 76 valid / 77 test chorales "
            "($GENFORGE_DATA/jsb-chorales, or download)",
-    "bach": "the 433 Bach chorales bundled with music21 (four-part ones kept; seeded splits)",
+    "bach": "the 433 Bach chorales bundled with music21 with keys and fermatas (four-part ones kept; "
+            "seeded splits; data.music_tokens=chorale writes the keys and fermatas as tokens)",
 }
 INSTALL_HINT = "pip install 'genforge[music]'"
 
@@ -246,46 +246,6 @@ def score_to_grid(score) -> np.ndarray | None:
             e = max(s + 1, int(round(float(n.offset + n.quarterLength) * STEPS_PER_QUARTER)))
             grid[s:e, v] = max(p.midi for p in n.pitches)
     return grid
-
-
-def load_bach_music21(progress: bool = True) -> tuple[list[str], list[np.ndarray], str | None]:
-    """(names, grids, report) of music21's bundled Bach chorales, parsed once and cached as an
-    .npz keyed by the music21 version (parsing 433 MusicXML files takes minutes)."""
-    from genforge.atomic import atomic_write
-    from genforge.data.locate import cache_dir
-
-    music21 = require("music21")
-    key = hashlib.sha256(f"v1:{music21.__version__}".encode()).hexdigest()[:16]
-    cached = cache_dir() / "music" / f"bach-music21-{key}.npz"
-    if cached.is_file():
-        with np.load(cached, allow_pickle=False) as z:
-            names = [str(x) for x in z["names"]]
-            grids = np.split(z["flat"], z["offsets"][1:-1])
-            report = str(z["report"]) or None
-        return names, grids, report
-    from music21 import corpus
-
-    names, grids, bad = [], [], LoadReport()
-    paths = sorted(corpus.getComposer("bach"))
-    for i, p in enumerate(paths):
-        if progress and sys.stderr.isatty():
-            print(f"\rparsing music21 Bach chorales {i + 1}/{len(paths)}", end="", file=sys.stderr)
-        try:
-            grid = score_to_grid(corpus.parse(str(p)))
-        except Exception as e:  # noqa: BLE001 - a broken score is reported, not fatal
-            bad.reject("scores music21 cannot parse", f"{Path(p).name} ({type(e).__name__})")
-            continue
-        if grid is None:
-            bad.reject("scores without exactly four parts", Path(p).name)
-            continue
-        names.append(Path(p).stem)
-        grids.append(grid)
-    report = bad.text("music21 Bach chorales", len(grids)) or ""
-    offsets = np.concatenate([[0], np.cumsum([len(g) for g in grids])])
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(cached, lambda f: np.savez(f, names=np.array(names), flat=np.concatenate(grids),
-                                            offsets=offsets, report=np.array(report)))
-    return names, grids, report or None
 
 
 def load_midi_folder(folder, max_steps: int | None = None) -> tuple[list[str], list, LoadReport]:

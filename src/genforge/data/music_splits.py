@@ -105,18 +105,27 @@ def _seeded_split(items: list, val_fraction: float, test_fraction: float = 0.1) 
 
 
 def _sources(data_cfg, kind: str) -> tuple[dict[str, list], str | None]:
-    """Each split's pieces as (name, grid, onsets or None, notes or None), and the load report."""
+    """Each split's pieces as (name, grid, onsets or None, extra), and the load report; ``extra``
+    is a MIDI piece's notes, a music21 chorale's :class:`~genforge.data.music_chorales.Chorale`
+    (key, fermatas), else None."""
     from genforge.data import music
 
-    if data_cfg.name in ("jsb", "bach") and kind != "grid":
+    if data_cfg.name in ("jsb", "bach") and kind == "events":
         raise GenforgeError(f"'{data_cfg.name}' is four-voice chorales: use data.music_tokens=grid")
+    if data_cfg.name != "bach" and (kind == "chorale" or getattr(data_cfg, "key_to_c", False)):
+        raise GenforgeError(f"keys and fermatas come from music21's Bach chorales: data.music_tokens=chorale and "
+                            f"data.key_to_c need data.name=bach, not '{data_cfg.name}'")
     if data_cfg.name == "jsb" or Path(data_cfg.name).suffix.lower() == ".json":
         path = None if data_cfg.name == "jsb" else Path(data_cfg.name).expanduser()
         splits = music.load_jsb(path)
         return {k: [(f"{k}[{i}]", g, None, None) for i, g in enumerate(v)] for k, v in splits.items()}, None
     if data_cfg.name == "bach":
-        names, grids, report = music.load_bach_music21()
-        return _seeded_split([(n, g, None, None) for n, g in zip(names, grids, strict=True)],
+        from genforge.data.music_chorales import load_bach_chorales, to_c
+
+        names, chorales, report = load_bach_chorales()
+        if getattr(data_cfg, "key_to_c", False):
+            chorales = [to_c(c) for c in chorales]
+        return _seeded_split([(n, c.grid, None, c) for n, c in zip(names, chorales, strict=True)],
                              data_cfg.val_fraction), report
     names, pieces, bad = music.load_midi_folder(data_cfg.name)
     if not pieces:
@@ -136,8 +145,11 @@ def load_music(data_cfg, block_size: int) -> MusicData:
     bos, eos, pad = tok.bos_id, tok.eos_id, tok.pad_id
 
     def framed(piece) -> np.ndarray:
-        _, grid, onsets, notes = piece
-        body = tok.encode_grid(grid, onsets) if tok.kind == "grid" else tok.encode_notes(notes)
+        _, grid, onsets, extra = piece
+        if tok.kind == "chorale":
+            body = tok.encode_grid(grid, onsets, fermata=extra.fermata, key=extra.key)
+        else:
+            body = tok.encode_grid(grid, onsets) if tok.kind == "grid" else tok.encode_notes(extra)
         return np.asarray([bos, *body, eos], dtype=np.int64)
 
     seqs = {k: [framed(p) for p in v] for k, v in splits.items()}

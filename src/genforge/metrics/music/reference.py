@@ -69,7 +69,9 @@ def load_reference(name: str, progress: bool = True) -> Reference:
 
     if name == "jsb":
         return reference_from_splits("jsb", music.load_jsb())
-    _, grids, _ = music.load_bach_music21(progress=progress)
+    from genforge.data.music_chorales import load_bach_music21
+
+    _, grids, _ = load_bach_music21(progress=progress)
     if len(grids) < 2:
         raise GenforgeError("music21's Bach corpus gave fewer than two four-part chorales; "
                             "reinstall music21: pip install 'genforge[music]'")

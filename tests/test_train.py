@@ -299,3 +299,53 @@ def test_per_optimizer_settings_and_no_gradient_leaks(tmp_path):
     assert model.critic.weight.grad is None and model.critic.weight.requires_grad
     assert not any(p.requires_grad for p in model.encoder.parameters())  # frozen part
     assert trainer.ctx.global_step == 0
+
+
+def test_fused_adamw_follows_the_foreach_loss_trajectory(corpus, tmp_path, monkeypatch):
+    # The trainer steps with fused AdamW (one kernel over all tensors, CPU and CUDA); the
+    # reference is torch's multi-tensor (foreach) AdamW on the same batches.
+    cfg, mcfg = tiny(corpus, "train.max_steps=25", "train.plot=false")
+    trainer = make_trainer(cfg, mcfg, tmp_path / "fused", progress=False)
+    assert all(o.defaults["fused"] for o in trainer.optimizers.values())
+    trainer.fit()
+    real = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", lambda *a, fused, **k: real(*a, foreach=True, **k))
+    cfg, mcfg = tiny(corpus, "train.max_steps=25", "train.plot=false")
+    reference = make_trainer(cfg, mcfg, tmp_path / "foreach", progress=False)
+    assert not any(o.defaults["fused"] for o in reference.optimizers.values())
+    reference.fit()
+    fused, foreach = losses(tmp_path / "fused"), losses(tmp_path / "foreach")
+    assert len(fused) == 25 and fused[-1] < fused[0]
+    torch.testing.assert_close(fused, foreach, rtol=1e-4, atol=1e-5)
+
+
+def test_train_compile_traces_the_forward_and_matches_eager(corpus, tmp_path, monkeypatch):
+    # Dynamo capture and AOTAutograd (backend aot_eager) run the graph Inductor would get;
+    # Inductor's C++ build (tens of seconds) is measured in benchmarks/bench_gpt_shakespeare.py.
+    cfg, mcfg = tiny(corpus, "train.max_steps=12", "train.plot=false")
+    make_trainer(cfg, mcfg, tmp_path / "eager", progress=False).fit()
+    real, compiled = torch.compile, []
+    monkeypatch.setattr(torch, "compile", lambda m: compiled.append(m) or real(m, backend="aot_eager"))
+    cfg, mcfg = tiny(corpus, "train.max_steps=12", "train.plot=false", "train.compile=true")
+    make_trainer(cfg, mcfg, tmp_path / "compiled", progress=False).fit()
+    assert len(compiled) == 1
+    torch.testing.assert_close(losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rtol=1e-5, atol=1e-6)
+    assert load_run(tmp_path / "compiled", checkpoint="latest").model is not None  # no _orig_mod. keys
+
+
+@pytest.mark.parametrize("missing", ["cxx", "dynamo"])
+def test_train_compile_where_it_cannot_run_is_refused_in_one_line(corpus, tmp_path, monkeypatch, capsys, missing):
+    import torch._dynamo
+    from torch._inductor import config as inductor_config
+
+    if missing == "cxx":
+        monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-such-g++")))
+    else:
+        monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    run = tmp_path / "r"
+    assert main(["train", "gpt-demo", f"data.name={corpus}", *TINY, "train.compile=true", "train.device=cpu",
+                 "--run-dir", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.compile" in err
+    assert ("C++ compiler" if missing == "cxx" else "Python version") in err
+    assert not run.exists()

@@ -28,6 +28,7 @@ from genforge.families.base import Diverged, GenerativeModel, StopTraining
 from genforge.modalities import load_data, modality
 from genforge.train import distributed
 from genforge.train.batches import BatchSource, DatasetBatches
+from genforge.train.compiling import compile_forward
 from genforge.train.ema import EMA
 from genforge.train.schedule import lr_at
 from genforge.train.signals import StopFlag
@@ -118,7 +119,7 @@ class Trainer:
             self.ddp = self.wrapped = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                                           find_unused_parameters=len(self.optimizers) > 1)
         if tc.compile:
-            self.wrapped = torch.compile(self.wrapped)
+            self.wrapped = compile_forward(self.wrapped, self.device)
         self.batches = batches or DatasetBatches(self.data.train, tc.batch_size, tc.seed,
                                                  self.dist.rank, self.dist.world)
         self.step = 0

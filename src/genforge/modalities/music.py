@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from genforge import GenforgeError
-from genforge.families.base import TEMPERATURE, SampleOption
+from genforge.families.base import TEMPERATURE, LatentVariableModel, SampleOption
 from genforge.modalities import EVAL_NUM_SAMPLES, FILTER, PRIVACY_FILTER, Modality
 
 OUT_SUFFIXES = (".mid", ".midi", ".wav", ".png", ".musicxml")
@@ -30,13 +30,15 @@ OUT_SUFFIXES = (".mid", ".midi", ".wav", ".png", ".musicxml")
 class MusicModality(Modality):
     name = "music"
     unit = "notes"  # grid tokens: one voice at one 16th step
-    data_fields = frozenset({"music_tokens", "transpose"})
+    data_fields = frozenset({"music_tokens", "transpose", "key_to_c"})
     sample_options = (
         TEMPERATURE,
         SampleOption("prompt_midi", "music runs: continue the opening in this MIDI file", str, metavar="FILE"),
         SampleOption("melody", "music runs: harmonize the soprano (top voice) of this MIDI file: the GPT on "
                                "grid tokens is given each step's soprano and samples alto, tenor and bass "
                                "(it sees the melody up to the current step, not ahead)", str, metavar="FILE"),
+        SampleOption("key", "music runs on chorale tokens: start the piece in this key, e.g. 'D major' or "
+                            "'F# minor' (without it the model picks the key)", str, metavar="KEY"),
         SampleOption("tempo", "music runs: quarter notes per minute in the written file (default 100)",
                      float, 100.0, metavar="BPM"),
         SampleOption("steps", "music runs: grid runs: 16th steps to add after the opening; events runs: "
@@ -50,6 +52,10 @@ class MusicModality(Modality):
     def load(self, data_cfg, needs: dict[str, Any]):
         from genforge.data.music_splits import load_music
 
+        if "max_length" in needs:  # one sequence per example: fixed-length phrases (seqvae)
+            from genforge.data.music_phrases import load_phrases
+
+            return load_phrases(data_cfg, needs["max_length"])
         if "block_size" not in needs:
             raise GenforgeError(f"dataset '{data_cfg.name}' is music (token sequences with a context); "
                                 "this family does not model those (use gpt)")
@@ -72,7 +78,7 @@ class MusicModality(Modality):
 
     # -- sample ------------------------------------------------------------------------
     def sample_command(self, run, generator, *, num_samples, out, batch_size, seed, temperature,
-                       prompt_midi=None, melody=None, tempo=100.0, steps=None, filter=None, privacy_filter=None,
+                       prompt_midi=None, melody=None, key=None, tempo=100.0, steps=None, filter=None, privacy_filter=None,
                        **family_options) -> None:
         from genforge.audit.privacy import sample_filters
         from genforge.outputs import check_out, unique_output
@@ -87,19 +93,14 @@ class MusicModality(Modality):
             raise GenforgeError(f"--out {out}: music is written as {', '.join(OUT_SUFFIXES)}")
         n = 1 if num_samples is None else num_samples
         screens = sample_filters(run, filter, privacy_filter)  # loaded before sampling: fails fast
-        plan = run.model.plan_sampling(family_options, n, None)
-        prompt = prompt_ids(run, prompt_midi)
-        length = {} if steps is None else {"max_new_tokens": steps * tokens_per_step(run.tokenizer)}
-        if melody is not None:
-            if prompt_midi is not None or steps is not None:
-                raise GenforgeError("--melody sets the piece and its length: drop --prompt-midi and --steps")
-            hook = melody_hook(run, melody)
-            length = {"max_new_tokens": hook.length + 1, "logits_hook": hook}  # + the closing <eos>
-        ids = []
-        for s in range(0, n, batch_size):
-            rows = run.model.sample(min(batch_size, n - s), generator, prompts=[prompt] * min(batch_size, n - s),
-                                    temperature=temperature, **length, **plan.options)
-            ids += [prompt[1:] + row for row in rows]  # the opening is part of the piece
+        if isinstance(run.model, LatentVariableModel):  # whole phrases (seqvae): modalities/music_latent.py
+            from genforge.modalities.music_latent import latent_rows
+
+            ids = latent_rows(run, generator, family_options, num_samples, batch_size, temperature,
+                              dict(prompt_midi=prompt_midi, melody=melody, steps=steps))
+        else:
+            ids = self._continue(run, generator, n, batch_size, temperature, prompt_midi, melody, steps,
+                                 family_options, key)
         if screens:  # filters read token text, as RL rewards do; blocked pieces are never written
             from genforge.filters import screen
 
@@ -117,6 +118,24 @@ class MusicModality(Modality):
         print(f"wrote {len(paths)} piece(s) of {min(steps)}-{max(steps)} 16th steps: "
               + ", ".join(str(p) for p in paths))
 
+    def _continue(self, run, generator, n, batch_size, temperature, prompt_midi, melody, steps, family_options,
+                  key=None):
+        """Token rows of a token-stream family (the GPT): ``<bos>`` (and a key) or the opening continued."""
+        plan = run.model.plan_sampling(family_options, n, None)
+        prompt = prompt_ids(run, prompt_midi, key, need_key=melody is not None)
+        length = {} if steps is None else {"max_new_tokens": steps * tokens_per_step(run.tokenizer)}
+        if melody is not None:
+            if prompt_midi is not None or steps is not None:
+                raise GenforgeError("--melody sets the piece and its length: drop --prompt-midi and --steps")
+            hook = melody_hook(run, melody, len(prompt))
+            length = {"max_new_tokens": hook.length + 1, "logits_hook": hook}  # + the closing <eos>
+        ids = []
+        for s in range(0, n, batch_size):
+            rows = run.model.sample(min(batch_size, n - s), generator, prompts=[prompt] * min(batch_size, n - s),
+                                    temperature=temperature, **length, **plan.options)
+            ids += [prompt[1:] + row for row in rows]  # the opening is part of the piece
+        return ids
+
     # -- eval --------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, run, num_samples: int | None = None, max_batches: int | None = None,
@@ -131,11 +150,12 @@ class MusicModality(Modality):
             raise GenforgeError(f"note-wise NLL needs a token model with log-probabilities (gpt); "
                                 f"this is a {run.config.family} run")
         report: dict[str, Any] = {"step": run.step, "note": "one voice at one 16th step (grid token)"
-                                  if data.tokenizer.kind == "grid" else "one event token"}
+                                  if data.tokenizer.grid_like else "one event token"}
         for name, split in (("val", data.val), ("test", data.test)):
             if split is None:
                 continue
-            nll, count = note_nll(run.model, split, data.tokenizer.eos_id, batch_size, max_batches)
+            nll, count = note_nll(run.model, split, data.tokenizer.eos_id, batch_size, max_batches,
+                                  skip_ids=data.tokenizer.meta_ids())
             report[f"nll_per_note_{name}"] = nll
             report[f"notes_{name}"] = count
         n = 16 if num_samples is None else num_samples
@@ -152,10 +172,10 @@ class MusicModality(Modality):
 def _parts(tokenizer) -> list[str] | None:
     from genforge.data.music import VOICES
 
-    return [v.capitalize() for v in VOICES] if tokenizer.kind == "grid" else None
+    return [v.capitalize() for v in VOICES] if tokenizer.grid_like else None
 
 
-def melody_hook(run, path: str):
+def melody_hook(run, path: str, prompt_len: int = 1):
     """The soprano of the MIDI file ``path`` (its top voice, read as ``--prompt-midi`` reads a
     file) as forced tokens: every 4th grid token is that step's soprano and the model samples
     alto, tenor and bass after it (``sampling.forcing``: it sees the soprano up to the current
@@ -166,7 +186,7 @@ def melody_hook(run, path: str):
     from genforge.sampling.forcing import ForcedSlots
 
     tok = run.tokenizer
-    if tok.kind != "grid" or "logits_hook" not in inspect.signature(run.model.sample).parameters:
+    if not tok.grid_like or "logits_hook" not in inspect.signature(run.model.sample).parameters:
         raise GenforgeError(f"--melody needs a token model on four-voice grids (gpt with data.music_tokens=grid); "
                             f"this is a {run.config.family} run on {tok.kind} tokens: use --prompt-midi FILE")
     if not Path(path).is_file():
@@ -175,31 +195,40 @@ def melody_hook(run, path: str):
     soprano = tok.encode_grid(grid, onsets)[0::4]  # one token per 16th step: pitch, hold or rest
     if not soprano or all(t == tok.stoi["rest"] for t in soprano):
         raise GenforgeError(f"--melody {path} holds no notes")
-    return ForcedSlots(soprano, period=4, slot=0, prompt_len=1, eos_id=tok.eos_id,
-                       banned=[tok.bos_id, tok.pad_id])
+    return ForcedSlots(soprano, period=4, slot=0, prompt_len=prompt_len, eos_id=tok.eos_id,
+                       banned=[tok.bos_id, tok.pad_id, *tok.meta_ids()])
 
 
 def tokens_per_step(tokenizer) -> int:
-    return 4 if tokenizer.kind == "grid" else 1
+    return 4 if tokenizer.grid_like else 1
 
 
-def prompt_ids(run, path: str | None) -> list[int]:
-    """``<bos>`` and, with ``--prompt-midi``, the tokens of that opening (at most the context)."""
+def prompt_ids(run, path: str | None, key: str | None = None, need_key: bool = False) -> list[int]:
+    """``<bos>``, the ``--key`` token (chorale tokens) and, with ``--prompt-midi``, the tokens of
+    that opening (at most the context). A chorale run always reads its key token right after
+    ``<bos>``, so an opening or a melody on one needs ``--key``."""
     tok = run.tokenizer
+    if key is not None and tok.kind != "chorale":
+        raise GenforgeError(f"--key needs a run trained on chorale tokens (data.music_tokens=chorale); "
+                            f"this run's tokens are {tok.kind} and carry no key")
+    head = [tok.bos_id] + ([tok.key_id(key)] if key is not None else [])
+    if tok.kind == "chorale" and key is None and (path is not None or need_key):
+        raise GenforgeError("a chorale run reads the key first: give --key (e.g. 'D major') with "
+                            "--prompt-midi or --melody")
     if path is None:
-        return [tok.bos_id]
+        return head
     from genforge.data.music import read_midi, read_midi_notes
 
     if not Path(path).is_file():
         raise GenforgeError(f"--prompt-midi {path}: no such file")
-    body = tok.encode_grid(*read_midi(path)) if tok.kind == "grid" else tok.encode_notes(read_midi_notes(path)[0])
+    body = tok.encode_grid(*read_midi(path)) if tok.grid_like else tok.encode_notes(read_midi_notes(path)[0])
     if not body:
         raise GenforgeError(f"--prompt-midi {path} holds no notes")
     block = run.model_config.block_size
-    if len(body) + 1 >= block:
+    if len(body) + len(head) >= block:
         raise GenforgeError(f"--prompt-midi {path} is {len(body)} tokens; this model's context is {block}: "
                             f"give an opening of at most {(block - 2) // 4} 16th steps")
-    return [tok.bos_id, *body]
+    return [*head, *body]
 
 
 def write_piece(tokenizer, ids, path: Path, tempo: float) -> Path:
@@ -211,19 +240,21 @@ def write_piece(tokenizer, ids, path: Path, tempo: float) -> Path:
     suffix = path.suffix.lower()
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix in (".mid", ".midi"):
-        return notes_to_midi(notes, path, tempo, _parts(tokenizer), program=52 if tokenizer.kind == "grid" else 0)
+        return notes_to_midi(notes, path, tempo, _parts(tokenizer), program=52 if tokenizer.grid_like else 0)
     if suffix == ".wav":
         return music_render.render_wav(notes, path, tempo, _parts(tokenizer))
     if suffix == ".png":
         return music_render.piano_roll_png(notes, path, title=path.stem)
     return music_render.musicxml(tokenizer.to_grid(ids), path,
-                                 tokenizer.decode_grid(ids)[1] if tokenizer.kind == "grid" else None)
+                                 tokenizer.decode_grid(ids)[1] if tokenizer.grid_like else None)
 
 
 @torch.no_grad()
-def note_nll(model, split, eos_id: int, batch_size: int, max_batches: int | None) -> tuple[float, int]:
-    """Mean -log p (nats) over the notes of ``split`` (its masked targets that are not ``<eos>``)
-    and their count; every note is scored once (see ``WindowSplit``)."""
+def note_nll(model, split, eos_id: int, batch_size: int, max_batches: int | None,
+             skip_ids=()) -> tuple[float, int]:
+    """Mean -log p (nats) over the notes of ``split`` (its masked targets that are not ``<eos>``
+    nor one of ``skip_ids``: chorale key tokens) and their count; every note is scored once (see
+    ``WindowSplit``)."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
     starts = list(range(0, len(split), batch_size))[:max_batches]
@@ -235,7 +266,7 @@ def note_nll(model, split, eos_id: int, batch_size: int, max_batches: int | None
             x, y, mask = b["x"].to(device), b["y"].to(device), b["mask"].to(device)
             ids = torch.cat([x[:, :1], y], 1)  # (B, T+1): the window, so logits are over x
             logp = model.token_logprobs(ids)  # (B, T): log p(y | x[: t + 1])
-            notes = mask & (y != eos_id)
+            notes = mask & (y != eos_id) & ~torch.isin(y, torch.as_tensor(list(skip_ids), dtype=y.dtype, device=device))
             total -= float(logp[notes].double().sum())
             count += int(notes.sum())
     finally:

@@ -135,3 +135,57 @@ def test_config_differences_flattens_and_marks_absent_keys():
     assert a["model.channels"] == "[16, 32]"
     assert config_differences([a, b]) == {"model.beta": ["1.0", None], "model.channels": ["[16, 32]", "[16, 64]"]}
     assert config_differences([a, a]) == {}
+
+
+# -- music runs ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def music_run(tmp_path_factory):
+    """A tiny evaluated GPT on synthetic four-voice chorales with two MIDI samples."""
+    pytest.importorskip("pretty_midi")
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("music")
+    rng = np.random.default_rng(0)
+    grids = [np.repeat(rng.integers([60, 53, 48, 36], [79, 72, 67, 60], (12, 4)), 2, axis=0).tolist()
+             for _ in range(8)]
+    data = root / "chorales.json"
+    data.write_text(json.dumps({"train": grids[:6], "valid": grids[6:7], "test": grids[7:]}))
+    run = root / "chorales"
+    _train(["gpt-jsb", f"data.name={data}", *GPT, "model.block_size=32", "train.max_steps=2", "train.device=cpu",
+            "train.eval_batches=1"], run)
+    assert main(["eval", str(run), "--num-samples", "2"]) == 0
+    for i in range(2):
+        assert main(["sample", str(run), "--steps", "16", "--seed", str(i)]) == 0
+    return run
+
+
+def test_music_run_shows_nll_metrics_beside_bach_piano_rolls_and_audio(music_run, monkeypatch):
+    from genforge.report_music import AUDIO_STEPS, MAX_ROLLS
+
+    result = json.loads((music_run / "eval.json").read_text())
+    page = build_report([music_run])
+    assert "http://" not in page and "https://" not in page and not re.search(r'src="(?!data:)', page)
+    for key in ("nll_per_note_val", "nll_per_note_test"):  # the held-out NLL, as eval printed it
+        assert f'<td>{key}</td><td class="num">{format_value(key, result[key])}</td>' in page
+    assert "<h2>Music</h2>" in page and "real Bach (held out)" in page
+    # a music metric beside the same number on held-out real chorales
+    key = "pitch_class_js"
+    assert (f'<td>{key}</td><td class="num">{format_value(key, result[key])}</td>'
+            f'<td class="num">{format_value(key, result["floor_" + key])}</td>') in page
+    mids = [p for p in (music_run / "samples").iterdir() if p.suffix == ".mid"]
+    rolls = [img for img in _images(page) if img.startswith(PNG)]
+    assert page.count("piano roll\" src=\"data:image/png") == min(len(mids), MAX_ROLLS) and len(rolls) >= min(len(mids), MAX_ROLLS)
+    if shutil.which("fluidsynth"):
+        wav = base64.b64decode(re.search(r'<audio controls preload="none" src="data:audio/wav;base64,'
+                                         r'([A-Za-z0-9+/=]+)"', page).group(1))
+        assert wav[:4] == b"RIFF" and wav[8:12] == b"WAVE" and len(wav) > 1000
+        assert f"the first {AUDIO_STEPS} 16th steps" in page
+    # without FluidSynth: one line says why, and the rest of the page stands
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    page = build_report([music_run])
+    assert "<audio" not in page and "no audio: the fluidsynth binary is not installed" in page
+    assert page.count("piano roll\" src=\"data:image/png") == min(len(mids), MAX_ROLLS)
+
+
+def test_text_runs_have_no_music_section(runs):
+    assert "<h2>Music</h2>" not in build_report([runs[0]])

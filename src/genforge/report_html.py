@@ -9,7 +9,9 @@ returns one HTML document holding, side by side:
 - the loss and metric curves of `genforge plot` (:func:`genforge.plot.figures`), as inline PNGs;
 - each run's newest sample grid from ``RUN/samples`` (text and SMILES previews as ``<pre>``),
   and its newest nearest-training-neighbour grid (``*-nearest.png``) when one exists;
-- the config keys whose values differ between the runs (``config.json``, flattened).
+- the config keys whose values differ between the runs (``config.json``, flattened);
+- for music runs, their music metrics beside real Bach's, piano rolls of their newest MIDI
+  samples and an audio player (:mod:`genforge.report_music`).
 
 Self-contained means it opens from disk with no server and no network: CSS inline, images as
 ``data:`` URLs, no script, no link to anything outside the file. Every string that comes from a
@@ -28,6 +30,7 @@ from typing import Any
 from genforge import GenforgeError, __version__
 from genforge.card import card_section
 from genforge.report import GROUPS, format_value, group_of
+from genforge.report_music import music_section
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Companion files `genforge sample` writes beside a grid: not the grid itself.
@@ -196,9 +199,13 @@ def _curves_section(runs: list[RunView]) -> list[str]:
 
 def _samples_section(runs: list[RunView]) -> list[str]:
     out = ["<h2>Samples</h2>", '<div class="runs">']
+    from genforge.report_music import is_music_run
+
     for r in runs:
         out.append(f'<div class="run"><h3>{escape(r.name)}</h3>')
-        if r.sample is None:
+        if r.sample is None and is_music_run(r.path):
+            out.append("<p>music: piano rolls and audio are in the Music section</p>")
+        elif r.sample is None:
             out.append('<p class="note">no samples yet (RUN/samples is empty)</p>')
         else:
             out.append(f"<p>{escape(r.sample.name)}</p>")
@@ -262,7 +269,8 @@ def build_report(run_dirs: list[str | Path]) -> str:
     runs = [read_run(p, n) for p, n in zip(paths, _names(paths), strict=True)]
     title = "genforge report: " + ", ".join(r.name for r in runs)
     body = [f"<h1>{escape(title)}</h1>", f"<p>genforge {escape(__version__)}</p>", *_summary(runs),
-            *_metrics_section(runs), *_curves_section(runs), *_samples_section(runs), *_config_section(runs),
+            *_metrics_section(runs), *_curves_section(runs), *_samples_section(runs), *music_section(runs),
+            *_config_section(runs),
             *card_section([(r.name, r.path) for r in runs])]
     return "\n".join(["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
                       f"<title>{escape(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",

@@ -42,6 +42,31 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def sample_rows(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                parts: Sequence[tuple[int, torch.Generator | None]]) -> torch.Tensor:
+    """(N, V) logits of several requests' rows -> (N,) ids: for each part (its rows in order, n
+    of them, and its generator) the ids ``sample_next`` draws for those rows alone, in one
+    filtering pass for all N rows (a server's batch of requests that share their settings).
+
+    ``torch.multinomial(p, 1, generator=g)`` is the exponential race argmax(p / q), q ~ Exp(1)
+    drawn as ``empty_like(p).exponential_(generator=g)`` (ATen's Distributions.cpp, its
+    n_sample == 1 path), so each part draws its own (n, V) q from its own generator, exactly as
+    alone, and one division and argmax serve all rows; tests pin the equality."""
+    if sum(n for n, _ in parts) != logits.shape[0]:
+        raise GenforgeError(f"parts cover {sum(n for n, _ in parts)} rows, logits have {logits.shape[0]}")
+    if temperature == 0:
+        return logits.argmax(-1)
+    if len(parts) == 1:
+        return sample_next(logits, temperature, top_k, top_p, parts[0][1])
+    probs = filter_logits(logits.float(), temperature, top_k, top_p).softmax(-1)  # (N, V)
+    if not bool((probs.sum(-1) > 0).all()):  # NaN logits: multinomial's own check, once for all rows
+        raise GenforgeError("probability tensor contains either `inf`, `nan` or element < 0")
+    V = probs.shape[-1]
+    q = torch.cat([torch.empty(n, V, dtype=probs.dtype, device=probs.device).exponential_(generator=g)
+                   for n, g in parts])
+    return (probs / q).argmax(-1)
+
+
 def check_settings(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int) -> None:
     if not math.isfinite(temperature) or temperature < 0:
         raise GenforgeError(f"temperature must be >= 0 (0 is greedy), got {temperature}")

@@ -70,6 +70,7 @@ class SharedCache:
         self.big = like  # a KVCache whose rows are all free
         self.rows, self.length = 0, 0
         self.pad = torch.zeros(like.k[0].shape[0], dtype=torch.long, device=like.k[0].device)
+        self._mask: tuple | None = None  # (the key_mask for the live rows or None,) until pad changes
 
     @property
     def capacity(self) -> int:
@@ -88,6 +89,7 @@ class SharedCache:
                 t[:R, :, :L + by] = t[:R, :, -by:L].clone()
         self.pad[:R] += by
         self.length = L + by
+        self._mask = None
 
     def add(self, cache, pad: torch.Tensor, rows: list[int]) -> None:
         """Copy ``rows`` of a prefilled ``cache`` (pad (B,)) in as new live rows."""
@@ -104,6 +106,7 @@ class SharedCache:
             mine[R:R + n, :, L - width:L] = theirs[idx][:, :, cache.length - width:cache.length]
         self.pad[R:R + n] = pad[idx] + (L - cache.length)
         self.rows = R + n
+        self._mask = None
 
     def remove(self, gone: list[int]) -> list[tuple[int, int]]:
         """Free live rows ``gone``: each hole below the new count takes a row from the tail.
@@ -117,6 +120,7 @@ class SharedCache:
                 t[dst, :, :self.length] = t[src, :, :self.length]
             self.pad[dst] = self.pad[src]
         self.rows = keep
+        self._mask = None
         if keep == 0:
             self.length = 0
         return list(zip(tail, holes, strict=True))
@@ -132,10 +136,13 @@ class SharedCache:
 
         R = self.rows
         view = KVCache([t[:R] for t in self.big.k], [t[:R] for t in self.big.v], self.length)
-        pad = self.pad[:R]
-        if bool((pad > 0).any()):
-            cols = torch.arange(self.big.max_len, device=pad.device)
-            view.key_mask = (cols[None, :] >= pad[:, None])[:, None, None, :]  # (R, 1, 1, max_len)
+        if self._mask is None:  # built when the rows change, not at every step
+            pad, mask = self.pad[:R], None
+            if bool((pad > 0).any()):
+                cols = torch.arange(self.big.max_len, device=pad.device)
+                mask = (cols[None, :] >= pad[:, None])[:, None, None, :]  # (R, 1, 1, max_len)
+            self._mask = (mask,)
+        view.key_mask = self._mask[0]
         return view
 
 
@@ -189,19 +196,17 @@ class Decoder:
 
     def step(self) -> None:
         """One token for every running job, then the next logits for the jobs still running."""
-        from genforge.sampling.text import sample_next
-
         for live in self.running:
             if live.job.cancelled.is_set():  # the client went away: no more draws for it
                 live.state.finish()
-                continue
-            job, s = live.job, live.job.settings
-            logits = live.logits if job.logits_hook is None else job.logits_hook(live.logits, live.seen(self.device))
-            tokens = sample_next(logits, s["temperature"], s["top_k"], s["top_p"], job.generator).tolist()
-            job.steps += 1
-            for h, t in zip(live.history, tokens, strict=True):
-                h.append(t)
-            live.state.add(tokens)
+        jobs = [live for live in self.running if not live.state.finished]
+        if jobs:
+            tokens = self._draw(jobs)
+            for live, drawn in zip(jobs, tokens, strict=True):
+                live.job.steps += 1
+                for h, t in zip(live.history, drawn, strict=True):
+                    h.append(t)
+                live.state.add(drawn)
         self.running = [live for live in self.running if not live.state.finished]
         alive = {id(live) for live in self.running}
         # Rows leave the cache when their job ended or they pass the window (then windowed).
@@ -213,29 +218,80 @@ class Decoder:
             del self.slots[len(self.slots) - len(gone):]
         self._next_logits()
 
+    def _draw(self, jobs: list[_Live]) -> list[list[int]]:
+        """Each job's new token per row, as alone: its hook, then its settings and generator.
+        Per step, not per row: jobs whose hooks are equal and row-wise (``history_window``, the
+        text watermark) are marked in one call, and jobs that share their settings are sampled
+        in one pass (``sample_rows``, each job drawing from its own generator)."""
+        from genforge.sampling.text import sample_rows
+
+        logits = torch.cat([live.logits for live in jobs])  # (N, V), the jobs' rows in order
+        spans, start = [], 0
+        for live in jobs:
+            spans.append(range(start, start + len(live.history)))
+            start += len(live.history)
+        hooked: dict[object, list[int]] = {}  # hook (or a job's own, not row-wise) -> job indices
+        for j, live in enumerate(jobs):
+            hook = live.job.logits_hook
+            if hook is not None:
+                hooked.setdefault(hook if _row_wise(hook) else (j,), []).append(j)
+        for key, members in hooked.items():
+            hook = jobs[members[0]].job.logits_hook
+            idx = [r for j in members for r in spans[j]]
+            if _row_wise(hook):
+                n = hook.history_window
+                ctx = _hook_contexts([jobs[j].history for j in members], n, self.device)
+            else:  # an opaque hook sees its job's rows and whole history, as alone
+                ctx = jobs[members[0]].seen(self.device)
+            if len(idx) == start:  # every row (the usual case: one key for the run)
+                logits = hook(logits, ctx)
+            else:
+                logits = logits.clone() if key is next(iter(hooked)) else logits
+                rows = torch.as_tensor(idx, device=self.device)
+                logits[rows] = hook(logits[rows], ctx)
+        groups: dict[tuple, list[int]] = {}
+        for j, live in enumerate(jobs):
+            s = live.job.settings
+            groups.setdefault((s["temperature"], s["top_k"], s["top_p"]), []).append(j)
+        out = [None] * start
+        for (temperature, top_k, top_p), members in groups.items():
+            idx = [r for j in members for r in spans[j]]
+            part = logits if len(idx) == start else logits[torch.as_tensor(idx, device=self.device)]
+            drawn = sample_rows(part, temperature, top_k, top_p,
+                                [(len(spans[j]), jobs[j].job.generator) for j in members]).tolist()
+            for r, t in zip(idx, drawn, strict=True):
+                out[r] = t
+        return [out[span.start:span.stop] for span in spans]
+
     def _next_logits(self) -> None:
         from genforge.sampling.text import _prefill
 
-        for live in self.running:
-            live.logits = torch.empty(len(live.history), live.logits.shape[-1], dtype=live.logits.dtype,
-                                      device=self.device)
+        order = [(live, i) for live in self.running for i in range(len(live.history))]
+        if not order:
+            return
+        where = {(id(live), i): b for b, (live, i) in enumerate(self.slots)}  # row -> output row
+        outs = []
         if self.slots:  # one cached step: each row's newest token at its own position
             self.cache.make_room()
             view = self.cache.view()
             last = torch.tensor([[live.history[i][-1]] for live, i in self.slots], device=self.device)
             positions = (view.length - self.cache.pad[:len(self.slots)])[:, None]  # (R, 1)
-            out = self.model.logits(last, view, positions)[:, -1]
+            outs.append(self.model.logits(last, view, positions)[:, -1])
             self.cache.length = view.length
-            for b, (live, i) in enumerate(self.slots):
-                live.logits[i] = out[b]
-        cached = {(id(live), i) for live, i in self.slots}
-        windowed = [(live, i) for live in self.running for i in range(len(live.history))
-                    if (id(live), i) not in cached]
+        windowed = [(live, i) for live, i in order if (id(live), i) not in where]
         if windowed:  # past the context window: re-read the last block_size tokens, as stream()
+            for live, i in windowed:
+                where[(id(live), i)] = len(where)
             x = torch.tensor([live.history[i][-self.block:] for live, i in windowed], device=self.device)
-            _, out = _prefill(self.model, x, torch.zeros(len(windowed), dtype=torch.long, device=self.device))
-            for b, (live, i) in enumerate(windowed):
-                live.logits[i] = out[b]
+            outs.append(_prefill(self.model, x, torch.zeros(len(windowed), dtype=torch.long, device=self.device))[1])
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)  # (rows, V): cached rows, then windowed
+        src = [where[(id(live), i)] for live, i in order]
+        if src != list(range(len(src))):  # rows out of job order (cache moves, windowed rows)
+            out = out[torch.as_tensor(src, device=self.device)]
+        start = 0
+        for live in self.running:  # views: the next step concatenates them back in one copy
+            live.logits = out[start:start + len(live.history)]
+            start += len(live.history)
 
     def fail(self, error: BaseException) -> None:
         """Every running job gets ``error``; the batch is empty afterwards."""
@@ -243,4 +299,16 @@ class Decoder:
             live.job.put(error)
         self.running, self.slots = [], []
         if self.cache is not None:
-            self.cache.rows, self.cache.length = 0, 0
+            self.cache.rows, self.cache.length, self.cache._mask = 0, 0, None
+
+
+def _row_wise(hook) -> bool:
+    """A hook that declares it reads only each row's last ``history_window`` ids, row by row."""
+    return isinstance(getattr(hook, "history_window", None), int)
+
+
+def _hook_contexts(histories: list[list[list[int]]], n: int, device) -> torch.Tensor:
+    """(rows, n): each row's last n ids, left-filled with -1 (what ``stream``'s padded history
+    shows in those columns), for the jobs' ``histories`` in order."""
+    return torch.tensor([[-1] * (n - len(h)) + h[-n:] for rows in histories for h in rows],
+                        dtype=torch.long, device=device)

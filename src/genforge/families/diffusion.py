@@ -58,7 +58,7 @@ class DiffusionConfig(Strict):
     """class: class labels; text: captions built from class names, encoded by all-MiniLM-L6-v2."""
     cond_dropout: float = Field(0.1, ge=0.0, le=1.0)
     """Fraction of training rows whose condition is dropped (for classifier-free guidance)."""
-    sampler: Literal["ddpm", "ddim", "euler", "heun", "heun-churn", "dpmpp-2m"] = "dpmpp-2m"
+    sampler: Literal["ddpm", "ddim", "euler", "heun", "heun-churn", "dpmpp-2m", "dpmpp-2m-sde"] = "dpmpp-2m"
     """Default sampler of `genforge sample`, `eval` and previews."""
     sampling_steps: int = Field(20, ge=1)
     schedule: Literal["karras", "linear", "cosine"] = "karras"
@@ -79,7 +79,8 @@ class DiffusionConfig(Strict):
 
 STEP_OPTIONS = (
     SampleOption("sampler", "diffusion: ddpm, ddim, euler, heun, heun-churn (Karras et al. 2022, "
-                 "stochastic) or dpmpp-2m (default: the run's)", str, choices=tuple(SAMPLERS)),
+                 "stochastic), dpmpp-2m or dpmpp-2m-sde (Lu et al. 2022, stochastic) (default: the run's)",
+                 str, choices=tuple(SAMPLERS)),
     SampleOption("sampling_steps", "diffusion: sampler steps (default: the run's, e.g. 20)", int,
                  metavar="N", minimum=1),
     SampleOption("schedule", "diffusion: karras, linear or cosine sigmas (default: the run's)", str,

@@ -136,9 +136,11 @@ def runs(tmp_path_factory, small_bach):
         assert main(["train", "gpt-bach", "--run-dir", str(root / "keys"), "--no-progress", *TINY]) == 0
         assert main(["train", "gpt-bach", "--run-dir", str(root / "grid"), "--no-progress", "data.music_tokens=grid",
                      "data.transpose=0", *TINY]) == 0
+        assert main(["train", "gpt-bach", "--run-dir", str(root / "c"), "--no-progress", "data.key_to_c=true",
+                     "data.transpose=0", *TINY]) == 0
     finally:
         mp.undo()
-    return root / "keys", root / "grid"
+    return root / "keys", root / "grid", root / "c"
 
 
 def test_gpt_bach_samples_in_the_key_asked_for(runs, tmp_path, bach):
@@ -147,7 +149,7 @@ def test_gpt_bach_samples_in_the_key_asked_for(runs, tmp_path, bach):
     from genforge.modalities.music import prompt_ids
     from genforge.runs import load_run
 
-    keys, _ = runs
+    keys, *_ = runs
     run = load_run(keys)
     assert prompt_ids(run, None, "D major") == [run.tokenizer.bos_id, run.tokenizer.stoi["key_D_major"]]
     out = tmp_path / "d.mid"
@@ -157,7 +159,7 @@ def test_gpt_bach_samples_in_the_key_asked_for(runs, tmp_path, bach):
 
 
 def test_key_is_refused_where_it_cannot_apply(runs, tmp_path, capsys, bach):
-    keys, grid = runs
+    keys, grid, _ = runs
     assert main(["sample", str(grid), "--key", "D major", "--out", str(tmp_path / "x.mid")]) == 2
     assert "carry no key" in capsys.readouterr().err
     assert main(["sample", str(keys), "--key", "H major", "--out", str(tmp_path / "x.mid")]) == 2
@@ -172,7 +174,7 @@ def test_key_is_refused_where_it_cannot_apply(runs, tmp_path, capsys, bach):
 
 
 def test_gpt_bach_melody_with_a_key_keeps_the_soprano(runs, tmp_path, bach):
-    keys, _ = runs
+    keys, *_ = runs
     soprano = [67, 67, 69, 69, 71, 71, 71, 71]
     melody = grid_to_midi(np.array([[p, -1, -1, -1] for p in soprano]), tmp_path / "m.mid")
     out = tmp_path / "h.mid"
@@ -186,10 +188,31 @@ def test_eval_leaves_the_key_token_out_of_the_note_count(runs, bach):
     from genforge.evaluate import evaluate_run
     from genforge.runs import load_run
 
-    keys, _ = runs
+    keys, *_ = runs
     run = load_run(keys)
     report = evaluate_run(run, num_samples=2)
     data = load_music(run.config.data, run.model_config.block_size)
     grid_tokens = 4 * sum(len(g) for g in data.pieces["val"])
     assert report["notes_val"] == grid_tokens  # every grid token once; keys and <eos> are not notes
     assert np.isfinite(report["nll_per_note_val"])
+
+
+def test_key_to_c_trains_in_c_major_and_a_minor_and_samples_moved_to_the_key_asked(runs, tmp_path, bach):
+    from genforge.data.music_splits import load_music
+    from genforge.modalities.music import home_shift, prompt_ids
+    from genforge.runs import load_run
+
+    *_, c = runs
+    run = load_run(c)
+    tok = run.tokenizer
+    data = load_music(run.config.data, run.model_config.block_size)
+    keys = {tok.key_of(data.train.seqs[i]) for i in range(len(data.train.seqs))}
+    assert keys <= {"C major", "A minor"} and len(keys) == 2  # the eight chorales hold both modes
+    assert home_shift(run, "D major") == 2 and home_shift(run, "F# minor") == -3
+    assert prompt_ids(run, None, "D major") == [tok.bos_id, tok.stoi["key_C_major"]]  # the key it knows
+    # a D major melody is harmonized in C and moved back: the soprano comes out as given
+    soprano = [74, 74, 76, 76, 78, 78, 74, 74]
+    melody = grid_to_midi(np.array([[p, -1, -1, -1] for p in soprano]), tmp_path / "m.mid")
+    out = tmp_path / "d.mid"
+    assert main(["sample", str(c), "--melody", str(melody), "--key", "D major", "--seed", "0", "--out", str(out)]) == 0
+    assert read_midi(out)[0][:, 0].tolist() == soprano

@@ -38,7 +38,8 @@ class MusicModality(Modality):
                                "grid tokens is given each step's soprano and samples alto, tenor and bass "
                                "(it sees the melody up to the current step, not ahead)", str, metavar="FILE"),
         SampleOption("key", "music runs on chorale tokens: start the piece in this key, e.g. 'D major' or "
-                            "'F# minor' (without it the model picks the key)", str, metavar="KEY"),
+                            "'F# minor' (without it the model picks the key; a data.key_to_c run composes in C major or A "
+                            "minor and the piece is moved to KEY)", str, metavar="KEY"),
         SampleOption("tempo", "music runs: quarter notes per minute in the written file (default 100)",
                      float, 100.0, metavar="BPM"),
         SampleOption("steps", "music runs: grid runs: 16th steps to add after the opening; events runs: "
@@ -123,17 +124,18 @@ class MusicModality(Modality):
         """Token rows of a token-stream family (the GPT): ``<bos>`` (and a key) or the opening continued."""
         plan = run.model.plan_sampling(family_options, n, None)
         prompt = prompt_ids(run, prompt_midi, key, need_key=melody is not None)
+        shift = home_shift(run, key)  # a data.key_to_c run composes in C major / A minor, then moves
         length = {} if steps is None else {"max_new_tokens": steps * tokens_per_step(run.tokenizer)}
         if melody is not None:
             if prompt_midi is not None or steps is not None:
                 raise GenforgeError("--melody sets the piece and its length: drop --prompt-midi and --steps")
-            hook = melody_hook(run, melody, len(prompt))
+            hook = melody_hook(run, melody, len(prompt), -shift)
             length = {"max_new_tokens": hook.length + 1, "logits_hook": hook}  # + the closing <eos>
         ids = []
         for s in range(0, n, batch_size):
             rows = run.model.sample(min(batch_size, n - s), generator, prompts=[prompt] * min(batch_size, n - s),
                                     temperature=temperature, **length, **plan.options)
-            ids += [prompt[1:] + row for row in rows]  # the opening is part of the piece
+            ids += [move(run.tokenizer, prompt[1:] + row, shift, fold=True) for row in rows]  # the opening is kept
         return ids
 
     # -- eval --------------------------------------------------------------------------
@@ -175,7 +177,7 @@ def _parts(tokenizer) -> list[str] | None:
     return [v.capitalize() for v in VOICES] if tokenizer.grid_like else None
 
 
-def melody_hook(run, path: str, prompt_len: int = 1):
+def melody_hook(run, path: str, prompt_len: int = 1, shift: int = 0):
     """The soprano of the MIDI file ``path`` (its top voice, read as ``--prompt-midi`` reads a
     file) as forced tokens: every 4th grid token is that step's soprano and the model samples
     alto, tenor and bass after it (``sampling.forcing``: it sees the soprano up to the current
@@ -192,7 +194,7 @@ def melody_hook(run, path: str, prompt_len: int = 1):
     if not Path(path).is_file():
         raise GenforgeError(f"--melody {path}: no such file")
     grid, onsets = read_midi(path)
-    soprano = tok.encode_grid(grid, onsets)[0::4]  # one token per 16th step: pitch, hold or rest
+    soprano = move(tok, tok.encode_grid(grid, onsets)[0::4], shift)  # one token per 16th step: pitch, hold or rest
     if not soprano or all(t == tok.stoi["rest"] for t in soprano):
         raise GenforgeError(f"--melody {path} holds no notes")
     return ForcedSlots(soprano, period=4, slot=0, prompt_len=prompt_len, eos_id=tok.eos_id,
@@ -203,6 +205,33 @@ def tokens_per_step(tokenizer) -> int:
     return 4 if tokenizer.grid_like else 1
 
 
+def home_shift(run, key: str | None) -> int:
+    """Semitones from the key a ``data.key_to_c`` run composes in (C major or A minor: the only
+    keys it saw) up to ``key`` (-6..5); 0 without ``--key`` or on other runs."""
+    if key is None or not getattr(run.config.data, "key_to_c", False):
+        return 0
+    from genforge.data.music_chorales import parse_key
+
+    pc, mode = parse_key(key)
+    return (pc - (0 if mode == "major" else 9) + 6) % 12 - 6
+
+
+def move(tok, ids, k: int, fold: bool = False) -> list[int]:
+    """``ids`` transposed ``k`` semitones (key token included). A pitch that would leave MIDI's
+    0..127 is a one-line error, or with ``fold`` (sampled pieces) moved an octave back inside."""
+    if not k:
+        return list(ids)
+    out = [int(i) for i in tok.transpose_ids(list(ids), k)]
+    for j, i in enumerate(ids):
+        for base in (tok.pitch0, getattr(tok, "fpitch0", None)):
+            if base is not None and base <= i < base + 128 and not 0 <= i - base + k <= 127:
+                if not fold:
+                    raise GenforgeError(f"moving this piece {k:+d} semitones (to the key asked for) leaves "
+                                        "MIDI's pitch range 0..127")
+                out[j] = i + k + (12 if i - base + k < 0 else -12)
+    return out
+
+
 def prompt_ids(run, path: str | None, key: str | None = None, need_key: bool = False) -> list[int]:
     """``<bos>``, the ``--key`` token (chorale tokens) and, with ``--prompt-midi``, the tokens of
     that opening (at most the context). A chorale run always reads its key token right after
@@ -211,7 +240,8 @@ def prompt_ids(run, path: str | None, key: str | None = None, need_key: bool = F
     if key is not None and tok.kind != "chorale":
         raise GenforgeError(f"--key needs a run trained on chorale tokens (data.music_tokens=chorale); "
                             f"this run's tokens are {tok.kind} and carry no key")
-    head = [tok.bos_id] + ([tok.key_id(key)] if key is not None else [])
+    shift = home_shift(run, key)  # a data.key_to_c run reads C major / A minor: the opening moves there
+    head = [tok.bos_id] + (move(tok, [tok.key_id(key)], -shift) if key is not None else [])
     if tok.kind == "chorale" and key is None and (path is not None or need_key):
         raise GenforgeError("a chorale run reads the key first: give --key (e.g. 'D major') with "
                             "--prompt-midi or --melody")
@@ -222,6 +252,7 @@ def prompt_ids(run, path: str | None, key: str | None = None, need_key: bool = F
     if not Path(path).is_file():
         raise GenforgeError(f"--prompt-midi {path}: no such file")
     body = tok.encode_grid(*read_midi(path)) if tok.grid_like else tok.encode_notes(read_midi_notes(path)[0])
+    body = move(tok, body, -shift)
     if not body:
         raise GenforgeError(f"--prompt-midi {path} holds no notes")
     block = run.model_config.block_size

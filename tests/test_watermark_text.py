@@ -158,6 +158,67 @@ def test_human_text_stays_under_the_claimed_false_positive_rate():
     assert detect_text(HUMAN, tok, KEY)["tokens"] > 200  # distinct bigrams scored
 
 
+def _markov_text(n: int, seed: int, vocab: int = 24):
+    """Ids from a fixed, skewed bigram chain (Zipf-like next-token shares, as letters have): a
+    stand-in for human text whose frequent bigrams carry most of the mass (what makes one key's
+    green share drift from gamma)."""
+    import numpy as np
+
+    zipf = 1.0 / np.arange(1, vocab + 1) ** 1.5
+    trans = np.random.default_rng(0).dirichlet(vocab * zipf / zipf.sum(), size=vocab)  # (V, V), one chain
+    rng, out = np.random.default_rng(seed), [0]
+    for u in rng.random(n - 1):
+        out.append(int(min(vocab - 1, np.searchsorted(np.cumsum(trans[out[-1]]), u))))
+    return out
+
+
+def test_upper_tail_is_the_exact_poisson_binomial_tail():
+    import math
+
+    import numpy as np
+
+    from genforge.watermark.text_null import upper_tail
+
+    exact = sum(math.comb(50, k) * 0.3**k * 0.7 ** (50 - k) for k in range(22, 51))
+    assert upper_tail(np.full(50, 0.3), 22) == pytest.approx(exact, rel=1e-9)
+    # two different coins: P(both) = 0.2 * 0.9, P(at least one) = 1 - 0.8 * 0.1
+    assert upper_tail(np.array([0.2, 0.9]), 2) == pytest.approx(0.18)
+    assert upper_tail(np.array([0.2, 0.9]), 1) == pytest.approx(0.92)
+    assert upper_tail(np.array([0.2, 0.9]), 0) == 1.0 and upper_tail(np.array([0.2, 0.9]), 3) == 0.0
+
+
+def test_reference_null_holds_its_alpha_for_every_key_where_the_binomial_one_does_not():
+    """One key's green share on skewed 'human' text drifts from gamma (its luck on the frequent
+    bigrams), so the key-averaged binomial test fires far above alpha for some keys; conditioned
+    on a reference of the same kind of text it must stay near alpha for every key."""
+    import hashlib
+
+    from genforge.watermark.text_null import Reference
+
+    V, alpha, gamma = 24, 0.05, 0.5
+    ref = Reference.from_ids(_markov_text(60_000, seed=1), V, 1)
+    windows = [_markov_text(300, seed=100 + i) for i in range(40)]
+    plain_worst, cond_rates = 0.0, []
+    for k in range(25):
+        key = hashlib.sha256(b"k" + bytes([k])).digest()
+        plain = [detect_ids(w, key, V, gamma)["p_value"] <= alpha for w in windows]
+        cond = [detect_ids(w, key, V, gamma, reference=ref)["p_value"] <= alpha for w in windows]
+        plain_worst, cond_rates = max(plain_worst, sum(plain) / 40), cond_rates + [sum(cond) / 40]
+    assert plain_worst > 0.3  # the failure this test guards against exists on this text
+    assert max(cond_rates) <= 0.15  # binomial(40, 0.05): P(> 6 of 40) ~ 1.4% per key, and the test is conservative
+    assert sum(cond_rates) / len(cond_rates) <= alpha + 0.02
+
+
+def test_reference_must_match_the_context_and_have_text():
+    from genforge.watermark.text_null import Reference
+
+    ref = Reference.from_ids(_markov_text(2000, seed=1), 24, 1)
+    with pytest.raises(GenforgeError, match="contexts of 1 tokens, the detector 2"):
+        detect_ids([1, 2, 3, 4], KEY, 24, context=2, reference=ref)
+    with pytest.raises(GenforgeError, match="needs thousands"):
+        Reference.from_ids([1, 2, 3], 24, 1)
+
+
 def test_characters_outside_the_vocabulary_are_skipped_not_an_error():
     from genforge.data.tokenizers import CharTokenizer
 
@@ -200,12 +261,22 @@ def test_sample_is_watermarked_by_default_and_detect_finds_it(text_run, tmp_path
     out, err = capsys.readouterr()
     [r] = json.loads(out)
     assert r["watermarked"] and r["z"] > 4 and r["p_value"] < 1e-4 and r["tokens"] > 50
-    assert set(r) == {"file", "watermarked", "z", "p_value", "tokens", "method"}
+    assert set(r) == {"file", "watermarked", "z", "p_value", "tokens", "method", "null"}
+    assert r["null"] == "reference"  # conditioned on the key by the run's own training text
     assert key.hex() not in out + err and key_fingerprint(key) in err
     # the same with --key-file and --tokenizer; another key finds nothing
     assert main(["detect", str(tmp_path / "m.txt"), "--key-file", str(text_run / KEY_FILE),
                  "--tokenizer", str(text_run / "tokenizer.json")]) == 0
-    assert ": watermarked (z " in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert ": watermarked (z " in out and "uniform null" in out and "binomial null" in err
+    (tmp_path / "ref.txt").write_text("whether tis nobler in the mind to suffer the slings and arrows\n" * 80)
+    assert main(["detect", str(tmp_path / "m.txt"), "--key-file", str(text_run / KEY_FILE),
+                 "--tokenizer", str(text_run / "tokenizer.json"), "--reference", str(tmp_path / "ref.txt")]) == 0
+    out, err = capsys.readouterr()
+    assert ": watermarked (z " in out and "reference null" in out and "note:" not in err
+    assert main(["detect", str(tmp_path / "m.txt"), "--run", str(text_run), "--reference",
+                 str(tmp_path / "nope.txt")]) == 2
+    assert "reference text" in capsys.readouterr().err
     (tmp_path / "other.key").write_bytes(OTHER)
     assert main(["detect", str(tmp_path / "m.txt"), "--key-file", str(tmp_path / "other.key"),
                  "--tokenizer", str(text_run / "tokenizer.json"), "--json"]) == 0

@@ -1,7 +1,7 @@
 """``POST /v1/detect`` and ``POST /v1/verify``: `genforge detect` and `genforge verify` over HTTP.
 
 - detect: is this text (or image) marked with a served run's watermark? The run's key is used on
-  the server and never returned (only its fingerprint); text goes through the z-test of
+  the server and never returned (only its fingerprint); text goes through the exact test of
   Kirchenbauer et al. 2023 (``watermark.text.detect_text``), images (one image or a served grid)
   through ``watermark.image.detect_images`` with the served model: the post-hoc mark's z-test,
   and for diffusion runs Tree-Ring by DDIM inversion (as `genforge detect FILE --run RUN`).
@@ -117,6 +117,7 @@ def _detect_text(entry, body: DetectRequest, key: bytes, limits) -> dict[str, An
         DEFAULT_THRESHOLD,
         detect_text,
     )
+    from genforge.watermark.text_null import run_reference
 
     if len(body.text) > limits.max_detect_chars:
         raise RequestError(f"'text' has {len(body.text)} characters, above this server's limit "
@@ -128,10 +129,11 @@ def _detect_text(entry, body: DetectRequest, key: bytes, limits) -> dict[str, An
         raise RequestError(f"'context' is {context}; a watermark context is a few tokens (at most 64)", 422, "context")
     try:
         text = body.text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates are not text
-        d = detect_text(text, entry.run.tokenizer, key, gamma, context, threshold)
+        reference = run_reference(entry.run.run_dir, context)[0]  # None: the binomial null, said in "null"
+        d = detect_text(text, entry.run.tokenizer, key, gamma, context, threshold, reference)
     except GenforgeError as e:
         raise from_library(e, 422) from None
-    return {k: d[k] for k in ("watermarked", "z", "p_value", "tokens")} | {"method": TEXT_METHOD}
+    return {k: d[k] for k in ("watermarked", "z", "p_value", "tokens", "null")} | {"method": TEXT_METHOD}
 
 
 def _detect_image(entry, value: str, key: bytes, limits) -> dict[str, Any]:

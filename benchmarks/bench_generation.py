@@ -14,7 +14,17 @@ sides, since GPT-2's learned position table cannot run past its context and
 committed results were measured before that change, when the cache was rebuilt
 from the last 128 tokens each time the context filled.
 
-Usage: python benchmarks/bench_generation.py [--new-tokens 500] [--repeats 3]
+Every worker also times a few 2048^3 fp32 matmuls on its own thread count; the median
+over workers is the script's matmul peak, and each configuration's model FLOPs per
+second are reported as a share of it (issue #20). A token's FLOPs are counted, as in
+PaLM's MFU (Chowdhery et al., 2022, appendix B), as the work the model needs, not the
+work a configuration does: 2 FLOPs per matmul weight (blocks and the output head) plus
+QK^T and AV over the tokens it attends to, 4 * n_layer * n_embd * context. Full
+recompute and the window re-read past a full context therefore score low by design.
+The "within the context" row decodes block_size - 1 tokens at batch 16, so every
+step is one cached step: the decode step the %-of-peak goal is about.
+
+Usage: python benchmarks/bench_generation.py [--new-tokens 500] [--repeats 3] [--out DIR]
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, peak_rss_mib, run_worker, write  # noqa: E402
+from common import machine, matmul_peak_gflops, peak_rss_mib, run_worker, write  # noqa: E402
 
 DIMS = dict(n_layer=6, n_head=6, n_embd=384)
 VOCAB = 65
@@ -45,8 +55,18 @@ def _time(fn, new_tokens: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+def decode_flops(new_tokens: int, block: int) -> float:
+    """Model FLOPs to decode ``new_tokens`` after a one-token prompt, per row, for the DIMS
+    model of either layout: the step that draws token i attends over min(i + 1, block) tokens."""
+    L, C = DIMS["n_layer"], DIMS["n_embd"]
+    matmul = L * (3 * C * C + C * C + 2 * 4 * C * C) + C * VOCAB  # qkv, proj, MLP; tied output head
+    contexts = sum(min(i + 1, block) for i in range(new_tokens))
+    return 2 * matmul * new_tokens + 4 * L * C * contexts
+
+
 def worker(kind: str, batch: int, new_tokens: int, repeats: int) -> dict:
     torch.manual_seed(0)
+    peak = matmul_peak_gflops(2048, 5)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "hf":
         from transformers import GPT2Config, GPT2LMHeadModel
@@ -66,21 +86,27 @@ def worker(kind: str, batch: int, new_tokens: int, repeats: int) -> dict:
         from genforge.families.gpt import GPT, GPTConfig
         from genforge.sampling.text import generate
 
-        layout = kind.split("-")  # kv|recompute [-gpt2layout]
+        layout = kind.split("-")  # kv|recompute|window [-gpt2]
         gpt2 = "gpt2" in layout
         cfg = GPTConfig(**DIMS, block_size=512 if gpt2 else 256,
                         pos_embedding="learned" if gpt2 else "rope", bias=gpt2)
         model = GPT(cfg, DataSpec(modality="text", vocab_size=VOCAB)).eval().to(device)
         prompts = [[0]] * batch
+        if layout[0] == "window":  # every step a cached one: the decode step itself
+            new_tokens = min(new_tokens, cfg.block_size - 1)
         rss_before = peak_rss_mib()
 
         def run(n):
-            out = generate(model, prompts, n, temperature=0, use_cache=layout[0] == "kv")
+            out = generate(model, prompts, n, temperature=0, use_cache=layout[0] != "recompute")
             assert len(out.tokens[0]) == n
 
     seconds = _time(run, new_tokens, repeats)
-    return {"kind": kind, "batch": batch, "tokens_per_s": batch * new_tokens / seconds, "seconds": seconds,
-            "peak_rss_mib": peak_rss_mib(), "rss_before_generation_mib": rss_before}
+    block = model.config.n_positions if kind == "hf" else model.config.block_size
+    gflops = batch * decode_flops(new_tokens, block) / seconds / 1e9
+    return {"kind": kind, "batch": batch, "new_tokens": new_tokens, "tokens_per_s": batch * new_tokens / seconds,
+            "seconds": seconds, "model_gflops_per_s": gflops, "matmul_peak_gflops": peak,
+            "threads": torch.get_num_threads(), "peak_rss_mib": peak_rss_mib(),
+            "rss_before_generation_mib": rss_before}
 
 
 def main() -> None:
@@ -89,11 +115,15 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--recompute-batch16-repeats", type=int, default=1,
                    help="full-context recompute at batch 16 costs minutes per repeat on a CPU")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for generation_*.md/json (default benchmarks/results; smoke tests: elsewhere)")
     args = p.parse_args()
+    if min(args.new_tokens, args.repeats, args.recompute_batch16_repeats) < 1:
+        p.error("--new-tokens and the repeat counts must be >= 1")
     me, n = __file__, str(args.new_tokens)
     rows = {}
     for batch in (1, 16):
-        for kind in ("kv", "recompute", "kv-gpt2", "hf"):
+        for kind in ("kv", "recompute", "kv-gpt2", "hf", *(("window",) if batch == 16 else ())):
             reps = args.recompute_batch16_repeats if (kind == "recompute" and batch == 16) else args.repeats
             rows[f"{kind}@{batch}"] = run_worker(me, [kind, str(batch), n, str(reps)])
             print(json.dumps(rows[f"{kind}@{batch}"]), flush=True)
@@ -101,20 +131,33 @@ def main() -> None:
              for b in (1, 16)}
     ratio.update({f"genforge_vs_hf@{b}": rows[f"kv-gpt2@{b}"]["tokens_per_s"] / rows[f"hf@{b}"]["tokens_per_s"]
                   for b in (1, 16)})
+    peak = statistics.median(r["matmul_peak_gflops"] for r in rows.values())
+    for r in rows.values():
+        r["percent_of_peak"] = 100 * r["model_gflops_per_s"] / peak
     import transformers
 
     result = {"benchmark": "generation speed", "new_tokens": args.new_tokens, "repeats": args.repeats,
-              "machine": machine(), "transformers": transformers.__version__, "runs": rows, "ratios": ratio}
+              "machine": machine(), "transformers": transformers.__version__, "runs": rows, "ratios": ratio,
+              "matmul_peak_gflops": peak}
     names = {"kv": "genforge, KV cache (rope, ctx 256)", "recompute": "genforge, recompute full context (ctx 256)",
-             "kv-gpt2": "genforge, KV cache, GPT-2 layout (ctx 512)", "hf": "transformers GPT-2 generate (ctx 512)"}
+             "kv-gpt2": "genforge, KV cache, GPT-2 layout (ctx 512)", "hf": "transformers GPT-2 generate (ctx 512)",
+             "window": "genforge, KV cache, within the context (rope, ctx 256)"}
     lines = [f"# Generation speed, 6x384 GPT, {args.new_tokens} new tokens, greedy "
              f"({machine()['gpu'] or 'CPU, ' + str(torch.get_num_threads()) + ' threads'})", "",
-             "| configuration | batch | tokens/s | seconds | peak RSS MiB |", "|---|---|---|---|---|"]
+             "| configuration | batch | new tokens | tokens/s | seconds | model GFLOP/s | % of matmul peak "
+             "| peak RSS MiB |", "|---|---|---|---|---|---|---|---|"]
     for _key, r in rows.items():
-        lines.append(f"| {names[r['kind']]} | {r['batch']} | {r['tokens_per_s']:,.0f} | {r['seconds']:.2f} | "
+        lines.append(f"| {names[r['kind']]} | {r['batch']} | {r['new_tokens']} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['seconds']:.2f} | {r['model_gflops_per_s']:.1f} | {r['percent_of_peak']:.0f}% | "
                      f"{r['peak_rss_mib']:.0f} |")
-    lines += ["", *(f"- {k}: **{v:.2f}x**" for k, v in ratio.items())]
-    write("generation_cpu" if not torch.cuda.is_available() else "generation_gpu", result, "\n".join(lines))
+    w = rows["window@16"]
+    lines += ["", f"- fp32 matmul peak (median over the workers of 2048^3 sgemm, {w['threads']} threads): "
+              f"**{peak:.1f} GFLOP/s**",
+              f"- decoding within the context at batch 16: **{w['percent_of_peak']:.0f}% of the peak** "
+              f"({w['model_gflops_per_s']:.1f} GFLOP/s; model FLOPs: 2 per matmul weight + attention over the context)",
+              *(f"- {k}: **{v:.2f}x**" for k, v in ratio.items())]
+    write("generation_cpu" if not torch.cuda.is_available() else "generation_gpu", result, "\n".join(lines),
+          folder=args.out)
 
 
 if __name__ == "__main__":

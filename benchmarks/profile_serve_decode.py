@@ -11,12 +11,14 @@ timing wrappers into:
 - text/events: each job's new text (tokenizer decode, stop strings, the event put),
 - bookkeeping: the rest of the step (gathering rows, cache moves, tensors built per step).
 
+Times are CPU seconds of this process (``time.process_time``, all threads) by default: on a
+shared machine wall time mostly measures the other processes; ``--wall`` for wall time.
 With ``--baseline REV`` the decoder and watermark modules of git revision REV are loaded beside
 the working tree's and the two are measured alternately (A = REV, B = working tree) in one
 process, so machine noise hits both alike. Numbers are indicative (the wrappers add ~1 us/call).
 
 Usage: python benchmarks/profile_serve_decode.py [--run runs/bench-serve/text] [--rows 1 32]
-       [--steps 40] [--repeats 5] [--baseline HEAD]
+       [--steps 40] [--repeats 5] [--baseline HEAD] [--threads 1] [--wall]
 """
 
 from __future__ import annotations
@@ -44,40 +46,45 @@ def load_at(rev: str, rel: str, name: str):
         raise SystemExit(f"error: cannot read {rel} at {rev}: {source.stderr.strip()}")
     spec = importlib.util.spec_from_loader(name, loader=None)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before exec: dataclasses look their module up
     exec(compile(source.stdout, f"{rev}:{rel}", "exec"), module.__dict__)
-    sys.modules[name] = module
     return module
 
 
 class Clock:
     """Per-category seconds, filled by wrappers around the step's parts."""
 
-    def __init__(self):
+    def __init__(self, now=time.process_time):
         self.spent: dict[str, float] = defaultdict(float)
+        self.now, self.depth = now, [0]
 
     def wrap(self, owner, attr: str, part: str) -> None:
         inner = getattr(owner, attr, None)
         if inner is None:
             return
-        spent = self.spent
+        spent, now, depth = self.spent, self.now, self.depth
 
         def timed(*args, **kwargs):
-            t = time.perf_counter()
+            if depth[0]:  # inside another timed part (sample_rows -> sample_next): counted there
+                return inner(*args, **kwargs)
+            t = now()
+            depth[0] += 1
             try:
                 return inner(*args, **kwargs)
             finally:
-                spent[part] += time.perf_counter() - t
+                depth[0] -= 1
+                spent[part] += now() - t
 
         setattr(owner, attr, timed)
 
 
-def measure(side, run, rows: int, watermark: bool, steps: int) -> dict[str, float]:
+def measure(side, run, rows: int, watermark: bool, steps: int, now=time.process_time) -> dict[str, float]:
     """Microseconds per decode step, by part, for ``rows`` one-row jobs."""
     import genforge.sampling.text  # noqa: F401  (patched below)
     from genforge.serve.batching import Job, _Rows
 
     decoder_mod, wm_mod = side
-    clock = Clock()
+    clock = Clock(now)
     patched = [(run.model, "logits", "forward"), (wm_mod.TextWatermark, "__call__", "watermark"),
                (decoder_mod._Live, "seen", "watermark"), (decoder_mod, "_hook_contexts", "watermark"),
                (sys.modules["genforge.sampling.text"], "sample_next", "sampling"),
@@ -96,10 +103,10 @@ def measure(side, run, rows: int, watermark: bool, steps: int) -> dict[str, floa
             for _ in range(3):  # warm-up: the first steps allocate
                 decoder.step()
             clock.spent.clear()
-            t = time.perf_counter()
+            t = now()
             for _ in range(steps):
                 decoder.step()
-            total = time.perf_counter() - t
+            total = now() - t
     finally:
         for owner, attr, inner in saved:
             setattr(owner, attr, inner)
@@ -117,6 +124,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="alternating repeats; medians are reported")
     p.add_argument("--baseline", default=None, help="git revision to compare against (A side)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--wall", action="store_true", help="wall-clock time instead of this process's CPU time")
     args = p.parse_args(argv)
     if min(args.rows) < 1 or args.steps < 1 or args.repeats < 1:
         print("error: --rows, --steps and --repeats must be >= 1", file=sys.stderr)
@@ -145,9 +153,10 @@ def main(argv=None) -> int:
         for rows in args.rows:
             for watermark in (False, True):
                 for name, side in sides.items():  # alternate A/B inside every setting
-                    results[(rows, watermark, name)].append(measure(side, run, rows, watermark, args.steps))
+                    results[(rows, watermark, name)].append(measure(side, run, rows, watermark, args.steps,
+                                                                       time.perf_counter if args.wall else time.process_time))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; run {args.run}; "
-          f"{args.steps} steps x {args.repeats} repeats; us per decode step (median)")
+          f"{args.steps} steps x {args.repeats} repeats; {'wall' if args.wall else 'CPU'} us per decode step (median)")
     print("| rows | watermark | code | " + " | ".join(PARTS) + " | step | rows/s |")
     print("|---|---|---|" + "---|" * (len(PARTS) + 2))
     for (rows, watermark, name), runs in results.items():

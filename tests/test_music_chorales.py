@@ -216,3 +216,13 @@ def test_key_to_c_trains_in_c_major_and_a_minor_and_samples_moved_to_the_key_ask
     out = tmp_path / "d.mid"
     assert main(["sample", str(c), "--melody", str(melody), "--key", "D major", "--seed", "0", "--out", str(out)]) == 0
     assert read_midi(out)[0][:, 0].tolist() == soprano
+
+
+def test_rewards_and_filters_read_chorale_token_text(bwv66):
+    from genforge.rl.music_rewards import sample_grid
+
+    chorale = parse_chorale(bwv66)
+    tok = MusicTokenizer("chorale")
+    text = tok.decode(tok.encode_grid(chorale.grid, fermata=chorale.fermata, key=chorale.key))
+    assert text.startswith("key_F#_minor ") and " fp" in text
+    assert (sample_grid(text) == chorale.grid).all()

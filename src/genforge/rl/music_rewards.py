@@ -3,7 +3,8 @@
 
 A sample is a (T, 4) grid (array, nested list or tensor: soprano, alto, tenor, bass MIDI
 pitches per 16th, -1 = rest) or a music run's decoded token text: the grid serialization
-("p67 p62 p55 p43 hold hold ...", ``genforge.data.music_tokens``), or the event one ("bar pos0
+("p67 p62 p55 p43 hold hold ...", ``genforge.data.music_tokens``; chorale tokens too: their
+key token and fermata flags are read past), or the event one ("bar pos0
 p60 d4 ...", whose notes are voiced by pitch order at each step, as MIDI files are read).
 A silent or empty sample scores 0 on every reward, so silence is never a way to avoid errors.
 """
@@ -30,7 +31,8 @@ def _from_tokens(text: str) -> np.ndarray:
     if not words:
         return np.zeros((0, 4), dtype=np.int64)
     events = any(w.startswith(_EVENT_TOKENS) or (w[:1] == "d" and w[1:].isdigit()) for w in words)
-    tokenizer = MusicTokenizer("events" if events else "grid")
+    chorale = any(w.startswith(("key_", "fp")) or w == "fhold" for w in words)  # keys, fermata flags
+    tokenizer = MusicTokenizer("events" if events else "chorale" if chorale else "grid")
     ids = tokenizer.encode(text)
     if events:
         return notes_to_grid(tokenizer.decode_notes(ids), 1)[0]

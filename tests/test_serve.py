@@ -381,7 +381,8 @@ def test_a_cancelled_request_stops_decoding(runs):
 def test_diffusion_options_and_library_errors_in_the_api_words(client):
     model = client.get("/v1/models/diffusion").json()
     options = {o["name"]: o for o in model["options"]}
-    assert options["sampler"]["choices"] == ["ddpm", "ddim", "euler", "heun", "heun-churn", "dpmpp-2m"]
+    assert options["sampler"]["choices"] == ["ddpm", "ddim", "euler", "heun", "heun-churn", "dpmpp-2m",
+                                           "dpmpp-2m-sde"]
     assert options["sampling_steps"]["maximum"] == Limits().max_steps
     assert "prompt" not in options and model["accepts_prompt"] is False  # class-, not text-conditional
     body = {"model": "diffusion", "seed": 0, "num_samples": 3, "sampler": "heun", "sampling_steps": 2,

@@ -2,7 +2,8 @@
 
 - Tree-Ring (``treering.py``): diffusion runs sampled from pure noise by a deterministic sampler
   (ddim at eta 0, euler, heun, dpmpp-2m); detection needs the run (its model inverts the image).
-  Not with --init/--mask (no initial noise) or ddpm/ddim eta > 0/heun-churn (fresh noise each step).
+  Not with --init/--mask (no initial noise) or ddpm/ddim eta > 0/heun-churn/dpmpp-2m-sde (fresh noise
+  each step).
 - Post-hoc (``posthoc.py``): every image family, as many images as can hold it at PSNR >= 30 dB
   (8x8 digits mostly cannot; 28x28 can); a 1-bit zero-payload detection mark, found with the key
   alone. For comparison, invisible-watermark's DWT-DCT-SVD holds 32 bits from about 48x48 px.

@@ -128,27 +128,35 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
     block = model.config.block_size
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
-    history = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
+    # Prompts and every new token, written in place (no per-step torch.cat): (B, width + max_new_tokens).
+    buffer = torch.zeros(len(prompts), width + max_new_tokens, dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
-        history[i, width - len(p):] = torch.as_tensor(list(p), device=device)
+        buffer[i, width - len(p):width] = torch.as_tensor(list(p), device=device)
+    history = buffer[:, :width]
     pad = torch.tensor([width - len(p) for p in prompts], device=device)
-    seen = None  # (B, T) history for the hook, padding as -1 (never a token id)
+    seen = None  # (B, T) history for the hook, padding as -1 (never a token id): a view of seen_buf
     if logits_hook is not None:
-        seen = history.masked_fill(torch.arange(width, device=device)[None, :] < pad[:, None], -1)
+        cols = torch.arange(buffer.shape[1], device=device)[None, :]
+        seen_buf = buffer.masked_fill((cols < pad[:, None]) & (cols < width), -1)
+        seen = seen_buf[:, :width]
     was_training = model.training
     model.eval()
     try:
         cur_pad = (pad - max(width - block, 0)).clamp(min=0)  # padding inside the current window
         cache, logits = _prefill(model, history[:, -block:], cur_pad)
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             drawn = logits if seen is None else logits_hook(logits, seen)
             token = sample_next(drawn, temperature, top_k, top_p, generator) if pick is None else pick(drawn)
             logp = torch.log_softmax(logits.float(), -1).gather(-1, token[:, None]).squeeze(-1)
             yield token, logp
-            history = torch.cat([history, token[:, None]], dim=1)
+            if step == max_new_tokens - 1:
+                break  # no forward pass for a token nobody will draw
+            T = width + step + 1
+            buffer[:, T - 1] = token
+            history = buffer[:, :T]
             if seen is not None:
-                seen = torch.cat([seen, token[:, None]], dim=1)
-            T = history.shape[1]
+                seen_buf[:, T - 1] = token
+                seen = seen_buf[:, :T]
             if use_cache and cache.length < block:
                 positions = None
                 if cache.key_mask is not None:

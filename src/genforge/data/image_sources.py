@@ -176,6 +176,12 @@ def read_cifar10(path: Path) -> RawImages:
     return RawImages(x, y, xt, yt, names)
 
 
+def _jsb_roll() -> RawImages:
+    from genforge.data.music_roll import jsb_roll  # music glue, imported only when asked for
+
+    return jsb_roll()
+
+
 def _digits() -> RawImages:
     try:
         from sklearn.datasets import load_digits
@@ -344,6 +350,8 @@ IMAGE_DATASETS: dict[str, tuple[str, Callable[[], RawImages]]] = {
                        "($GENFORGE_DATA, /usr/share/datasets or download)"), _fashion_mnist),
     "mnist": ("MNIST handwritten digits, 28x28, 60k + 10k, 10 classes ($GENFORGE_DATA or download)", _mnist),
     "cifar10": ("CIFAR-10, 32x32 colour, 50k + 10k, 10 classes ($GENFORGE_DATA or download)", _cifar10),
+    "jsb-roll": ("JSB Chorales as 2-bar piano rolls, 1 x 48 pitches x 32 16ths, labelled major/minor "
+                 "(data/music_roll.py; $GENFORGE_DATA/jsb-chorales or download)", _jsb_roll),
 }
 
 

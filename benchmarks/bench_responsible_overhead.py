@@ -1,6 +1,10 @@
-"""Overhead of provenance and C2PA signing on image samples/s.
+"""Overhead of provenance, C2PA signing, watermarks and output filters on samples/s (issue #18).
 
-Three ways of writing the same samples, run in alternation (A B C A B C ..., so drift in the
+``--mode writing`` (the default) times provenance and signing; ``--mode text`` and ``--mode image``
+time the watermark and the filters (below). Every mode runs its conditions in alternation
+(A B A B ..., so drift in the machine's speed hits every condition alike) and reports medians.
+
+writing: three ways the same samples, run in alternation (A B C A B C ..., so drift in the
 machine's speed hits every condition alike), medians over rounds:
 
 - A ``plain``: draw ``--num-samples`` images, write one PNG grid (no metadata);
@@ -11,8 +15,24 @@ Each round draws fresh samples from one seeded generator per condition, so all t
 same network work; the difference is the cost of writing. The model is a run you name
 (``--run``), else a tiny toy run on digits trained here (seconds).
 
-Usage: python benchmarks/bench_responsible_overhead.py [--run RUN] [--rounds 7] [--num-samples 64]
-Smoke test: python benchmarks/bench_responsible_overhead.py --rounds 1 --num-samples 4 --no-write
+text (a GPT run, ``--run`` required): ``--num-samples`` continuations of ``--tokens`` tokens from
+held-out prompts, decoded
+- plain; - with the text watermark (Kirchenbauer et al. 2023, gamma 0.25, delta 2: the logits hook
+  of every step); - plain then a trivial ``--filter`` (keeps all: the cost of the filter path); -
+  plain then the privacy filter (longest verbatim overlap with the training text, a suffix index
+  built once before timing).
+image (an image run, default the toy digits run): ``--num-samples`` images drawn
+- plain; - then the post-hoc mark (informed embedding, genforge.watermark.posthoc; images too small
+  to hold it stay unmarked and are counted); - then a trivial filter; - then the privacy filter
+  (nearest training image by RMS pixel distance). Tree-Ring (diffusion runs) is not timed here: it
+  marks the initial noise (one FFT per batch, no extra network call) and its cost is detection's
+  DDIM inversion, not sampling's.
+
+Usage: python benchmarks/bench_responsible_overhead.py [--mode writing|text|image] [--run RUN]
+       [--rounds 7] [--num-samples 64] [--tokens 256]
+Smoke tests: python benchmarks/bench_responsible_overhead.py --rounds 1 --num-samples 4 --no-write
+  ... --mode image --rounds 2 --num-samples 4 --no-write
+  ... --mode text --run RUN --rounds 2 --num-samples 2 --tokens 16 --no-write
 """
 
 from __future__ import annotations
@@ -47,8 +67,17 @@ def main() -> None:
     p.add_argument("--run", default=None, help="an image run to sample from (default: a toy run made here)")
     p.add_argument("--rounds", type=int, default=7, help="alternation rounds (default 7)")
     p.add_argument("--num-samples", type=int, default=64, help="images per grid (default 64)")
+    p.add_argument("--mode", choices=("writing", "text", "image"), default="writing",
+                   help="what to time: provenance/signing (default), text or image watermark and filters")
+    p.add_argument("--tokens", type=int, default=None, help="--mode text: new tokens per sample (default 256)")
     p.add_argument("--no-write", action="store_true", help="print only; do not write benchmarks/results")
     args = p.parse_args()
+    if args.tokens is not None and args.mode != "text":
+        raise SystemExit("--tokens applies to --mode text only")
+    if args.mode != "writing":
+        from bench_responsible_marks import run_mode
+
+        return run_mode(args)
 
     import torch
 

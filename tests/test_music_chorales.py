@@ -82,7 +82,12 @@ def test_chorale_tokens_round_trip_key_fermatas_and_every_note(bwv66, tmp_path):
     assert (tok.fermatas(ids) == chorale.fermata).all() and tok.key_of(ids) == "F# minor"
     # tokens -> MIDI -> grid keeps every note (MIDI has no key token nor fermata: they are skipped)
     mid = grid_to_midi(grid, tmp_path / "c.mid", onsets=onsets)
-    assert grid_notes(*read_midi(mid)) == grid_notes(chorale.grid)
+    assert grid_notes(*read_midi(mid)) == grid_notes(grid, onsets)
+    # the notes are the grid's, plus a soprano strike where a fermata ends inside a held pitch (the
+    # grid has no articulation; a fermata ends its note): bwv66.6 repeats its pitch across one
+    f, sop = chorale.fermata, chorale.grid[:, 0]
+    restrikes = int((f[:-1] & ~f[1:] & (sop[1:] == sop[:-1]) & (sop[1:] >= 0)).sum())
+    assert restrikes == 1 and len(grid_notes(grid, onsets)) == len(grid_notes(chorale.grid)) + restrikes
 
 
 def test_transposing_chorale_tokens_moves_the_key_and_the_flagged_soprano(bwv66):
@@ -226,3 +231,23 @@ def test_rewards_and_filters_read_chorale_token_text(bwv66):
     text = tok.decode(tok.encode_grid(chorale.grid, fermata=chorale.fermata, key=chorale.key))
     assert text.startswith("key_F#_minor ") and " fp" in text
     assert (sample_grid(text) == chorale.grid).all()
+
+
+def test_musicxml_of_chorale_tokens_keeps_the_fermatas(bwv66, tmp_path):
+    from genforge.data.music_render import musicxml
+
+    chorale = parse_chorale(bwv66)
+    tok = MusicTokenizer("chorale")
+    ids = tok.encode_grid(chorale.grid, fermata=chorale.fermata, key=chorale.key)
+    path = musicxml(tok.to_grid(ids), tmp_path / "c.musicxml", tok.decode_grid(ids)[1], tok.fermatas(ids))
+    back = parse_chorale(music21.converter.parse(str(path)))
+
+    def stretches(f):
+        return np.flatnonzero(f & ~np.r_[False, f[:-1]]), np.flatnonzero(f & ~np.r_[f[1:], False]) + 1
+
+    # the same six phrase ends, step for step (a fermata ends its note, so a repeated pitch after it
+    # is struck again, not merged); a stretch may start later: the score is barred in 4/4 from step
+    # 0 (bwv66.6 has a pickup), and music21 marks the last of the tied notes a barline splits
+    (s0, e0), (s1, e1) = stretches(chorale.fermata), stretches(back.fermata)
+    assert (e1 == e0).all() and (s1 >= s0).all() and (s1 < e0).all()
+    assert (back.grid == chorale.grid).all()  # every voice in time order (notes were once written by pitch)

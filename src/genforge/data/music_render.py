@@ -75,26 +75,34 @@ def render_wav(notes, path, tempo_bpm: float, parts: list[str] | None = None, sa
     return Path(path)
 
 
-def musicxml(grid: np.ndarray, path, onsets=None) -> Path:
+def musicxml(grid: np.ndarray, path, onsets=None, fermata=None) -> Path:
     """A four-part score (soprano and alto treble, tenor and bass clefs left to music21) of a
-    (T, 4) grid, written as MusicXML."""
+    (T, 4) grid, written as MusicXML; ``fermata`` (T,) bool (chorale tokens: the steps under a
+    soprano fermata) puts a fermata on the note each voice sounds where a flagged stretch begins."""
     from genforge.data.music import grid_notes
 
     require("music21")
-    from music21 import meter, note, stream
+    from music21 import expressions, meter, note, stream
 
     score = stream.Score()
     notes = grid_notes(grid, onsets)
     T = len(grid)
+    marks = np.zeros(T + 1, dtype=bool)  # (T + 1,): the first step of each flagged stretch
+    if fermata is not None:
+        f = np.asarray(fermata, dtype=bool)[:T]
+        marks[:len(f)] = f & ~np.r_[False, f[:-1]]
     for v, name in enumerate(VOICES):
         part = stream.Part(id=name)
         part.partName = name.capitalize()
         part.insert(0, meter.TimeSignature("4/4"))
         t = 0
-        for _, pitch, s, e in sorted(n for n in notes if n[0] == v):
+        for _, pitch, s, e in sorted((n for n in notes if n[0] == v), key=lambda n: n[2]):  # by start step
             if s > t:
                 part.insert(t / STEPS_PER_QUARTER, note.Rest(quarterLength=(s - t) / STEPS_PER_QUARTER))
-            part.insert(s / STEPS_PER_QUARTER, note.Note(pitch, quarterLength=(e - s) / STEPS_PER_QUARTER))
+            n = note.Note(pitch, quarterLength=(e - s) / STEPS_PER_QUARTER)
+            if marks[s:e].any():
+                n.expressions.append(expressions.Fermata())
+            part.insert(s / STEPS_PER_QUARTER, n)
             t = e
         if t < T:
             part.insert(t / STEPS_PER_QUARTER, note.Rest(quarterLength=(T - t) / STEPS_PER_QUARTER))

@@ -152,7 +152,10 @@ class MusicTokenizer(SpecialIds):
         if (fermata is not None or key is not None) and self.kind != "chorale":
             raise GenforgeError("keys and fermatas need chorale tokens (data.music_tokens=chorale)")
         grid = check_grid(grid)
-        onsets = held_onsets(grid) if onsets is None else np.asarray(onsets, dtype=bool)
+        onsets = held_onsets(grid) if onsets is None else np.asarray(onsets, dtype=bool).copy()
+        if fermata is not None and len(grid) > 1:  # a fermata ends its note: the soprano strikes again after it
+            f = np.asarray(fermata, dtype=bool)[:len(grid)]
+            onsets[1:len(f), 0] |= f[:-1] & ~f[1:]
         rest, hold = self.stoi["rest"], self.stoi["hold"]
         ids = np.where(grid == REST, rest, np.where(onsets, self.pitch0 + grid, hold))
         # a hold after a rest (or at the start) has no note to continue: strike it instead

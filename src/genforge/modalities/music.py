@@ -148,6 +148,10 @@ class MusicModality(Modality):
         if data.tokenizer.itos != run.tokenizer.itos:
             raise GenforgeError(f"this run's tokens ({run.tokenizer.kind}) differ from data.music_tokens="
                                 f"{data.tokenizer.kind}; evaluate with the run's own data settings")
+        if isinstance(run.model, LatentVariableModel):  # phrases: modalities/music_latent.py
+            from genforge.modalities.music_latent import evaluate_phrases
+
+            return evaluate_phrases(run, data, num_samples, max_batches, batch_size, seed)
         if type(run.model).policy_kind != "tokens":
             raise GenforgeError(f"note-wise NLL needs a token model with log-probabilities (gpt); "
                                 f"this is a {run.config.family} run")
@@ -277,7 +281,8 @@ def write_piece(tokenizer, ids, path: Path, tempo: float) -> Path:
     if suffix == ".png":
         return music_render.piano_roll_png(notes, path, title=path.stem)
     return music_render.musicxml(tokenizer.to_grid(ids), path,
-                                 tokenizer.decode_grid(ids)[1] if tokenizer.grid_like else None)
+                                 tokenizer.decode_grid(ids)[1] if tokenizer.grid_like else None,
+                                 tokenizer.fermatas(ids) if tokenizer.kind == "chorale" else None)
 
 
 @torch.no_grad()

@@ -120,6 +120,7 @@ def main() -> None:
     ap.add_argument("--runs", default=str(HERE.parent / "runs" / "bench-music-families"), help="run folders")
     ap.add_argument("--samples", type=int, default=128, help="2-bar samples scored per family (default 128)")
     ap.add_argument("--families", nargs="*", default=list(FAMILIES), choices=list(FAMILIES))
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every family's step budget (default 1)")
     ap.add_argument("--tiny", action="store_true", help="tiny models, 3 steps, 8 samples: a smoke test")
     ap.add_argument("--skip-train", action="store_true", help="score the runs already in --runs")
     args = ap.parse_args()
@@ -134,7 +135,7 @@ def main() -> None:
     columns: dict[str, dict] = {}
     budget = {}
     for fam in args.families:
-        steps = 3 if args.tiny else FAMILIES[fam][1]
+        steps = 3 if args.tiny else max(1, round(FAMILIES[fam][1] * args.scale))
         budget[fam] = {"preset": FAMILIES[fam][0], "steps": steps}
         if not args.skip_train:
             if fam == "gan":

@@ -71,6 +71,21 @@ def seqvae_case(tmp_path):
         {"num_samples": 20, "workers": 1}
 
 
+def seqvae_music_case(tmp_path):  # 8-step phrases of synthetic chorales (data/music_phrases.py)
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    grids = [np.repeat(rng.integers([60, 53, 48, 36], [79, 72, 67, 60], (24, 4)), 2, axis=0).tolist()
+             for _ in range(8)]
+    path = tmp_path / "phrases.json"  # 48 steps: 3 held-out phrases per piece, 6 in test
+    path.write_text(json.dumps({"train": grids[:4], "valid": grids[4:6], "test": grids[6:]}))
+    return "seqvae-jsb", [f"data.name={path}", "model.embedding_size=8", "model.encoder_hidden=8", "model.decoder_hidden=16",
+                          "model.latent_size=4", "model.max_length=34", "model.kl_warmup_steps=4",
+                          "data.transpose=0"], {"num_samples": 2, "max_batches": 2}
+
+
 def vae_case(tmp_path):
     return "vae-digits", ["model.latent_dim=4", "model.channels=[8, 8]", "model.hidden=32",
                           "model.kl_warmup_steps=4"], {"num_samples": 60, "iwae_k": 2}
@@ -92,6 +107,7 @@ def toy_case(tmp_path):
 
 
 FAMILY_CASES = {"gpt": gpt_case, "gpt-smiles": gpt_smiles_case, "gpt-music": gpt_music_case, "seqvae": seqvae_case,
+                "seqvae-music": seqvae_music_case,
                 "vae": vae_case, "diffusion": diffusion_case, "gan": gan_case,
                 "toy": toy_case}
 

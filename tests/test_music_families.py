@@ -88,6 +88,19 @@ def test_seqvae_sample_refuses_gpt_options(vae_run, tmp_path, capsys):
     assert not (tmp_path / "x.mid").exists()
 
 
+def test_seqvae_eval_reports_the_bound_per_note_and_the_music_table(vae_run, capsys):
+    from genforge.evaluate import evaluate_run
+    from genforge.runs import load_run
+
+    run = load_run(vae_run, device="cpu")
+    report = evaluate_run(run, progress=False, num_samples=3, max_batches=1)
+    assert report["phrase_steps"] == 8
+    # the bound per note is the bound per phrase over its 32 grid tokens
+    assert report["nll_bound_per_note_test"] == pytest.approx(report["nll_bound_per_phrase_test"] / 32)
+    assert report["nll_bound_per_phrase_test"] > report["kl_per_phrase_test"] >= 0
+    assert "pitch_class_js" in report or "key_consistency" in report
+
+
 def test_interpolation_endpoints_decode_to_the_two_phrases():
     """A phrase VAE fitted to two phrases: the path's endpoints are their greedy reconstructions."""
     tok = MusicTokenizer("grid")
@@ -113,3 +126,68 @@ def test_interpolation_endpoints_decode_to_the_two_phrases():
     ends = [phrase_grid(tok.to_grid(path[i]), 4) for i in (0, -1)]  # what the modality writes
     assert (ends[0] == grids[0]).mean() > 0.9 and (ends[1] == grids[1]).mean() > 0.9
     assert not (ends[0] == ends[1]).all()
+
+
+# -- piano rolls for the image families ---------------------------------------------------
+def test_roll_round_trip_gives_the_voices_back_by_pitch_order():
+    from genforge.data.music_roll import PITCH_HIGH, ROWS, grid_to_roll, roll_to_grid
+
+    g = np.array([[72, 67, 60, 48], [72, 67, 60, 48], [74, 65, 65, 50], [REST] * 4, [76, 71, 64, 52]])
+    roll = grid_to_roll(g)
+    assert roll.shape == (ROWS, 5) and roll.dtype == np.uint8
+    assert roll[PITCH_HIGH - 72, 0] == 255 and roll[:, 3].sum() == 0
+    assert (roll_to_grid(roll / 255.0) == g).all()  # the unison at step 2 comes back doubled
+    crossed = np.array([[60, 67, 55, 48]])  # alto above soprano: decoded uncrossed
+    assert roll_to_grid(grid_to_roll(crossed) / 255.0).tolist() == [[67, 60, 55, 48]]
+    five = np.zeros((ROWS, 1))
+    five[[PITCH_HIGH - p for p in (79, 72, 67, 60, 48)], 0] = [0.6, 0.9, 0.9, 0.9, 0.9]
+    assert roll_to_grid(five).tolist() == [[72, 67, 60, 48]]  # the least confident of five is dropped
+    with pytest.raises(ValueError, match="piano roll"):
+        roll_to_grid(np.zeros((12, 4)))
+
+
+@pytest.fixture()
+def tiny_jsb(monkeypatch):
+    """load_jsb answers a few synthetic chorales: jsb-roll builds its images from them."""
+    import genforge.data.music as music
+
+    grids = [chorale(64 + 8 * i, i) for i in range(10)]
+    monkeypatch.setattr(music, "load_jsb", lambda path=None: {"train": grids[:6], "val": grids[6:8],
+                                                              "test": grids[8:]})
+    return grids
+
+
+def test_jsb_roll_is_an_image_dataset_of_two_bar_rolls(tiny_jsb):
+    from genforge.data import modality_of
+    from genforge.data.images import load_images
+    from genforge.data.music_roll import TRAIN_STRIDE, excerpts, grid_to_roll
+
+    assert modality_of("jsb-roll") == "image"
+    data = load_images(DataConfig(name="jsb-roll"))
+    assert data.spec.shape == (1, 48, 32) and data.spec.class_names == ["major", "minor"]
+    n_train = sum(len(excerpts(g, TRAIN_STRIDE)) for g in tiny_jsb[:8])
+    assert len(data.train) + len(data.val) == n_train
+    assert len(data.test) == sum(len(excerpts(g, 32)) for g in tiny_jsb[8:])
+    first = grid_to_roll(tiny_jsb[8][:32])[None] / 255.0
+    assert torch.allclose(data.test.images[0].float() / 255.0, torch.as_tensor(first, dtype=torch.float32))
+
+
+def test_tiny_diffusion_on_rolls_samples_midi_with_no_family_change(tiny_jsb, tmp_path, capsys):
+    from genforge.data.music_roll import main as roll_main
+
+    run = tmp_path / "run"
+    assert main(["train", "diffusion-jsb-roll", "--run-dir", str(run), "--no-progress", "model.channels=[8,8,8]",
+                 "model.sampling_steps=2", "train.max_steps=2", "train.batch_size=4", "train.eval_every=2",
+                 "train.eval_batches=1", "train.checkpoint_every=2", "train.plot=false", "train.device=cpu"]) == 0
+    npz = tmp_path / "s.npz"
+    assert main(["sample", str(run), "--num-samples", "2", "--out", str(npz), "--seed", "0"]) == 0
+    out = tmp_path / "roll.mid"
+    assert roll_main([str(npz), str(out)]) == 0
+    for f in (tmp_path / "roll-1.mid", tmp_path / "roll-2.mid"):
+        mido.MidiFile(f)
+        assert len(read_midi_grid(f)) <= 32 and read_midi_grid(f).shape[1] == 4
+    assert roll_main([str(npz), str(out)]) == 2  # never replaces a file
+    assert roll_main([str(npz), str(tmp_path / "x.wav")]) == 2
+    assert roll_main([str(npz), str(tmp_path / "y.mid"), "--threshold", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "rolls are written as .mid" in err and "--threshold" in err

@@ -85,3 +85,32 @@ def latent_rows(run, generator, family_options: dict, num_samples: int | None, b
     # a row that never drew <eos> runs to max_length - 1 tokens: one token past the last whole step
     steps = (run.spec.max_length - 2) // 4
     return [[t for t in row if t != run.tokenizer.eos_id][:4 * steps] for row in rows]
+
+
+@torch.no_grad()
+def evaluate_phrases(run, data, num_samples: int | None, max_batches: int | None, batch_size: int,
+                     seed: int) -> dict:
+    """`genforge eval` of a phrase VAE: the negative ELBO (an upper bound on -log p in nats; the
+    KL and each phrase's ``<eos>`` included) per phrase and per note (one voice at one 16th) on
+    the validation and test phrases, then the music metrics of ``num_samples`` prior samples."""
+    from genforge.modalities.music import sample_metrics
+
+    device = next(run.model.parameters()).device
+    notes = 4 * data.steps
+    report: dict = {"step": run.step, "note": "one voice at one 16th step (grid token)", "phrase_steps": data.steps}
+    for name, split in (("val", data.val), ("test", data.test)):
+        if split is None:
+            continue
+        starts = list(range(0, len(split), batch_size))[:max_batches]
+        batches = [{k: v.to(device) for k, v in split.get(torch.arange(s, min(s + batch_size, len(split)))).items()}
+                   for s in starts]
+        m = run.model.evaluate(batches)
+        report[f"nll_bound_per_phrase_{name}"] = m["nll_bound"]
+        report[f"nll_bound_per_note_{name}"] = m["nll_bound"] / notes
+        report[f"kl_per_phrase_{name}"] = m["kl"]
+        report[f"phrases_{name}"] = sum(int(b["y"].shape[0]) for b in batches)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    rows = latent_rows(run, generator, {}, 16 if num_samples is None else num_samples, batch_size, 1.0, {})
+    grids = [phrase_grid(run.tokenizer.to_grid(r), data.steps) for r in rows]
+    report.update(sample_metrics(grids, data))
+    return report

@@ -12,13 +12,21 @@ Rows, each trained in its own process, with the same intra-op thread count:
   genforge-nanogpt  ``genforge train gpt-shakespeare-char`` with nanoGPT's model and
                     recipe (``model.pos_embedding=learned train.lr=1e-3``; the preset
                     already has nanoGPT's sizes, batch, betas, decay, clip and no biases)
+  nanogpt-compile   with ``--compile``: nanoGPT's ``train.py --compile=True`` (its CPU
+                    recipe says --compile=False; this row makes the comparison fair both ways)
+  genforge-compile  with ``--compile``: genforge-nanogpt plus ``train.compile=true``
   bare-loop         genforge's GPT module with nanoGPT's layout in a plain PyTorch loop
                     (random windows, forward, backward, clip, step): no trainer at all
   genforge-preset   ``genforge train gpt-shakespeare-char`` as shipped (RoPE, lr 2e-3), once
 
-The first three run in alternation (nanogpt, genforge-nanogpt, bare-loop, nanogpt, ...)
-``--repeats`` times. Speed ratios are medians of the per-round ratios, so they compare
-runs that saw the same machine load. ms/step is the median over steps after the first 10:
+All rows but the preset run in alternation (nanogpt, genforge-nanogpt, bare-loop,
+[nanogpt-compile, genforge-compile,] nanogpt, ...) ``--repeats`` times: by default 4 rounds
+of 300 steps, the speed comparison. Speed ratios are medians of the per-round ratios, so
+they compare runs that saw the same machine load. ``--steps 2000 --repeats 2`` is the long
+mode, whose validation losses are comparable with nanoGPT's published 2000-step recipe.
+"first step s" is the first step's wall time: for compiled rows it holds the compilation
+(nanoGPT's also holds its step-0 evaluation of 2 x 20 batches, compiled in eval mode too),
+from an empty Inductor cache: each run gets its own TORCHINDUCTOR_CACHE_DIR. ms/step is the median over steps after the first 10:
 nanoGPT's own ``iter N: ... time T ms`` lines; for genforge, the time between consecutive
 training batch draws (the whole step, bookkeeping included).
 
@@ -29,7 +37,7 @@ val.bin, which holds the same 90/10 split, with nanoGPT's model.py in a separate
 
 Usage:
   GENFORGE_DATA=/path/with/tinyshakespeare python benchmarks/bench_gpt_shakespeare.py \\
-      [--steps 2000] [--repeats 2] [--threads 2] [--out-prefix benchmarks/results/gpt_shakespeare_cpu]
+      [--steps 300] [--repeats 4] [--threads 2] [--compile] [--out-prefix benchmarks/results/gpt_shakespeare_cpu]
   A quick end-to-end check that leaves the committed results alone:
       python benchmarks/bench_gpt_shakespeare.py --steps 30 --repeats 1 --out-prefix /tmp/gs
 """
@@ -106,6 +114,7 @@ def worker_genforge(out: str, run_dir: str, threads: str, progress: str, *overri
               "ms_per_step": statistics.median(steps_ms[SKIP:] or steps_ms) if steps_ms else None,
               "steps_timed": len(steps_ms[SKIP:]),
               "log_window_tokens_per_s": statistics.median(windows) if windows else None,
+              "first_step_s": stamps[1] - stamps[0] if len(stamps) > 1 else None,
               "wall_s": wall, "peak_rss_mib": rss, "threads": torch.get_num_threads()}
     try:
         from genforge.runs import load_run
@@ -194,10 +203,15 @@ class Bench:
         self.env = thread_env(args.threads)
         self.count = 0
 
+    def cold_env(self) -> dict[str, str]:
+        """The thread-pinned environment with an empty Inductor cache of its own, so that every
+        compiled run compiles from scratch (a warm cache in /tmp would hide the compile time)."""
+        return {**self.env, "TORCHINDUCTOR_CACHE_DIR": str(self.tmp / f"{self.count:02d}-inductor-cache")}
+
     def worker(self, kind: str, *args: str) -> dict:
         self.count += 1
         out, log = self.tmp / f"{self.count:02d}-{kind}.json", self.tmp / f"{self.count:02d}-{kind}.log"
-        proc = run_process([sys.executable, __file__, "worker", kind, str(out), *args], log, env=self.env)
+        proc = run_process([sys.executable, __file__, "worker", kind, str(out), *args], log, env=self.cold_env())
         if proc["returncode"] != 0 or not out.is_file():
             raise SystemExit(f"worker {kind} {args} failed (exit {proc['returncode']}):\n{tail(log)}")
         return {**json.loads(out.read_text()), "process_wall_s": proc["wall_s"]}
@@ -224,9 +238,9 @@ class Bench:
             return f"nanoGPT's prepare.py failed: {tail(log, 400).strip().splitlines()[-1:]}"
         return None
 
-    def nanogpt_command(self, out_dir: Path) -> list[str]:
+    def nanogpt_command(self, out_dir: Path, compiled: bool = False) -> list[str]:
         s = self.args.steps
-        cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
+        cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu", f"--compile={compiled}",
                "--eval_iters=20", "--log_interval=1", f"--block_size={BLOCK}", f"--batch_size={BATCH}",
                "--n_layer=4", "--n_head=4", "--n_embd=128", f"--max_iters={s}", f"--lr_decay_iters={s}",
                "--dropout=0.0", "--always_save_checkpoint=True", f"--out_dir={out_dir}"]
@@ -234,19 +248,21 @@ class Bench:
             cmd.append(f"--eval_interval={s}")
         return cmd
 
-    def run_nanogpt(self) -> dict:
+    def run_nanogpt(self, compiled: bool = False) -> dict:
         self.count += 1
         out_dir = self.tmp / f"{self.count:02d}-nanogpt-out"
         log = self.tmp / f"{self.count:02d}-nanogpt.log"
-        cmd = self.nanogpt_command(out_dir)
-        proc = run_process(cmd, log, cwd=self.nano, env=self.env)
+        cmd = self.nanogpt_command(out_dir, compiled)
+        proc = run_process(cmd, log, cwd=self.nano, env=self.cold_env())
         if proc["returncode"] != 0:
             raise SystemExit(f"nanoGPT failed (exit {proc['returncode']}):\n{tail(log)}")
         iters = [(int(m[1]), float(m[3])) for m in map(ITER_LINE.match, log.read_text().splitlines()) if m]
         times = [ms for it, ms in iters if it >= SKIP]
         ev = self.worker("nanoeval", str(self.nano), str(out_dir / "ckpt.pt"),
                          str(self.nano / "data" / "shakespeare_char" / "val.bin"), str(self.args.threads))
+        first = [ms for it, ms in iters if it == 0]
         return {**ev, "ms_per_step": statistics.median(times), "steps_timed": len(times),
+                "first_step_s": first[0] / 1000 if first else None,
                 "peak_rss_mib": proc["peak_rss_mib"], "process_wall_s": proc["wall_s"],
                 "command": " ".join(cmd[1:]), "threads": self.args.threads,
                 "timing_source": "nanoGPT's own 'iter N: ... time T ms' lines"}
@@ -266,6 +282,8 @@ def summarize(rounds: list[dict], name: str) -> dict:
             "ms_per_step_each": [r["ms_per_step"] for r in runs],
             "val_loss": runs[0].get("val_loss"), "val_loss_each": [r.get("val_loss") for r in runs],
             "bits_per_char": runs[0].get("bits_per_char"),
+            "first_step_s": statistics.median(r["first_step_s"] for r in runs) if all(
+                r.get("first_step_s") is not None for r in runs) else None,
             "peak_rss_mib": max(r["peak_rss_mib"] for r in runs), "flops_per_token": runs[0].get("flops_per_token")}
 
 
@@ -278,6 +296,8 @@ def render(res: dict) -> str:
     s, runs, ratios = res["settings"], res["runs"], res["ratios"]
     label = {"nanogpt": "nanoGPT's own code (unmodified, separate process)",
              "genforge-nanogpt": "genforge trainer, nanoGPT's model and recipe",
+             "nanogpt-compile": "nanoGPT's own code, `--compile=True`",
+             "genforge-compile": "genforge trainer, nanoGPT's model and recipe, `train.compile=true`",
              "bare-loop": "genforge GPT, nanoGPT's layout, bare PyTorch loop",
              "genforge-preset": f"genforge preset `{PRESET}` ({', '.join(res['preset_differs'])})"}
 
@@ -289,19 +309,29 @@ def render(res: dict) -> str:
     head = []
     if "genforge-nanogpt/nanogpt" in ratios:
         r = ratios["genforge-nanogpt/nanogpt"]
-        head.append(f"genforge / nanoGPT tokens/s at nanoGPT's recipe: **{r['median']:.2f}x** "
-                    f"(median of {len(r['each'])} alternating pairs: {', '.join(f'{x:.2f}' for x in r['each'])}).")
-        vl = {k: runs[k]["val_loss"] for k in ("nanogpt", "genforge-nanogpt", "genforge-preset") if k in runs}
+        head.append(f"genforge / nanoGPT tokens/s at nanoGPT's recipe, both eager (nanoGPT `--compile=False`, its "
+                    f"CPU recipe): **{r['median']:.2f}x** (median of {len(r['each'])} alternated rounds: "
+                    f"{', '.join(f'{x:.2f}' for x in r['each'])}).")
+        for key, what in (("genforge-compile/nanogpt", "genforge compiled / nanoGPT eager"),
+                          ("genforge-compile/nanogpt-compile", "both compiled")):
+            if key in ratios:
+                e = ratios[key]["each"]
+                head.append(f"{what}: **{ratios[key]['median']:.2f}x** ({', '.join(f'{x:.2f}' for x in e)}).")
+        if len(r["each"]) < 4:
+            head.append(f"Fewer than 4 rounds ({len(r['each'])}): indicative only.")
+        vl = {k: runs[k]["val_loss"] for k in ("nanogpt", "genforge-nanogpt", "nanogpt-compile", "genforge-compile",
+                                                 "genforge-preset") if k in runs}
         head.append("Val loss, full split: " + "; ".join(f"{k} {v:.4f}" for k, v in vl.items()) + ".")
     else:
         head.append(f"nanoGPT row skipped: {res['nanogpt_skipped']}.")
     lines += head + [""]
     lines += ["| run | val loss (full split) | bits/char | tokens/s | ms/step (median) | per-round ms/step "
-              "| MFU | peak RSS MiB |", "|---|---|---|---|---|---|---|---|"]
+              "| first step s | MFU | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
         lines.append(f"| {label[name]} | {f(r['val_loss'], '.4f')} | {f(r['bits_per_char'], '.3f')} | "
                      f"{r['tokens_per_s']:,.0f} | {r['ms_per_step_median']:.1f} | "
-                     f"{', '.join(f'{x:.1f}' for x in r['ms_per_step_each'])} | {f(r.get('mfu'), '.1%')} | "
+                     f"{', '.join(f'{x:.1f}' for x in r['ms_per_step_each'])} | {f(r.get('first_step_s'), '.1f')} | "
+                     f"{f(r.get('mfu'), '.1%')} | "
                      f"{r['peak_rss_mib']:.0f} |")
     if ratios:
         lines += ["", "Ratios of tokens/s measured in this run (median of per-round ratios):", ""]
@@ -331,11 +361,14 @@ def preset_differs() -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=2000, help="training steps per run (default 2000)")
-    p.add_argument("--repeats", type=int, default=2, help="alternating rounds (default 2)")
+    p.add_argument("--steps", type=int, default=300,
+                   help="training steps per run (default 300; 2000 for nanoGPT's full recipe and its val loss)")
+    p.add_argument("--repeats", type=int, default=4, help="alternated rounds (default 4)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for every run (default 2)")
     p.add_argument("--bare-steps", type=int, default=300, help="steps of the bare loop; 0 skips it")
     p.add_argument("--no-preset", action="store_true", help="skip the genforge preset row")
+    p.add_argument("--compile", action="store_true",
+                   help="add torch.compile rows: nanoGPT --compile=True and genforge train.compile=true")
     p.add_argument("--progress", action="store_true", help="genforge with its progress bar (default off)")
     p.add_argument("--nanogpt", type=Path, default=Path(os.environ.get("GENFORGE_PEERS", DEFAULT_PEERS)) / "nanoGPT",
                    help="nanoGPT checkout (default ../shared/peers/nanoGPT; $GENFORGE_PEERS overrides the parent)")
@@ -344,6 +377,8 @@ def main() -> None:
     args = p.parse_args()
     if args.steps <= SKIP + 1:
         p.error(f"--steps must exceed {SKIP + 1}")
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-gpt-") as tmp:
         b = Bench(args, Path(tmp))
@@ -363,19 +398,29 @@ def main() -> None:
             if args.bare_steps:
                 rnd["bare-loop"] = b.worker("bare", str(max(args.bare_steps, SKIP + 2)), str(args.threads))
                 print(f"round {i + 1}: bare-loop {rnd['bare-loop']['ms_per_step']:.1f} ms/step", file=sys.stderr)
+            if args.compile:
+                if not skipped:
+                    rnd["nanogpt-compile"] = b.run_nanogpt(compiled=True)
+                rnd["genforge-compile"] = b.run_genforge([*NANOGPT_LAYOUT, "train.compile=true"])
+                for k in ("nanogpt-compile", "genforge-compile"):
+                    if k in rnd:
+                        print(f"round {i + 1}: {k} {rnd[k]['ms_per_step']:.1f} ms/step, first step "
+                              f"{rnd[k]['first_step_s']:.1f} s", file=sys.stderr)
             rounds.append(rnd)
         if not args.no_preset:
             rounds[-1]["genforge-preset"] = b.run_genforge([])
         peak = statistics.median([peak_before, matmul_peak_gflops()])
-    names = [n for n in ("nanogpt", "genforge-nanogpt", "bare-loop", "genforge-preset") if n in rounds[-1] or
-             any(n in r for r in rounds)]
+    names = [n for n in ("nanogpt", "genforge-nanogpt", "bare-loop", "nanogpt-compile", "genforge-compile",
+                         "genforge-preset") if any(n in r for r in rounds)]
     runs = {n: summarize(rounds, n) for n in names}
     for r in runs.values():
         if r.get("flops_per_token"):
             r["mfu"] = r["flops_per_token"] * r["tokens_per_s"] / (peak * 1e9)
     ratios = {}
     for num, den in (("genforge-nanogpt", "nanogpt"), ("genforge-nanogpt", "bare-loop"),
-                     ("bare-loop", "nanogpt"), ("genforge-preset", "nanogpt"), ("genforge-preset", "genforge-nanogpt")):
+                     ("bare-loop", "nanogpt"), ("genforge-compile", "nanogpt"), ("genforge-compile", "nanogpt-compile"),
+                     ("nanogpt-compile", "nanogpt"), ("genforge-compile", "genforge-nanogpt"),
+                     ("genforge-preset", "nanogpt"), ("genforge-preset", "genforge-nanogpt")):
         each = pair_ratios(rounds, num, den)
         if each:
             ratios[f"{num}/{den}"] = {"median": statistics.median(each), "each": each}
@@ -385,7 +430,8 @@ def main() -> None:
     result = {
         "benchmark": "gpt-shakespeare-char at nanoGPT's CPU recipe, nanoGPT run beside genforge",
         "settings": {"steps": args.steps, "repeats": args.repeats, "threads": args.threads,
-                     "bare_steps": args.bare_steps, "skip_first_steps": SKIP, "progress_bar": args.progress},
+                     "bare_steps": args.bare_steps, "skip_first_steps": SKIP, "progress_bar": args.progress,
+                     "compile_rows": args.compile},
         "machine": machine(), "fp32_matmul_peak_gflops": peak, "nanogpt_skipped": skipped,
         "preset_differs": preset_differs(), "val_tokens": next(iter(tokens.values()), None),
         "nanogpt_command": next((r["nanogpt"]["command"] for r in rounds if "nanogpt" in r), None),

@@ -189,7 +189,8 @@ def add_detect_parser(sub) -> None:
     d.add_argument("--context", type=int, default=None, metavar="N",
                    help="context width used when sampling (default 1, as `--watermark-context`)")
     d.add_argument("--threshold", type=float, default=None, metavar="Z",
-                   help="z-score above which a text file counts as watermarked (default 4)")
+                   help="a text file counts as watermarked when its exact p-value is below the normal "
+                        "tail of this z (default 4: p < 3.2e-5)")
     d.add_argument("--reference", metavar="FILE", default=None,
                    help="human text of the domain checked (a few pages or more) to condition the text "
                         "test's null on the key (default with --run: the run's training split)")

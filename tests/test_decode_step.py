@@ -1,14 +1,12 @@
-"""The cached decode step (issue #20): single-query attention, one forward per drawn token,
+"""The cached decode step (issue #20): single-query attention over a padded cache, one forward per drawn token,
 a cache allocated once and written in place, and the hook's history kept in a preallocated buffer."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from genforge.data.spec import DataSpec
 from genforge.families.gpt import GPT, GPTConfig
-from genforge.nn.attention import CausalSelfAttention
-from genforge.sampling.text import generate, stream
+from genforge.sampling.text import _prefill, generate, stream
 
 
 def tiny_gpt(pos="rope", block=16, vocab=23):
@@ -17,20 +15,20 @@ def tiny_gpt(pos="rope", block=16, vocab=23):
     return GPT(cfg, DataSpec(modality="text", vocab_size=vocab)).eval()
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_one_query_attention_matches_sdpa(masked):
-    torch.manual_seed(1)
-    attn = CausalSelfAttention(n_embd=32, n_head=4, dropout=0.0, bias=False).eval()
-    B, nh, L, hs = 3, 4, 11, 8
-    q, k, v = torch.randn(B, nh, 1, hs), torch.randn(B, nh, L, hs), torch.randn(B, nh, L, hs)
-    key_mask = None
-    if masked:  # left padding: row 0 none, row 1 three columns, row 2 ten (one real key left)
-        key_mask = (torch.arange(L + 5)[None, :] >= torch.tensor([0, 3, 10])[:, None])[:, None, None, :]
-    out = attn._one_query(q, k, v, key_mask)  # (B, 1, C)
-    mask = key_mask[..., :L] if masked else None
-    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(B, 1, nh * hs)
-    assert out.shape == (B, 1, nh * hs)
-    assert torch.allclose(out, ref, atol=1e-6)
+@pytest.mark.parametrize("pos", ["rope", "learned"])
+def test_single_query_steps_on_a_left_padded_cache_match_one_prefill(pos):
+    """The T == 1 step masks only padding (key_mask): its logits equal those of prefilling the
+    whole padded history at once, which masks causally too."""
+    model = tiny_gpt(pos)
+    ids = torch.randint(0, 23, (3, 10))
+    pad = torch.tensor([0, 2, 5])
+    with torch.inference_mode():
+        _, full = _prefill(model, ids, pad)  # logits after all 10 columns
+        cache, _ = _prefill(model, ids[:, :6], pad)
+        for t in range(6, 10):
+            step = model.logits(ids[:, t:t + 1], cache, (t - pad)[:, None])[:, -1]
+    assert cache.length == 10
+    assert torch.allclose(step, full, atol=1e-5)
 
 
 class Spy:

@@ -80,9 +80,10 @@ class CausalSelfAttention(nn.Module):
             cache.k[layer][:, :, start : start + T] = k
             cache.v[layer][:, :, start : start + T] = v
             k, v = cache.k[layer][:, :, : start + T], cache.v[layer][:, :, : start + T]  # (B, nh, L, hs)
-            if T == 1 and not self.training:
-                return self.resid_dropout(self.proj(self._one_query(q, k, v, cache.key_mask)))
-            if cache.key_mask is not None or (start > 0 and T > 1):
+            if T == 1:  # one new query sees every cached key: only padding is masked, no per-step arange
+                mask = cache.key_mask[..., : start + 1] if cache.key_mask is not None else None  # (B, 1, 1, L)
+                causal = False
+            elif cache.key_mask is not None or start > 0:
                 # Explicit mask: queries at absolute rows start..start+T-1 see keys <= their row.
                 rows = torch.arange(start, start + T, device=x.device)[:, None]
                 mask = rows >= torch.arange(start + T, device=x.device)[None, :]  # (T, L)
@@ -95,16 +96,3 @@ class CausalSelfAttention(nn.Module):
         )
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.proj(y))
-
-    def _one_query(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   key_mask: torch.Tensor | None) -> torch.Tensor:
-        """One decode step's attention: q (B, nh, 1, hs) over every cached key, k/v (B, nh, L, hs)
-        -> (B, 1, C). Two batched matmuls and a softmax: with a single query, SDPA's CPU flash
-        kernel spent about 1.3x as long (in-process A/B, batch 16, L 128-255) on what is a
-        memory-bound read of the cache. ``key_mask`` (B, 1, 1, >= L) is False at padding."""
-        B, nh, L = k.shape[0], k.shape[1], k.shape[2]
-        att = torch.matmul(q, k.transpose(-1, -2)).mul_(self.head_size ** -0.5)  # (B, nh, 1, L)
-        if key_mask is not None:
-            att.masked_fill_(~key_mask[..., :L], float("-inf"))
-        y = torch.matmul(att.softmax(-1), v)  # (B, nh, 1, hs)
-        return y.view(B, nh * self.head_size)[:, None]  # contiguous: the head axis is next to hs

@@ -20,9 +20,15 @@ Throughput is work completed over the time from the phase's start to its last co
 (clients stop starting requests at ``--seconds``; the backlog drains and is counted).
 A 429 (queue full) is counted apart from errors and retried after its Retry-After; the server
 admits ``--max-queue`` requests (default: one per client, so none is expected).
+``--text-preset gpt-shakespeare-char-gpu`` also serves a more realistic text model (6x6x384,
+context 256, trained 100 steps into ``runs/bench-serve/text-gpt-shakespeare-char-gpu``) and runs
+both text workloads against it too; its rows share the results file.
+Each phase also records the CPU cores the load generator (this process) and the server used, to
+tell whether the clients, not the server, set the pace on a small machine.
 Reported: medians over rounds; per-round values in the JSON.
 
 Usage: GENFORGE_DATA=/work/shared/data python benchmarks/bench_serve.py [--clients 32] [--seconds 60] [--rounds 2]
+       [--text-preset gpt-shakespeare-char-gpu]
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import json
 import math
 import os
 import platform
+import resource
 import signal
 import socket
 import statistics
@@ -56,6 +63,13 @@ TRAIN = {  # tiny on purpose: the server is measured, not the model (about a min
     "image": ["vae-digits", "model.conditional=true", "train.max_steps=300", "train.eval_every=0",
               "train.plot=false"],
 }
+# --text-preset: a second, more realistic text model served beside gpt-demo (trained briefly: the
+# server is measured, not the samples): nanoGPT's Shakespeare GPU shape, 6x6x384, context 256.
+EXTRA_TEXT = {
+    "gpt-shakespeare-char-gpu": ["gpt-shakespeare-char-gpu", "train.max_steps=100", "train.batch_size=8",
+                                 "train.compile=false", "train.eval_every=0", "train.plot=false"],
+}
+TRAIN.update({f"text-{name}": cmd for name, cmd in EXTRA_TEXT.items()})
 PROMPTS = ["ROMEO:\n", "First Citizen:\n", "KING HENRY:\n", "To be, or ", "O, ", "What ", "I will ", "The "]
 NAMES = {"text": "text, streamed", "text_json": "text, JSON", "image": "image"}
 WORKLOADS = ("text", "text_json", "image")  # text: streamed
@@ -63,9 +77,9 @@ GOAL = ("with batching, 32 concurrent text clients get >= 5x the aggregate token
         "served one at a time, with p99 time to first token under 1 s")
 
 
-def ensure_run(name: str) -> Path:
+def ensure_run(name: str, root: Path = RUNS) -> Path:
     """The run, trained now unless a finished one is there (a run is finished when it loads)."""
-    run = RUNS / name
+    run = root / name
     if run.is_dir():
         try:
             from genforge.runs import load_run
@@ -74,11 +88,11 @@ def ensure_run(name: str) -> Path:
             return run
         except Exception as e:  # half-written or stale: train it again
             print(f"{run} does not load ({e}); training it again", flush=True)
-    RUNS.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
     cmd = [*GENFORGE, "train", *TRAIN[name], "--run-dir", str(run), "--overwrite", "--no-progress"]
     print("genforge " + " ".join(cmd[3:]), flush=True)
-    if run_process(cmd, RUNS / f"train-{name}.log")["returncode"] != 0:
-        raise SystemExit(f"training {name} failed:\n{tail(RUNS / f'train-{name}.log')}")
+    if run_process(cmd, root / f"train-{name}.log")["returncode"] != 0:
+        raise SystemExit(f"training {name} failed:\n{tail(root / f'train-{name}.log')}")
     return run
 
 
@@ -269,26 +283,51 @@ def warm_up(url: str, text: str, image: str) -> None:
     r.raise_for_status()
 
 
+def phases(runs: dict[str, Path]) -> list[tuple[str, str, str]]:
+    """(result key, workload, run key): gpt-demo's text, text_json and image, then each extra text
+    model's text and text_json (keys ``text@NAME``)."""
+    out = [(w, w, "image" if w == "image" else "text") for w in WORKLOADS]
+    for key in runs:
+        if key.startswith("text-"):
+            out += [(f"{w}@{key[5:]}", w, key) for w in ("text", "text_json")]
+    return out
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) of process ``pid`` from /proc, or of this process (all threads)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
 def measure(args, runs: dict[str, Path], batching: bool, round_: int) -> dict:
     import httpx
 
     mode = "on" if batching else "off"
-    server = Server([runs["text"], runs["image"]], batching, args.max_queue or args.clients,
-                    RUNS / f"serve-{mode}-{round_}.log")
+    server = Server(list(runs.values()), batching, args.max_queue or args.clients,
+                    Path(args.runs_dir) / f"serve-{mode}-{round_}.log")
     try:
         server.wait_ready()
-        warm_up(server.url, runs["text"].name, runs["image"].name)
+        for key, run in runs.items():
+            if key != "image":
+                warm_up(server.url, run.name, runs["image"].name)
         served = httpx.get(f"{server.url}/v1/models", timeout=30).json()["data"]
         result = {"batching": mode, "round": round_, "server": " ".join(["genforge", *server.cmd[3:]]),
                   "models": {m["id"]: {"family": m["family"], "step": m["step"],
                                        "weights_sha256": m["weights_sha256"]} for m in served},
                   "memory_before": rss_mib(server.proc.pid)}
-        for workload in WORKLOADS:
-            model = runs["image" if workload == "image" else "text"].name
-            result[workload] = asyncio.run(load(server.url, workload, model, args.clients, args.seconds,
-                                                args.max_tokens))
-            print(f"round {round_} batching {mode} {workload}: "
-                  + json.dumps({k: v for k, v in result[workload].items() if k != "error_examples"}), flush=True)
+        for key, workload, run_key in phases(runs):
+            t, mine, theirs = time.perf_counter(), cpu_seconds(), cpu_seconds(server.proc.pid)
+            result[key] = asyncio.run(load(server.url, workload, runs[run_key].name, args.clients, args.seconds,
+                                           args.max_tokens))
+            # Is the load generator the bottleneck? CPU cores each side used over the phase.
+            t = time.perf_counter() - t
+            result[key].update(client_cores=(cpu_seconds() - mine) / t,
+                               server_cores=(cpu_seconds(server.proc.pid) - theirs) / t)
+            print(f"round {round_} batching {mode} {key}: "
+                  + json.dumps({k: v for k, v in result[key].items() if k != "error_examples"}), flush=True)
         result["memory_after"] = rss_mib(server.proc.pid)
         return result
     finally:
@@ -315,20 +354,21 @@ def render(result: dict) -> str:
               "The clients (asyncio + httpx) share the machine with the server. Runs served (trained by this "
               "script when missing): " + "; ".join(f"`{c}`" for c in result["train"].values()) + ".", "",
               f"Goal: {GOAL}.", "",
-              "| batching | workload | requests/s | tokens/s (images/s) | p50 latency (ms) | p99 latency (ms) "
-              "| p50 TTFT (ms) | p99 TTFT (ms) | errors | 429s |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| batching | model | workload | requests/s | tokens/s (images/s) | p50 latency (ms) "
+              "| p99 latency (ms) | p50 TTFT (ms) | p99 TTFT (ms) | errors | 429s | client / server cores |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode in ("on", "off"):
         mine = [r for r in rows if r["batching"] == mode]
-        for w in WORKLOADS:
-            rate = "images_per_s" if w == "image" else "tokens_per_s"
-            lines.append(f"| {mode} | {NAMES[w]} | {fmt(median_of(mine, w, 'requests_per_s'), 2)} "
+        for w, workload, model in result["phases"]:
+            rate = "images_per_s" if workload == "image" else "tokens_per_s"
+            lines.append(f"| {mode} | {model} | {NAMES[workload]} | {fmt(median_of(mine, w, 'requests_per_s'), 2)} "
                          f"| {fmt(median_of(mine, w, rate))} "
                          f"| {fmt(median_of(mine, w, 'latency_p50_s'), 0, 1e3)} "
                          f"| {fmt(median_of(mine, w, 'latency_p99_s'), 0, 1e3)} "
                          f"| {fmt(median_of(mine, w, 'ttft_p50_s'), 0, 1e3)} "
                          f"| {fmt(median_of(mine, w, 'ttft_p99_s'), 0, 1e3)} "
-                         f"| {sum(r[w]['errors'] for r in mine)} | {sum(r[w]['rejected_429'] for r in mine)} |")
+                         f"| {sum(r[w]['errors'] for r in mine)} | {sum(r[w]['rejected_429'] for r in mine)} "
+                         f"| {fmt(median_of(mine, w, 'client_cores'), 2)} / {fmt(median_of(mine, w, 'server_cores'), 2)} |")
     g = result["gain"]
     lines += ["", "Server memory (RSS MiB, before -> after the load; peak): "
               + "; ".join(f"{r['batching']} round {r['round']}: {r['memory_before']['rss_mib']:.0f} -> "
@@ -340,8 +380,15 @@ def render(result: dict) -> str:
               f"Without streaming (JSON answers): **{fmt(g['text_json_tokens_per_s'], 2)}x**.",
               f"- Goal ({GOAL}): **{'met' if g['goal_met'] else 'not met'}**"
               + ("" if result["clients"] == 32 else f" (measured with {result['clients']} clients, not 32)") + ".",
+              *(f"- {model} (a second text model, {arch}): tokens/s with batching / without: streamed "
+                f"**{fmt(x['text'], 2)}x**, JSON **{fmt(x['text_json'], 2)}x**; p99 TTFT with batching "
+                f"{fmt(x['ttft_p99_on_s'], 0, 1e3)} ms." for model, arch, x in g["extra_text"]),
               f"- Images (compatible requests in one sampler call): images/s on / off = "
               f"{fmt(g['image_per_s'], 2)}x.",
+              "- Load generator: the clients (asyncio + httpx, one process) and the server each used the CPU "
+              "cores in the table's last column (CPU seconds over the phase's wall time, median of rounds; "
+              f"the machine has {m['cores']}): a client share near a whole core means the clients, not the "
+              "server, may set the pace.",
               "- Anchor: vLLM's continuous batching (Kwon et al. 2023) reports 2-4x throughput over earlier "
               "servers; genforge's is the same iteration-level scheduling (Orca, Yu et al. 2022): a request "
               "joins the running batch at the next decode step and leaves after its last token.",
@@ -359,12 +406,18 @@ def main() -> None:
                    help="new tokens per text request (default 48: prompt + answer stay in gpt-demo's 64 context)")
     p.add_argument("--max-queue", type=int, default=None, help="the server's --max-queue (default: --clients)")
     p.add_argument("--name", default="serve_load", help="results/NAME.json and .md (default serve_load)")
+    p.add_argument("--runs-dir", default=str(RUNS),
+                   help="where the served runs are (trained there when missing; default runs/bench-serve)")
+    p.add_argument("--text-preset", action="append", choices=sorted(EXTRA_TEXT),
+                   help="also serve and load this text model beside gpt-demo (trained briefly when missing: "
+                        + "; ".join(f"{k}: genforge train {' '.join(v)}" for k, v in EXTRA_TEXT.items()) + ")")
     args = p.parse_args()
     if args.clients < 1 or args.seconds <= 0 or args.rounds < 1 or args.max_tokens < 1:
         p.error("--clients, --seconds, --rounds and --max-tokens must be positive")
     if "GENFORGE_DATA" not in os.environ:
         p.error("set GENFORGE_DATA to a folder holding tinyshakespeare/input.txt")
-    runs = {name: ensure_run(name) for name in ("text", "image")}
+    names = ["text", "image", *(f"text-{x}" for x in args.text_preset or ())]
+    runs = {name: ensure_run(name, Path(args.runs_dir)) for name in names}
     rounds = []
     for i in range(args.rounds):
         for batching in (True, False):
@@ -376,17 +429,27 @@ def main() -> None:
     gain = statistics.median(pairs) if pairs else None
     json_on, json_off = median_of(on, "text_json", "tokens_per_s"), median_of(off, "text_json", "tokens_per_s")
     ttft_p99 = median_of(on, "text", "ttft_p99_s")
+    extra = []
+    for key in runs:
+        if key.startswith("text-"):
+            ratios = {w: (median_of(on, f"{w}@{key[5:]}", "tokens_per_s") or 0)
+                      / (median_of(off, f"{w}@{key[5:]}", "tokens_per_s") or math.inf) for w in ("text", "text_json")}
+            cfg = json.loads((runs[key] / "config.json").read_text())["model"]
+            extra.append((key[5:], f"{cfg['n_layer']}x{cfg['n_embd']}, context {cfg['block_size']}",
+                          {**ratios, "ttft_p99_on_s": median_of(on, f"text@{key[5:]}", "ttft_p99_s")}))
     off_images = median_of(off, "image", "images_per_s")
     result = {
         "command": "GENFORGE_DATA=... python benchmarks/bench_serve.py " + " ".join(sys.argv[1:]),
         "machine": {"cores": os.cpu_count(), "cpu": cpu_name(),
                     "torch": torch.__version__, "python": platform.python_version()},
-        "train": {name: "genforge train " + " ".join(TRAIN[name]) for name in TRAIN},
+        "train": {name: "genforge train " + " ".join(TRAIN[name]) for name in runs},
+        "phases": [(key, workload, runs[run_key].name) for key, workload, run_key in phases(runs)],
         "clients": args.clients, "seconds": args.seconds, "max_tokens": args.max_tokens,
         "max_queue": args.max_queue or args.clients, "goal": GOAL,
         "gain": {"text_tokens_per_s": gain, "text_pairs": pairs, "ttft_p99_on_s": ttft_p99,
                  "text_json_tokens_per_s": json_on / json_off if json_off else None,
                  "image_per_s": (median_of(on, "image", "images_per_s") / off_images) if off_images else None,
+                 "extra_text": extra,
                  "goal_met": bool(gain is not None and gain >= 5 and ttft_p99 is not None and ttft_p99 < 1.0
                                   and args.clients == 32
                                   and all(r[w]["errors"] == 0 for r in rounds for w in WORKLOADS))},

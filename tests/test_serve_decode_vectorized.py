@@ -98,6 +98,22 @@ def shift_hook(logits, history):
     return logits + bias
 
 
+class UnhashableWatermark:
+    """Declares itself row-wise but cannot be a dict key: the decoder calls it per request."""
+
+    __hash__ = None
+    history_window = 1
+
+    def __init__(self, key):
+        self.inner = wm.TextWatermark(key)
+
+    def __eq__(self, other):
+        return isinstance(other, UnhashableWatermark) and other.inner == self.inner
+
+    def __call__(self, logits, history):
+        return self.inner(logits, history)
+
+
 def test_many_requests_sharing_settings_and_keys_each_get_what_they_get_alone():
     """Twelve requests: most share settings (one sampling pass) and one of two watermark keys
     (one hook call per key), others have their own top-k or an opaque hook; some join mid-decode,
@@ -111,7 +127,8 @@ def test_many_requests_sharing_settings_and_keys_each_get_what_they_get_alone():
     for i in range(12):
         prompts = ["the cat", "a"] if i % 5 == 0 else [["ab", "hello there", "q", "zz top"][i % 4]]
         settings = dict(max_new_tokens=4 + i, temperature=0.8, top_k=4 if i == 7 else None, top_p=None, stop=())
-        specs.append((prompts, 100 + i, settings, shift_hook if i == 9 else keys[i % 3]))
+        hook = shift_hook if i == 9 else UnhashableWatermark(b"c" * 32) if i == 10 else keys[i % 3]
+        specs.append((prompts, 100 + i, settings, hook))
 
     def make(prompts, seed, settings, hook):
         return Job(list(prompts), dict(settings), torch.Generator().manual_seed(seed), logits_hook=hook)

@@ -21,7 +21,12 @@ meets a 0 weight in ``attn @ v``, and 0 * NaN would not be 0.
 Exactness per request, not per batch: each job samples its own rows with its own settings,
 its own ``logits_hook`` (the text watermark's place) and its own generator, once per step from
 its first step to its last, exactly as ``sampling.text.stream`` draws for it alone; a job's
-rows stay together until the job ends (one multinomial over its rows, as alone). What a row
+rows stay together until the job ends (one multinomial over its rows, as alone). The work is
+per step, not per row: jobs that share settings are filtered and drawn in one pass
+(``sampling.text.sample_rows``: multinomial's exponential race, each job's noise from its own
+generator) and jobs with equal row-wise hooks (the watermark of one run key) are marked in one
+call on their last ids; under 32 streams the per-job loop had cost more than the model's
+forward (benchmarks/profile_serve_decode.py). What a row
 sees is its own tokens at its own positions, so only floating-point rounding can differ from
 alone (masked columns add exact zeros, but a longer reduction may round differently); the
 tests check token equality, a mid-decode join included.
@@ -225,7 +230,7 @@ class Decoder:
         in one pass (``sample_rows``, each job drawing from its own generator)."""
         from genforge.sampling.text import sample_rows
 
-        logits = torch.cat([live.logits for live in jobs])  # (N, V), the jobs' rows in order
+        logits = torch.cat([live.logits for live in jobs])  # (N, V), the jobs' rows in order (a copy)
         spans, start = [], 0
         for live in jobs:
             spans.append(range(start, start + len(live.history)))
@@ -234,8 +239,8 @@ class Decoder:
         for j, live in enumerate(jobs):
             hook = live.job.logits_hook
             if hook is not None:
-                hooked.setdefault(hook if _row_wise(hook) else (j,), []).append(j)
-        for key, members in hooked.items():
+                hooked.setdefault(hook if _row_wise(hook) else (j,), []).append(j)  # equal hooks: one call
+        for members in hooked.values():
             hook = jobs[members[0]].job.logits_hook
             idx = [r for j in members for r in spans[j]]
             if _row_wise(hook):
@@ -245,8 +250,7 @@ class Decoder:
                 ctx = jobs[members[0]].seen(self.device)
             if len(idx) == start:  # every row (the usual case: one key for the run)
                 logits = hook(logits, ctx)
-            else:
-                logits = logits.clone() if key is next(iter(hooked)) else logits
+            else:  # in place: the rows are ours (cat copied them)
                 rows = torch.as_tensor(idx, device=self.device)
                 logits[rows] = hook(logits[rows], ctx)
         groups: dict[tuple, list[int]] = {}
@@ -303,8 +307,15 @@ class Decoder:
 
 
 def _row_wise(hook) -> bool:
-    """A hook that declares it reads only each row's last ``history_window`` ids, row by row."""
-    return isinstance(getattr(hook, "history_window", None), int)
+    """A hook that declares it reads only each row's last ``history_window`` ids, row by row
+    (and is hashable, so equal hooks can share a call)."""
+    if not isinstance(getattr(hook, "history_window", None), int):
+        return False
+    try:
+        hash(hook)
+    except TypeError:
+        return False
+    return True
 
 
 def _hook_contexts(histories: list[list[list[int]]], n: int, device) -> torch.Tensor:

@@ -179,7 +179,7 @@ def read_cifar10(path: Path) -> RawImages:
 def _jsb_roll() -> RawImages:
     from genforge.data.music_roll import jsb_roll  # music glue, imported only when asked for
 
-    return jsb_roll()
+    return RawImages(*jsb_roll())
 
 
 def _digits() -> RawImages:

@@ -85,10 +85,10 @@ def excerpts(grid: np.ndarray, stride: int) -> list[np.ndarray]:
             if (grid[o:o + STEPS] != REST).any()]
 
 
-def jsb_roll():
-    """The ``jsb-roll`` image dataset: JSB train excerpts (every bar) and test excerpts (every
-    2 bars) as uint8 (N, 1, ROWS, STEPS) rolls, labelled with their chorale's mode."""
-    from genforge.data.image_sources import RawImages
+def jsb_roll() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """The ``jsb-roll`` image dataset (``image_sources`` wraps it): JSB train excerpts (every
+    bar) and test excerpts (every 2 bars) as uint8 (N, 1, ROWS, STEPS) rolls, int64 labels of
+    their chorale's mode, and the class names."""
     from genforge.data.music import load_jsb
     from genforge.metrics.music.tonal import estimate_key
 
@@ -107,7 +107,7 @@ def jsb_roll():
     # out of train, as it does for every dataset that ships a test split.
     train_x, train_y = images(splits["train"] + splits["val"], TRAIN_STRIDE)
     test_x, test_y = images(splits["test"], STEPS)
-    return RawImages(train_x, train_y, test_x, test_y, list(MODES))
+    return train_x, train_y, test_x, test_y, list(MODES)
 
 
 def write_rolls_midi(images: np.ndarray, out: Path, tempo: float = 100.0, threshold: float = 0.5) -> list[Path]:

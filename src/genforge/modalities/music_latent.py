@@ -93,7 +93,7 @@ def evaluate_phrases(run, data, num_samples: int | None, max_batches: int | None
     """`genforge eval` of a phrase VAE: the negative ELBO (an upper bound on -log p in nats; the
     KL and each phrase's ``<eos>`` included) per phrase and per note (one voice at one 16th) on
     the validation and test phrases, then the music metrics of ``num_samples`` prior samples."""
-    from genforge.modalities.music import sample_metrics
+    from genforge.metrics.music import evaluate_grids
 
     device = next(run.model.parameters()).device
     notes = 4 * data.steps
@@ -112,5 +112,6 @@ def evaluate_phrases(run, data, num_samples: int | None, max_batches: int | None
     generator = torch.Generator(device=device).manual_seed(seed)
     rows = latent_rows(run, generator, {}, 16 if num_samples is None else num_samples, batch_size, 1.0, {})
     grids = [phrase_grid(run.tokenizer.to_grid(r), data.steps) for r in rows]
-    report.update(sample_metrics(grids, data))
+    reference = data.pieces.get("test") or data.pieces["val"]  # held-out phrases
+    report.update(evaluate_grids(grids, reference=reference, train=data.pieces.get("train")))
     return report

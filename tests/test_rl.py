@@ -203,7 +203,7 @@ def test_builtin_molecule_rewards_fold_in_validity():
 
 def test_oracle_calls_count_distinct_canonical_molecules_as_pmo():
     pytest.importorskip("rdkit")
-    from genforge.rl.finetune import oracle_scores
+    from genforge.rl.rollouts import oracle_scores
 
     cached = build_reward(["qed"], {}, "molecule")
     total, _, _ = cached(["CCO", "OCC", "C(O)C"])  # ethanol three ways: one molecule, one call
@@ -397,7 +397,7 @@ def test_ddpo_raises_brightness_on_digits(tmp_path):
 
 def test_pmo_numbers_ignore_scorings_past_the_budget():
     """The last rollout may overshoot --max-oracle-calls; top-k and AUC count only the budget."""
-    from genforge.rl.finetune import oracle_summary
+    from genforge.rl.rollouts import oracle_summary
 
     class Scored:  # the two things oracle_summary reads of a Reward
         scored = {f"m{i}": [0.1] for i in range(10)} | {"late": [0.9]}

@@ -139,3 +139,28 @@ def test_config_rejects_impossible_shapes():
 def test_weight_tying():
     model = tiny_gpt()
     assert model.lm_head.weight.data_ptr() == model.tok_emb.weight.data_ptr()
+
+
+@pytest.mark.parametrize("pos", ["rope", "learned"])
+def test_training_attention_matches_textbook_attention_and_its_gradients(pos):
+    # softmax(q k^T / sqrt(hs) + causal mask) v per head (Vaswani et al., 2017), q and k rotated
+    # for RoPE: catches q/k/v taken from the wrong third of the fused projection, in either layout.
+    from genforge.nn.attention import CausalSelfAttention, apply_rotary, rotary_table
+
+    torch.manual_seed(0)
+    B, T, C, nh = 3, 8, 16, 2
+    attn = CausalSelfAttention(C, nh, 0.0, bias=True)
+    x = torch.randn(B, T, C, requires_grad=True)
+    rope = rotary_table(T, C // nh) if pos == "rope" else None
+    out = attn(x, rope)
+    q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in attn.qkv(x).split(C, -1))  # (B, nh, T, hs)
+    if rope is not None:
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+    scores = (q @ k.transpose(-2, -1)) / (C // nh) ** 0.5
+    weights = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+    ref = attn.proj((weights @ v).transpose(1, 2).reshape(B, T, C))
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    wrt = [x, attn.qkv.weight, attn.qkv.bias]
+    for got, want in zip(torch.autograd.grad(out, wrt, g), torch.autograd.grad(ref, wrt, g), strict=True):
+        torch.testing.assert_close(got, want)

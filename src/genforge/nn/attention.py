@@ -71,9 +71,12 @@ class CausalSelfAttention(nn.Module):
         qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_size).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
         # split/unbind, not indexing: indexing makes backward allocate a zero-filled gradient
         # per slice and add into it (about 1 ms per step at 4x128 on a CPU).
-        qk, v = qkv.split((2, 1), 0)  # (2, B, nh, T, hs), (1, B, nh, T, hs)
-        q, k = (apply_rotary(qk, *rope) if rope is not None else qk).unbind(0)
-        v = v.squeeze(0)
+        if rope is None:  # backward: one stack per layer (split, then unbind, would be two copies)
+            q, k, v = qkv.unbind(0)  # (B, nh, T, hs) each
+        else:
+            qk, v = qkv.split((2, 1), 0)  # (2, B, nh, T, hs), (1, B, nh, T, hs)
+            q, k = apply_rotary(qk, *rope).unbind(0)
+            v = v.squeeze(0)
         mask, causal = None, True
         if cache is not None:
             start = cache.length

@@ -18,8 +18,8 @@ The budget is steps, not time, so the numbers do not depend on how busy the mach
 
 Usage (quiet machine; several CPU minutes per family on 2 cores):
   GENFORGE_DATA=/path/with/jsb-chorales python benchmarks/bench_music_families.py
-On a busy shared machine add OMP_NUM_THREADS=1: torch's default thread pool then runs these
-small models about ten times slower when every core is already busy.
+On a busy shared machine add OMP_NUM_THREADS=1: with torch's default thread pool these small
+models run about ten times slower when every core is already busy.
 A quick end-to-end check that leaves the committed results alone (tiny models, 3 steps):
   GENFORGE_CACHE=/tmp/gfc python benchmarks/bench_music_families.py --tiny --out /tmp/bench-mf
 Weights go to runs/bench-music-families/ (gitignored); results to benchmarks/results/music/

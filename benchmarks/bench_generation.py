@@ -24,7 +24,9 @@ recompute and the window re-read past a full context therefore score low by desi
 The "within the context" row decodes block_size - 1 tokens at batch 16, so every
 step is one cached step: the decode step the %-of-peak goal is about. That worker also
 times the same steps' weight matmuls alone at M = batch, the ceiling of such a step
-(attention over the fp32 cache and the other ops only add time).
+(attention over the fp32 cache and the other ops only add time). "window-compile" is
+the same decode with ``torch.compile(model.logits, dynamic=True)``: its compile time is
+reported apart, and the worker fails if its greedy tokens differ from eager's.
 
 Usage: python benchmarks/bench_generation.py [--new-tokens 500] [--repeats 3] [--out DIR]
 """
@@ -85,6 +87,7 @@ def matmul_only_gflops(model, batch: int, steps: int, repeats: int) -> float:
 def worker(kind: str, batch: int, new_tokens: int, repeats: int) -> dict:
     torch.manual_seed(0)
     peak = matmul_peak_gflops(2048, 5)
+    extra = {}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "hf":
         from transformers import GPT2Config, GPT2LMHeadModel
@@ -104,7 +107,7 @@ def worker(kind: str, batch: int, new_tokens: int, repeats: int) -> dict:
         from genforge.families.gpt import GPT, GPTConfig
         from genforge.sampling.text import generate
 
-        layout = kind.split("-")  # kv|recompute|window [-gpt2]
+        layout = kind.split("-")  # kv|recompute|window [-gpt2|-compile]
         gpt2 = "gpt2" in layout
         cfg = GPTConfig(**DIMS, block_size=512 if gpt2 else 256,
                         pos_embedding="learned" if gpt2 else "rope", bias=gpt2)
@@ -112,16 +115,25 @@ def worker(kind: str, batch: int, new_tokens: int, repeats: int) -> dict:
         prompts = [[0]] * batch
         if layout[0] == "window":  # every step a cached one: the decode step itself
             new_tokens = min(new_tokens, cfg.block_size - 1)
+        if "compile" in layout:  # torch.compile of the forward; kept only if its tokens are eager's
+            eager = generate(model, prompts, new_tokens, temperature=0).tokens
+            model.logits = torch.compile(model.logits, dynamic=True)  # dynamic: one graph for every cache length
+            t = time.perf_counter()
+            generate(model, prompts, 8, temperature=0)
+            extra["compile_s"] = time.perf_counter() - t
         rss_before = peak_rss_mib()
 
         def run(n):
             out = generate(model, prompts, n, temperature=0, use_cache=layout[0] != "recompute")
             assert len(out.tokens[0]) == n
+            if "compile" in layout and n == new_tokens and out.tokens != eager:
+                raise SystemExit("torch.compile changed the greedy tokens")
 
     seconds = _time(run, new_tokens, repeats)
     block = model.config.n_positions if kind == "hf" else model.config.block_size
     gflops = batch * decode_flops(new_tokens, block) / seconds / 1e9
-    extra = {"matmul_only_gflops": matmul_only_gflops(model, batch, new_tokens, repeats)} if kind == "window" else {}
+    if kind == "window":
+        extra["matmul_only_gflops"] = matmul_only_gflops(model, batch, new_tokens, repeats)
     return {**extra, "kind": kind, "batch": batch, "new_tokens": new_tokens, "tokens_per_s": batch * new_tokens / seconds,
             "seconds": seconds, "model_gflops_per_s": gflops, "matmul_peak_gflops": peak,
             "threads": torch.get_num_threads(), "peak_rss_mib": peak_rss_mib(),
@@ -142,7 +154,7 @@ def main() -> None:
     me, n = __file__, str(args.new_tokens)
     rows = {}
     for batch in (1, 16):
-        for kind in ("kv", "recompute", "kv-gpt2", "hf", *(("window",) if batch == 16 else ())):
+        for kind in ("kv", "recompute", "kv-gpt2", "hf", *(("window", "window-compile") if batch == 16 else ())):
             reps = args.recompute_batch16_repeats if (kind == "recompute" and batch == 16) else args.repeats
             rows[f"{kind}@{batch}"] = run_worker(me, [kind, str(batch), n, str(reps)])
             print(json.dumps(rows[f"{kind}@{batch}"]), flush=True)
@@ -160,7 +172,8 @@ def main() -> None:
               "matmul_peak_gflops": peak}
     names = {"kv": "genforge, KV cache (rope, ctx 256)", "recompute": "genforge, recompute full context (ctx 256)",
              "kv-gpt2": "genforge, KV cache, GPT-2 layout (ctx 512)", "hf": "transformers GPT-2 generate (ctx 512)",
-             "window": "genforge, KV cache, within the context (rope, ctx 256)"}
+             "window": "genforge, KV cache, within the context (rope, ctx 256)",
+             "window-compile": "the same, torch.compile'd forward (same tokens checked)"}
     lines = [f"# Generation speed, 6x384 GPT, {args.new_tokens} new tokens, greedy "
              f"({machine()['gpu'] or 'CPU, ' + str(torch.get_num_threads()) + ' threads'})", "",
              "| configuration | batch | new tokens | tokens/s | seconds | model GFLOP/s | % of matmul peak "
@@ -176,6 +189,9 @@ def main() -> None:
               f"({w['model_gflops_per_s']:.1f} GFLOP/s; model FLOPs: 2 per matmul weight + attention over the context)",
               f"- its ceiling, the same steps' weight matmuls alone at M={w['batch']} (no attention, no other op): "
               f"{100 * w['matmul_only_gflops'] / peak:.0f}% of the peak ({w['matmul_only_gflops']:.1f} GFLOP/s)",
+              f"- torch.compile (dynamic shapes) of that decode: {rows['window-compile@16']['percent_of_peak']:.0f}% "
+              f"of the peak, the greedy tokens of eager, after {rows['window-compile@16']['compile_s']:.0f} s "
+              "of compiling (not counted in its tokens/s)",
               *(f"- {k}: **{v:.2f}x**" for k, v in ratio.items())]
     write("generation_cpu" if not torch.cuda.is_available() else "generation_gpu", result, "\n".join(lines),
           folder=args.out)

@@ -289,7 +289,9 @@ def test_no_watermark_says_so_and_scores_near_zero(text_run, tmp_path, capsys):
     assert "not watermarked (--no-watermark)" in capsys.readouterr().err
     assert main(["detect", str(tmp_path / "plain.jsonl"), "--run", str(text_run), "--json"]) == 0
     [r] = json.loads(capsys.readouterr().out)
-    assert not r["watermarked"] and abs(r["z"]) < 3 and r["tokens"] > 50
+    # one-sided: an untrained model's noise is unlike the run's text, so the key-conditioned test's
+    # z can be far below 0 (fewer green pairs than human text would hold); only a high z is wrong
+    assert not r["watermarked"] and r["z"] < 3 and r["p_value"] > 1e-3 and r["tokens"] > 50
 
 
 def test_the_key_appears_in_no_file_of_the_run_but_its_own(text_run, tmp_path, capsys):

@@ -173,9 +173,18 @@ def sweep(scorer: Scorer, seeds: int, steps: list[int], samplers: list[str], set
     return rows, reference
 
 
+def ratio_se(row: dict, ref: dict, split: str, seeds: int) -> float:
+    """Standard error of FD(row) / FD(ref), each a mean over ``seeds`` draws (first-order
+    propagation, draws independent)."""
+    a, r = row[f"fd_{split}"], ref[f"fd_{split}"]
+    rel = ((row[f"fd_{split}_sd"] / a) ** 2 + (ref[f"fd_{split}_sd"] / r) ** 2) ** 0.5
+    return a / r * rel / seeds ** 0.5
+
+
 def render(result: dict) -> str:
     ref, steps = result["reference"], result["steps"]
-    noise = f"; FD between its seed-0 and seed-1 draws: {ref['fd_seed0_seed1']:.2f}" if "fd_seed0_seed1" in ref else ""
+    noise = (f"; FD between its seed-0 and seed-1 draws: {ref['fd_seed0_seed1']:.2f} (the same sampler twice: "
+             f"FD's finite-sample bias with {result['n']} images on both sides)") if "fd_seed0_seed1" in ref else ""
     lines = ["# Diffusion on 8x8 digits: FD against sampling steps", "",
              f"Run `{result['run']}` (step {result['run_step']}); {result['machine']['cpu']}, torch "
              f"{result['machine']['torch']}. Each cell: mean +- sd over {result['seeds']} draws (seeds 0..) of "
@@ -199,8 +208,8 @@ def render(result: dict) -> str:
         best = min(at20, key=lambda r: r[f"fd_{split}"])
         ratio = best[f"fd_{split}"] / ref[f"fd_{split}"]
         lines += ["", f"Goal (20 steps within 10% of DDPM-{ref['steps']}), {split} reference: best at 20 steps is "
-                      f"{best['sampler']}, FD {best[f'fd_{split}']:.2f} = {ratio:.2f}x: "
-                      f"{'met' if ratio <= 1.1 else 'not met'}."]
+                      f"{best['sampler']}, FD {best[f'fd_{split}']:.2f} = {ratio:.2f}x +- {ratio_se(best, ref, split, result['seeds']):.2f} "
+                      f"(standard error from the sd over draws): {'met' if ratio <= 1.1 else 'not met'}."]
     lines += ["", f"Figure: `{result['name']}.png`. Command: `{result['command']}`"]
     return "\n".join(lines)
 

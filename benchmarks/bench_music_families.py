@@ -77,8 +77,9 @@ def ensure_extractor(tiny: bool) -> None:
         genforge("metrics", "fit-extractor", "jsb-roll", *(["--epochs", "1"] if tiny else []))
 
 
-def sample_grids(run_dir: Path, n: int, seed: int = 0) -> list[np.ndarray]:
-    """n (STEPS, 4) grids from a run, drawn with one seeded generator (library calls, as the CLI)."""
+def sample_grids(run_dir: Path, n: int, seed: int = 0) -> tuple[list[np.ndarray], int]:
+    """n (STEPS, 4) grids from a run, drawn with one seeded generator (library calls, as the CLI),
+    and the training step of the checkpoint they came from."""
     from genforge.data.music_roll import roll_to_grid
     from genforge.families.base import LatentVariableModel
     from genforge.modalities.music_latent import phrase_grid
@@ -90,13 +91,13 @@ def sample_grids(run_dir: Path, n: int, seed: int = 0) -> list[np.ndarray]:
     if run.spec.modality == "image":  # piano rolls in pixel_range
         lo, hi = run.spec.pixel_range
         x = model.sample(n, g)
-        return [roll_to_grid(((r - lo) / (hi - lo)).clamp(0, 1).numpy()) for r in x]
+        return [roll_to_grid(((r - lo) / (hi - lo)).clamp(0, 1).numpy()) for r in x], run.step
     tok = run.tokenizer
     if isinstance(model, LatentVariableModel):
         rows = model.sample(n, g, temperature=1.0)
     else:
         rows = model.sample(n, g, prompts=[[tok.bos_id]] * n, max_new_tokens=4 * STEPS, temperature=1.0)
-    return [phrase_grid(tok.to_grid(r), STEPS) for r in rows]
+    return [phrase_grid(tok.to_grid(r), STEPS) for r in rows], run.step
 
 
 def png(grids: list[np.ndarray], path: Path, title: str) -> None:
@@ -156,7 +157,8 @@ def main() -> None:
             if fam == "gan":
                 ensure_extractor(args.tiny)
             train(fam, runs / fam, steps, args.tiny)
-        grids = sample_grids(runs / fam, n)
+        grids, steps = sample_grids(runs / fam, n)  # the step of the checkpoint sampled (best or latest)
+        budget[fam]["checkpoint_step"] = steps
         columns[f"{fam} ({FAMILIES[fam][0]}, {steps} steps)"] = ref.score(grids)
         png(grids, out / f"families-{fam}.png", f"{fam}: 4 samples of 2 bars ({steps} training steps)")
         if fam == "seqvae":

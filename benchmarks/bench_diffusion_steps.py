@@ -210,7 +210,9 @@ def render(result: dict) -> str:
         lines += ["", f"Goal (20 steps within 10% of DDPM-{ref['steps']}), {split} reference: best at 20 steps is "
                       f"{best['sampler']}, FD {best[f'fd_{split}']:.2f} = {ratio:.2f}x +- {ratio_se(best, ref, split, result['seeds']):.2f} "
                       f"(standard error from the sd over draws): {'met' if ratio <= 1.1 else 'not met'}."]
-    lines += ["", f"Figure: `{result['name']}.png`. Command: `{result['command']}`"]
+    lines += ["", f"Figure: `{result['name']}.png`. Run trained by `genforge train diffusion-digits --run-dir "
+                  f"{result['run']}` (the preset's recipe; `load_run`'s default checkpoint, the best by validation "
+                  f"loss). Command: `{result['command']}`"]
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from tests.test_music import chorale, jsb_json, mido_notes
 
+from genforge import GenforgeError
 from genforge.cli import main
 from genforge.config import DataConfig
 from genforge.data.music import REST, grid_to_midi, read_midi_grid
@@ -196,3 +197,12 @@ def test_tiny_diffusion_on_rolls_samples_midi_with_no_family_change(tiny_jsb, tm
     assert roll_main([str(npz), str(tmp_path / "y.mid"), "--threshold", "1.5"]) == 2
     err = capsys.readouterr().err
     assert "already exists" in err and "rolls are written as .mid" in err and "--threshold" in err
+
+
+def test_serve_refuses_a_seqvae_music_run_before_the_port_opens(vae_run):
+    """The server draws music from GPT runs; a phrase VAE is named at start-up, never a 500 later."""
+    pytest.importorskip("fastapi")
+    from genforge.serve.engine import load_entries
+
+    with pytest.raises(GenforgeError, match="serves music from GPT runs only"):
+        load_entries([str(vae_run)])

@@ -33,7 +33,8 @@ from genforge.serve.wire import RequestError, b64, from_library, png_bytes  # no
 NOT_SERVED = frozenset({"out", "batch_size", "no_stream", "nearest", "init", "mask", "prompt_midi", "melody",
                         "trajectory", "interpolate", "interp_points", "interp_method", "attribute",
                         "interpolate_seeds", "around", "radius", "inception_weights",
-                        "sign", "sign_cert", "sign_key", "filter"})  # filter: a request never names code
+                        "sign", "sign_cert", "sign_key", "filter",  # filter: a request never names code
+                        "key"})  # music --key: not built in the server yet (its pieces start at <bos>)
 # What `num_samples` means when absent, per modality (the CLI's 64 images is too many per request).
 DEFAULT_SAMPLES = {"text": 1, "image": 16, "molecule": 10, "music": 1}
 DEFAULT_TEMPERATURE = {"text": 0.8, "molecule": 1.0, "music": 1.0}
@@ -95,6 +96,7 @@ class Entry:
 
 def load_entries(run_dirs: list[str], device: str = "auto") -> dict[str, Entry]:
     """Every run loaded and checked before a port opens; a broken run is a GenforgeError."""
+    from genforge.families.base import LatentVariableModel
     from genforge.modalities import options_for
     from genforge.runs import load_run
 
@@ -107,6 +109,9 @@ def load_entries(run_dirs: list[str], device: str = "auto") -> dict[str, Entry]:
         if run.spec.modality not in DEFAULT_SAMPLES:
             raise GenforgeError(f"run '{run_dir}' is a {run.spec.modality} run, which genforge serve does not "
                                 f"serve yet (it serves {', '.join(DEFAULT_SAMPLES)} runs)")
+        if run.spec.modality == "music" and isinstance(run.model, LatentVariableModel):  # whole phrases
+            raise GenforgeError(f"run '{run_dir}' is a {run.config.family} music run; genforge serve serves "
+                                "music from GPT runs only (sample it with `genforge sample`)")
         name = path.resolve().name
         if name in entries:
             raise GenforgeError(f"two runs are named '{name}'; serve runs whose folder names differ")

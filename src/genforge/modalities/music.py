@@ -94,6 +94,15 @@ class MusicModality(Modality):
             raise GenforgeError(f"--out {out}: music is written as {', '.join(OUT_SUFFIXES)}")
         n = 1 if num_samples is None else num_samples
         screens = sample_filters(run, filter, privacy_filter)  # loaded before sampling: fails fast
+        # Every written piece records its origin: PNG piano rolls in their own chunk, MIDI, WAV and
+        # MusicXML in a FILE.provenance.json sidecar (a MIDI meta event would be lost by re-saving).
+        from genforge.provenance import sample_stamp
+
+        stamp = sample_stamp(run, generator, {
+            "num_samples": num_samples, "out": out, "batch_size": batch_size, "seed": seed,
+            "temperature": temperature, "prompt_midi": prompt_midi, "melody": melody, "key": key,
+            "tempo": tempo, "steps": steps, "filter": filter, "privacy_filter": privacy_filter,
+            **family_options}, png=False)
         if isinstance(run.model, LatentVariableModel):  # whole phrases (seqvae): modalities/music_latent.py
             from genforge.modalities.music_latent import latent_rows
 
@@ -115,6 +124,7 @@ class MusicModality(Modality):
             paths = [check_out(Path(out).with_name(f"{Path(out).stem}-{i + 1}{suffix}")) for i in range(len(ids))]
         for row, path in zip(ids, paths, strict=True):
             write_piece(run.tokenizer, row, path, tempo)
+            _stamp(stamp, path)
         steps = [len(run.tokenizer.to_grid(row)) for row in ids]
         print(f"wrote {len(paths)} piece(s) of {min(steps)}-{max(steps)} 16th steps: "
               + ", ".join(str(p) for p in paths))
@@ -326,3 +336,19 @@ def sample_metrics(grids: list[np.ndarray], data) -> dict[str, Any]:
 
 
 MUSIC = MusicModality()
+
+
+def _stamp(stamp, path: Path) -> None:
+    """Add the sample record to a written piece: a PNG's own chunk, else a sidecar."""
+    if path.suffix.lower() == ".png":
+        from PIL import Image
+
+        from genforge.atomic import atomic_write_bytes
+        from genforge.provenance import png_bytes
+
+        with Image.open(path, formats=["PNG"]) as im:  # matplotlib wrote it without the chunk
+            im.load()
+            data = png_bytes(im, stamp.record)
+        atomic_write_bytes(path, data)
+    else:
+        stamp.sidecar(path)

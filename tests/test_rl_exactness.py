@@ -156,8 +156,8 @@ def test_group_baselines_are_the_batchs_with_one_prompt(dropout_base, ddpo_base,
 
 
 def test_grad_accum_rollouts_get_updates_per_rollout_optimizer_steps(dropout_base, tmp_path, monkeypatch):
-    from genforge.rl.rollouts import Rollouts
     from genforge.rl.policy import PolicyMixin
+    from genforge.rl.rollouts import Rollouts
     from genforge.train.step_context import StepContext as _StepContext
 
     steps, collected, used = [], [], []

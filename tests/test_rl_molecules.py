@@ -82,8 +82,8 @@ def qed_then_ctrl_c(samples):
 def test_prompted_rollouts_score_whole_molecules_and_only_training_calls_count(mol_base, tmp_path, monkeypatch):
     from genforge.metrics.molecules import canonicalize
     from genforge.rl import specs
-    from genforge.rl.rollouts import Rollouts
     from genforge.rl.policy import SequencePolicy
+    from genforge.rl.rollouts import Rollouts
 
     training, diversity_saw, in_training = [], [], [False]
     collect, rollout = Rollouts._collect, SequencePolicy.rollout_batch

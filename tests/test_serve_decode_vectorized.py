@@ -151,39 +151,3 @@ def test_many_requests_sharing_settings_and_keys_each_get_what_they_get_alone():
             for row, t in zip(new, tokens.tolist(), strict=True):
                 row.append(t)
         assert job.texts() == [tok.decode(r) for r in new]
-
-
-def test_wakeups_of_one_step_cost_one_loop_call_and_none_is_lost():
-    """32 streams notified from a decode thread: one call_soon_threadsafe for the burst, every
-    event set; a notification after the flush schedules the next one."""
-    import asyncio
-    import threading
-
-    from genforge.serve.events import waker
-
-    async def main():
-        loop = asyncio.get_running_loop()
-        calls = []
-        real = loop.call_soon_threadsafe
-
-        def counting(cb, *args):
-            calls.append(cb)
-            return real(cb, *args)
-
-        loop.call_soon_threadsafe = counting
-        events = [asyncio.Event() for _ in range(32)]
-        notifies = [waker(loop, e) for e in events]
-        burst = threading.Thread(target=lambda: [n(False) for n in notifies])
-        burst.start()
-        burst.join()
-        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 5)
-        assert len(calls) == 1
-        late = asyncio.Event()
-        threading.Thread(target=lambda: waker(loop, late, last_only=True)(False)).start()
-        await asyncio.sleep(0.05)
-        assert not late.is_set() and len(calls) == 1  # last_only: only the last event wakes
-        threading.Thread(target=lambda: waker(loop, late, last_only=True)(True)).start()
-        await asyncio.wait_for(late.wait(), 5)
-        assert len(calls) == 2
-
-    asyncio.run(main())

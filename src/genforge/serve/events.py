@@ -17,69 +17,22 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-import threading
-import weakref
 from collections.abc import AsyncIterator, Callable
 
 from genforge.serve.batching import END
 
 
-class _Wakeups:
-    """Events to set on one loop, handed over from other threads in one call per batch.
-
-    ``call_soon_threadsafe`` writes to the loop's self-pipe on every call; a decode step of 32
-    streams would make 32 such writes (and 32 loop wake-ups) per token position. The first
-    event of a step schedules one flush; the rest of that step's events join the pending list
-    the flush will set. The lock makes "pending, then scheduled" atomic, so no event is lost:
-    an event added after a flush took the list schedules the next flush."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop, self.lock = loop, threading.Lock()
-        self.pending: list[asyncio.Event] = []
-        self.scheduled = False
-
-    def add(self, event: asyncio.Event) -> None:
-        with self.lock:
-            self.pending.append(event)
-            if self.scheduled:
-                return
-            self.scheduled = True
-        try:
-            self.loop.call_soon_threadsafe(self._flush)
-        except RuntimeError:  # the loop is closed (server stopping): nobody is listening
-            with self.lock:
-                self.pending.clear()
-                self.scheduled = False
-
-    def _flush(self) -> None:
-        with self.lock:
-            events, self.pending, self.scheduled = self.pending, [], False
-        for event in events:
-            event.set()
-
-
-_WAKEUPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> _Wakeups
-_WAKEUPS_LOCK = threading.Lock()
-
-
-def _wakeups(loop: asyncio.AbstractEventLoop) -> _Wakeups:
-    with _WAKEUPS_LOCK:
-        found = _WAKEUPS.get(loop)
-        if found is None:
-            found = _WAKEUPS[loop] = _Wakeups(loop)
-        return found
-
-
 def waker(loop: asyncio.AbstractEventLoop, event: asyncio.Event, last_only: bool = False) -> Callable[[bool], None]:
     """A job's ``notify``: sets ``event`` on ``loop`` from any thread (after the last event only,
-    with ``last_only``), coalesced with the other jobs' wake-ups of the same moment (one loop
-    call per decode step, not one per stream). A loop that has closed meanwhile (server
-    stopping) is ignored: the decode thread must never fail because a listener left."""
-    wakeups = _wakeups(loop)
+    with ``last_only``). A loop that has closed meanwhile (server stopping) is ignored: the
+    decode thread must never fail because a listener left."""
 
     def notify(last: bool) -> None:
         if last or not last_only:
-            wakeups.add(event)
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # the loop is closed
+                pass
 
     return notify
 

@@ -343,12 +343,10 @@ def _stamp(stamp, path: Path) -> None:
     if path.suffix.lower() == ".png":
         from PIL import Image
 
-        from genforge.atomic import atomic_write_bytes
-        from genforge.provenance import png_bytes
+        from genforge.provenance import write_png
 
         with Image.open(path, formats=["PNG"]) as im:  # matplotlib wrote it without the chunk
             im.load()
-            data = png_bytes(im, stamp.record)
-        atomic_write_bytes(path, data)
+        write_png(im, path, stamp)
     else:
         stamp.sidecar(path)

@@ -113,6 +113,10 @@ class SharedCache:
         self.rows = R + n
         self._mask = None
 
+    def clear(self) -> None:
+        """No live rows (after a failed step)."""
+        self.rows, self.length, self._mask = 0, 0, None
+
     def remove(self, gone: list[int]) -> list[tuple[int, int]]:
         """Free live rows ``gone``: each hole below the new count takes a row from the tail.
         Returns the moves (from, to), so the caller can follow its rows."""
@@ -303,7 +307,7 @@ class Decoder:
             live.job.put(error)
         self.running, self.slots = [], []
         if self.cache is not None:
-            self.cache.rows, self.cache.length, self.cache._mask = 0, 0, None
+            self.cache.clear()
 
 
 def _row_wise(hook) -> bool:

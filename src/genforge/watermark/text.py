@@ -131,13 +131,6 @@ def run_watermark(run_dir, gamma: float = DEFAULT_GAMMA, delta: float = DEFAULT_
     return TextWatermark(run_key(run_dir), gamma, delta, context)
 
 
-def z_score(green: int, tokens: int, fraction: float) -> float:
-    """The one-sided z of section 4: (|s|_G - gamma T) / sqrt(T gamma (1 - gamma)); 0 for no tokens."""
-    if tokens == 0:
-        return 0.0
-    return (green - fraction * tokens) / math.sqrt(tokens * fraction * (1 - fraction))
-
-
 def p_value(z: float) -> float:
     """P(Z >= z) for a standard normal Z (the normal approximation of the binomial count)."""
     return 0.5 * math.erfc(z / math.sqrt(2))
@@ -198,7 +191,7 @@ def detect_ids(ids: Sequence[int], key: bytes, vocab_size: int, gamma: float = D
     for ps in tests:
         e, var, tail = float(ps.sum()), float((ps * (1 - ps)).sum()), upper_tail(ps, green)
         if tail > pv:
-            pv, z, expected = tail, (green - e) / math.sqrt(var) if pairs else 0.0, e
+            pv, z, expected = tail, (green - e) / math.sqrt(var) if var > 0 else 0.0, e  # 0: nothing to score
     return {"watermarked": bool(pairs) and pv <= p_value(threshold), "z": z, "p_value": pv,
             "tokens": len(pairs), "green": green, "expected": expected, "threshold": threshold,
             "gamma": gamma, "null": "reference" if reference is not None else "uniform"}

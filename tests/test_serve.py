@@ -19,7 +19,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from genforge.cli import main  # noqa: E402
 from genforge.serve.app import create_app  # noqa: E402
-from genforge.serve.engine import Limits, load_entries  # noqa: E402
+from genforge.serve.engine import load_entries  # noqa: E402
+from genforge.serve.options import Limits  # noqa: E402
 
 GPT = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16",
        "train.batch_size=4", "train.max_steps=3", "train.eval_every=0", "train.plot=false"]
@@ -275,6 +276,7 @@ def test_batched_requests_get_what_they_get_alone(runs):
     tokens they get alone: each request's rows are drawn with its own generator."""
     from genforge.serve import engine
     from genforge.serve.batching import Batcher, run_alone
+    from genforge.serve.options import resolve
 
     entry = runs["gpt"]
     requests = [({"prompt": ["to"], "num_samples": 2, "max_new_tokens": 12}, 1),
@@ -282,7 +284,7 @@ def test_batched_requests_get_what_they_get_alone(runs):
                 ({"prompt": ["that is"], "num_samples": 1, "max_new_tokens": 20, "stop": ["q"], "top_p": 0.9}, 3),
                 ({"prompt": ["be"], "num_samples": 1, "max_new_tokens": 0}, 4),
                 ({"prompt": ["or"], "num_samples": 1, "max_new_tokens": 9, "temperature": 0}, 5)]
-    resolved = [(engine.resolve(entry, given, Limits()), seed) for given, seed in requests]
+    resolved = [(resolve(entry, given, Limits()), seed) for given, seed in requests]
     alone = [run_alone(entry, engine.text_job(entry, o, s)).texts() for o, s in resolved]
     assert alone[3] == [""] and all(len(t) == 12 for t in alone[0])
     batcher = Batcher(entry)
@@ -359,9 +361,10 @@ def test_a_cancelled_request_stops_decoding(runs):
     running one stops at the next token."""
     from genforge.serve import engine
     from genforge.serve.batching import Batcher
+    from genforge.serve.options import resolve
 
     entry = runs["gpt"]
-    options = engine.resolve(entry, {"max_new_tokens": 1000}, Limits())
+    options = resolve(entry, {"max_new_tokens": 1000}, Limits())
     batcher = Batcher(entry)
     with entry.lock:
         waiting = batcher.submit(engine.text_job(entry, options, 0))

@@ -20,7 +20,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from genforge.cli import main  # noqa: E402
 from genforge.provenance import CHUNK, check_provenance, pixels_sha256  # noqa: E402
 from genforge.serve.app import create_app  # noqa: E402
-from genforge.serve.engine import Limits, load_entries  # noqa: E402
+from genforge.serve.engine import load_entries  # noqa: E402
+from genforge.serve.options import Limits  # noqa: E402
 
 DIFFUSION = ["model.channels=[8, 16]", "model.heads=2", "model.sampling_steps=3", "model.conditioning=class",
              "train.batch_size=8", "train.max_steps=2", "train.eval_every=0", "train.plot=false"]

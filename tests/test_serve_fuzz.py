@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 from genforge.cli import main  # noqa: E402
 from genforge.serve.app import create_app  # noqa: E402
-from genforge.serve.engine import Limits, load_entries  # noqa: E402
+from genforge.serve.engine import load_entries  # noqa: E402
+from genforge.serve.options import Limits  # noqa: E402
 
 KEY = "fuzz-key"
 # Small limits keep each generated request cheap (a few tokens, a few images, a few steps).
@@ -205,7 +206,7 @@ def test_defaults_are_held_to_the_server_limits(app, runs):
     """Found by the fuzzer: {"model": "gpt"} on /v1/completions was refused (OpenAI's default 16
     tokens above max_tokens=8), while on /v1/samples the run's default 500 tokens bypassed the limit.
     Absent values now resolve within max_tokens / max_steps; given ones above them are still 422."""
-    from genforge.serve.engine import resolve
+    from genforge.serve.options import resolve
 
     auth = {"Authorization": f"Bearer {KEY}", "content-type": "application/json"}
     with TestClient(app) as client:

@@ -20,7 +20,8 @@ from test_music import TINY, jsb_json  # noqa: E402
 from genforge.cli import main  # noqa: E402
 from genforge.provenance import CHUNK  # noqa: E402
 from genforge.serve.app import create_app  # noqa: E402
-from genforge.serve.engine import Limits, load_entries  # noqa: E402
+from genforge.serve.engine import load_entries  # noqa: E402
+from genforge.serve.options import Limits  # noqa: E402
 
 
 @pytest.fixture(scope="module")

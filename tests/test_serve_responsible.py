@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from genforge.cli import main  # noqa: E402
 from genforge.serve.app import create_app  # noqa: E402
-from genforge.serve.engine import Limits, load_entries  # noqa: E402
+from genforge.serve.engine import load_entries  # noqa: E402
+from genforge.serve.options import Limits  # noqa: E402
 from genforge.serve.responsible import add_operator_filters  # noqa: E402
 
 GPT = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16",
@@ -306,7 +307,7 @@ def test_batched_marked_image_requests_are_byte_identical_to_alone(entries):
     import torch
 
     from genforge.serve import images
-    from genforge.serve.engine import resolve
+    from genforge.serve.options import resolve
     from genforge.serve.records import served_record
 
     e = entries["diff"]

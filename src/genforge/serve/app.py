@@ -1,4 +1,5 @@
-"""The HTTP app: the contract's routes over :mod:`genforge.serve.engine` (docs/serve_api).
+"""The HTTP app: the contract's routes over :mod:`genforge.serve.engine` (docs/serve_api); the
+bodies they take and the error body they answer with are serve/schemas.py.
 
 Errors are always ``{"error": {"message", "type", "param"}}`` with a 4xx, never a traceback.
 Generation runs in a worker thread, so the event loop keeps answering (health, 429s) while a
@@ -24,90 +25,21 @@ from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.concurrency import run_in_threadpool  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse  # noqa: E402
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr  # noqa: E402
 from starlette.exceptions import HTTPException  # noqa: E402
 
 from genforge import GenforgeError  # noqa: E402
 from genforge.serve import checks, engine, responsible  # noqa: E402
 from genforge.serve.batching import Batcher  # noqa: E402
-from genforge.serve.engine import Limits, RequestError  # noqa: E402
 from genforge.serve.events import sse, until_done_or_gone, waker  # noqa: E402
 from genforge.serve.images import ImageBatcher, ImageJob, prepare  # noqa: E402
+from genforge.serve.options import Limits, resolve  # noqa: E402
 from genforge.serve.records import served_record  # noqa: E402
+from genforge.serve.schemas import ERRORS, STREAMS, CompletionRequest, ImageRequest, SamplesRequest  # noqa: E402
 from genforge.serve.uploads import take_init  # noqa: E402
+from genforge.serve.wire import RequestError  # noqa: E402
 
 STATIC = Path(__file__).parent / "static"
 OPEN_PATHS = ("/healthz", "/", "/favicon.ico")  # no key needed; /static/* too
-Number = StrictFloat | StrictInt
-Seed = StrictInt | None
-
-
-class SamplesRequest(BaseModel):
-    """POST /v1/samples. Any declared sample option of the run may be added by its name
-    (GET /v1/models lists them); it is checked against that run, never ignored."""
-
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
-    model: StrictStr
-    seed: Seed = Field(None, ge=0, le=2**63 - 1, description="random (and returned) when absent")
-    num_samples: StrictInt | None = Field(None, ge=1)
-    prompt: StrictStr | list[StrictStr] | None = None
-    class_label: StrictStr | StrictInt | None = None
-    init_image: StrictStr | None = Field(None, description="diffusion runs: the image to edit (SDEdit), a PNG "
-                                         "file's bytes in base64; never a path (limits: max_init_bytes, "
-                                         "max_init_side)")
-    stream: StrictBool = False
-
-
-class CompletionRequest(BaseModel):
-    """POST /v1/completions (OpenAI's shape); ``seed`` makes it reproducible."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    model: StrictStr
-    prompt: StrictStr | list[StrictStr] = "\n"
-    max_tokens: StrictInt | None = Field(None, ge=0, description="16 when absent (OpenAI's default), "
-                                         "at most the server's max_tokens")
-    temperature: Number | None = Field(None, ge=0, description="0 is greedy")
-    top_p: Number | None = Field(None, gt=0, le=1)
-    n: StrictInt = Field(1, ge=1)
-    seed: Seed = Field(None, ge=0, le=2**63 - 1)
-    stop: StrictStr | list[StrictStr] | None = None
-    stream: StrictBool = False
-    user: StrictStr | None = None
-    watermark: StrictBool | None = Field(None, description="genforge's extension: false turns the text "
-                                         "watermark off (on by default, as `genforge sample`)")
-
-
-class ImageRequest(BaseModel):
-    """POST /v1/images/generations (OpenAI's shape); ``seed`` is genforge's extension."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    model: StrictStr
-    prompt: StrictStr = ""
-    n: StrictInt = Field(1, ge=1)
-    size: StrictStr | None = None
-    response_format: StrictStr = "b64_json"
-    seed: Seed = Field(None, ge=0, le=2**63 - 1)
-    user: StrictStr | None = None
-
-
-class ErrorBody(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 411, 413, 422, 429)}
-# OpenAPI 3.1 (FastAPI's) reads an event stream's `schema` as the shape of one event (3.2's
-# itemSchema): a `data:` line holding a JSON object, or the closing "[DONE]".
-SSE_EVENT = {"type": "object", "required": ["data"],
-             "properties": {"data": {"type": "string", "description": "JSON, or [DONE] last"},
-                            "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}}}
-STREAMS = {200: {"content": {"application/json": {}, "text/event-stream": {"schema": SSE_EVENT}},
-                 "description": "JSON, or server-sent events with \"stream\": true (text runs)"}}
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
@@ -310,7 +242,7 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
         given = {k: v for k, v in body.model_dump().items() if k not in ("model", "seed", "stream")}
         if isinstance(given.get("class_label"), int):  # an index; the run's option takes "3" or a name
             given["class_label"] = str(given["class_label"])
-        options = engine.resolve(entry, given, limits)
+        options = resolve(entry, given, limits)
         init = take_init(entry, options, limits)  # an uploaded image: decoded, its digest in options
         seed = body.seed if body.seed is not None else engine.random_seed()
         record = served_record(entry, seed, options)
@@ -356,7 +288,7 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
         given = {"prompt": prompts, "num_samples": body.n, "max_new_tokens": max_tokens,
                  "temperature": body.temperature, "top_p": body.top_p,
                  "stop": [body.stop] if isinstance(body.stop, str) else body.stop, "watermark": body.watermark}
-        options = engine.resolve(entry, given, limits)
+        options = resolve(entry, given, limits)
         seed = body.seed if body.seed is not None else engine.random_seed()
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": entry.id, "system_fingerprint": entry.weights_sha256[:16]}
@@ -402,7 +334,7 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
             else:
                 raise RequestError(f"model '{entry.id}' is unconditional and takes no prompt; send an "
                                    "empty prompt", 400, "prompt")
-        options = engine.resolve(entry, given, limits)
+        options = resolve(entry, given, limits)
         seed = body.seed if body.seed is not None else engine.random_seed()
         record = served_record(entry, seed, options)
         result = await draw_images(entry, options, seed, request, record)

@@ -50,7 +50,8 @@ def serve_command(args: argparse.Namespace) -> None:
     import uvicorn
 
     from genforge.serve.app import create_app
-    from genforge.serve.engine import Limits, load_entries
+    from genforge.serve.engine import load_entries
+    from genforge.serve.options import Limits
 
     if not 0 < args.port < 65536:
         raise GenforgeError(f"--port must be in 1..65535, got {args.port}")

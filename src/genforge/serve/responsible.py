@@ -14,7 +14,7 @@ returned as ``{"blocked": true, "reason": ...}`` items, counted, never dropped s
   deterministic and no init image is given, and the keyed post-hoc mark on every image that can
   hold it; ``watermark_strength`` is the CLI's option. The answer's ``watermark`` block is made
   per request after the draw (serve/images.py): which marks, and how many images were too small.
-- A request never names code: ``filter`` is in engine.NOT_SERVED; only the operator gives
+- A request never names code: ``filter`` is in options.NOT_SERVED; only the operator gives
   filters (``genforge serve RUN --filter mod:fn``), applied to every request of every run.
 - ``privacy_filter`` is ``true`` (the modality's default threshold) or a number (the threshold),
   ``audit.privacy.privacy_filter_for``; built once per run and threshold (it loads the training

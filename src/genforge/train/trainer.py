@@ -30,6 +30,7 @@ from genforge.train import distributed
 from genforge.train.batches import BatchSource, DatasetBatches
 from genforge.train.compiling import compile_forward
 from genforge.train.ema import EMA
+from genforge.train.resume import restore
 from genforge.train.schedule import lr_at
 from genforge.train.signals import StopFlag
 from genforge.train.step_context import StepContext
@@ -125,7 +126,7 @@ class Trainer:
         self.step = 0
         self.best_score: float | None = None
         if resume:
-            self._resume()
+            restore(self)
         else:  # dropout etc. draw differently on each rank
             torch.manual_seed(tc.seed + 1000 * self.dist.rank)
         self.ctx = StepContext(self)
@@ -187,47 +188,6 @@ class Trainer:
         }
         ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.ema.state_dict() if self.ema else None,
                              state, self.cfg.model_dump(), keep=self.tc.keep_checkpoints, best=best)
-
-    def _resume(self) -> None:
-        path = ckpt.require_checkpoint(self.run_dir, "latest")
-        ckpt.verify_checkpoint(path)
-        ckpt.load_weights(self.model, path)
-        state = ckpt.load_train_state(path)
-        try:
-            for name, opt in self.optimizers.items():
-                # Hyperparameters come from today's config (a resume may change them); moments
-                # and step counts from the checkpoint.
-                fresh = [{k: g[k] for k in ("base_lr", "betas", "weight_decay")} for g in opt.param_groups]
-                opt.load_state_dict(state["optimizers"][name])
-                for group, settings in zip(opt.param_groups, fresh, strict=True):
-                    group.update(settings)
-        except (KeyError, ValueError) as e:
-            raise GenforgeError(f"checkpoint {path} has no matching optimizer state ({e}); was it "
-                                "trained with another family or model settings?") from None
-        shadow = ckpt.read_ema_state(path) if self.ema is not None else None
-        if shadow is not None:  # None: EMA switched on for a resumed run starts from the weights
-            try:
-                self.ema.load_state_dict(shadow)
-            except ValueError:
-                raise GenforgeError(f"checkpoint {path}: its EMA weights do not match the model") from None
-        try:
-            self.batches.load_state_dict(state["batches"])
-        except (KeyError, ValueError, TypeError) as e:  # e.g. an RL run's rollout state
-            raise GenforgeError(f"checkpoint {path} was written by another kind of run (its batch "
-                                f"state lacks {e}); an RL run continues with `genforge rl --resume "
-                                f"{self.run_dir}`") from None
-        ckpt.set_rng_state(state["rng"])
-        self.step = int(state["step"])
-        if self.step >= self.tc.max_steps:
-            raise GenforgeError(f"run '{self.run_dir}' is already at step {self.step} "
-                                f"(train.max_steps={self.tc.max_steps}); resume with a larger "
-                                "train.max_steps to continue it")
-        self.best_score = state.get("best_score")
-        # Drop log rows written after this checkpoint (a crash between checkpoints).
-        log = self.run_dir / "metrics.jsonl"
-        if self.dist.is_main and log.is_file():
-            rows = [r for r in log.read_text().splitlines() if r and json.loads(r)["step"] <= self.step]
-            ckpt.atomic_write_text(log, "".join(r + "\n" for r in rows))
 
     # -- evaluation ---------------------------------------------------------------------
     @torch.no_grad()

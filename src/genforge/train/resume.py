@@ -1,0 +1,61 @@
+"""Restoring a trainer from its run's latest checkpoint (``genforge train --resume``).
+
+Weights, optimizer moments, EMA shadow, sampler position, RNG, step and the selection
+state come back, so a resumed run continues the uninterrupted run's loss curve exactly
+(tests/test_train.py). Hyperparameters come from today's config.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from genforge import GenforgeError
+from genforge import checkpoint as ckpt
+
+if TYPE_CHECKING:
+    from genforge.train.trainer import Trainer
+
+
+def restore(t: Trainer) -> None:
+    """Load ``t.run_dir``'s latest checkpoint into trainer ``t`` (model, optimizers, EMA,
+    batches, RNG, step, best score) and drop log rows written after it."""
+    path = ckpt.require_checkpoint(t.run_dir, "latest")
+    ckpt.verify_checkpoint(path)
+    ckpt.load_weights(t.model, path)
+    state = ckpt.load_train_state(path)
+    try:
+        for name, opt in t.optimizers.items():
+            # Hyperparameters come from today's config (a resume may change them); moments
+            # and step counts from the checkpoint.
+            fresh = [{k: g[k] for k in ("base_lr", "betas", "weight_decay")} for g in opt.param_groups]
+            opt.load_state_dict(state["optimizers"][name])
+            for group, settings in zip(opt.param_groups, fresh, strict=True):
+                group.update(settings)
+    except (KeyError, ValueError) as e:
+        raise GenforgeError(f"checkpoint {path} has no matching optimizer state ({e}); was it "
+                            "trained with another family or model settings?") from None
+    shadow = ckpt.read_ema_state(path) if t.ema is not None else None
+    if shadow is not None:  # None: EMA switched on for a resumed run starts from the weights
+        try:
+            t.ema.load_state_dict(shadow)
+        except ValueError:
+            raise GenforgeError(f"checkpoint {path}: its EMA weights do not match the model") from None
+    try:
+        t.batches.load_state_dict(state["batches"])
+    except (KeyError, ValueError, TypeError) as e:  # e.g. an RL run's rollout state
+        raise GenforgeError(f"checkpoint {path} was written by another kind of run (its batch "
+                            f"state lacks {e}); an RL run continues with `genforge rl --resume "
+                            f"{t.run_dir}`") from None
+    ckpt.set_rng_state(state["rng"])
+    t.step = int(state["step"])
+    if t.step >= t.tc.max_steps:
+        raise GenforgeError(f"run '{t.run_dir}' is already at step {t.step} "
+                            f"(train.max_steps={t.tc.max_steps}); resume with a larger "
+                            "train.max_steps to continue it")
+    t.best_score = state.get("best_score")
+    # Drop log rows written after this checkpoint (a crash between checkpoints).
+    log = t.run_dir / "metrics.jsonl"
+    if t.dist.is_main and log.is_file():
+        rows = [r for r in log.read_text().splitlines() if r and json.loads(r)["step"] <= t.step]
+        ckpt.atomic_write_text(log, "".join(r + "\n" for r in rows))

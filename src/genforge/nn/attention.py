@@ -36,12 +36,19 @@ class KVCache:
 
     ``length`` tokens are filled. ``key_mask`` (B, 1, 1, max_len) is None unless
     prompts were left-padded, in which case it is False at padding positions.
+
+    ``slot`` (B,) and ``step_mask`` (B, 1, 1, max_len), set together, select the static decode
+    step (genforge.sampling.static_decode): each row writes its one new key/value at column
+    slot[b] and its query attends over all max_len columns where step_mask is True, so every
+    shape is the same at every step (a CUDA graph can replay it). ``length`` is then unused.
     """
 
     k: list[torch.Tensor]
     v: list[torch.Tensor]
     length: int = 0
     key_mask: torch.Tensor | None = None
+    slot: torch.Tensor | None = None
+    step_mask: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, n_layer: int, batch: int, n_head: int, max_len: int, head_size: int,
@@ -78,7 +85,13 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rotary(qk, *rope).unbind(0)
             v = v.squeeze(0)
         mask, causal = None, True
-        if cache is not None:
+        if cache is not None and cache.slot is not None:  # static step: T == 1, fixed shapes, no host sync
+            at = cache.slot.view(B, 1, 1, 1).expand(B, self.n_head, 1, self.head_size)  # (B, nh, 1, hs)
+            cache.k[layer].scatter_(2, at, k)
+            cache.v[layer].scatter_(2, at, v)
+            k, v = cache.k[layer], cache.v[layer]  # (B, nh, max_len, hs), unwritten columns masked
+            mask, causal = cache.step_mask, False
+        elif cache is not None:
             start = cache.length
             cache.k[layer][:, :, start : start + T] = k
             cache.v[layer][:, :, start : start + T] = v

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from genforge import GenforgeError
+from genforge.sampling import static_decode
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -67,6 +68,19 @@ def sample_rows(logits: torch.Tensor, temperature: float, top_k: int | None, top
     return (probs / q).argmax(-1)
 
 
+def race_draw(temperature: float, top_k: int | None, top_p: float | None):
+    """``sample_next`` without a host sync, for a captured decode step: (B, V) logits and
+    q ~ Exp(1) (B, V) fp32 (drawn as multinomial draws it) -> (B,) the ids ``sample_next``
+    draws (see ``sample_rows``); greedy ignores q. It skips multinomial's NaN check."""
+    if temperature == 0:
+        return lambda logits, q: logits.argmax(-1)
+
+    def draw(logits: torch.Tensor, q: torch.Tensor | None) -> torch.Tensor:
+        return (filter_logits(logits.float(), temperature, top_k, top_p).softmax(-1) / q).argmax(-1)
+
+    return draw
+
+
 def check_settings(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int) -> None:
     if not math.isfinite(temperature) or temperature < 0:
         raise GenforgeError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
@@ -84,10 +98,11 @@ class Generation:
     logprobs: list[list[float]] = field(default_factory=list)  # log p(token) under the model at T=1
 
 
-def _prefill(model, history: torch.Tensor, pad: torch.Tensor):
-    """Fresh cache over ``history`` (B, T) whose row b starts with pad[b] padding columns."""
+def _prefill(model, history: torch.Tensor, pad: torch.Tensor, cache=None):
+    """Fresh cache (or ``cache``, empty) over ``history`` (B, T) whose row b starts with pad[b]
+    padding columns."""
     B, T = history.shape
-    cache = model.new_cache(B)
+    cache = model.new_cache(B) if cache is None else cache
     positions = None
     if bool((pad > 0).any()):
         cols = torch.arange(cache.max_len, device=history.device)
@@ -103,7 +118,7 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
            generator: torch.Generator | None = None, use_cache: bool = True,
            pick: Callable[[torch.Tensor], torch.Tensor] | None = None,
            logits_hook: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-           ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+           static: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (tokens (B,), logprobs (B,)) one step at a time for a batch of prompts.
 
     Prompts of unequal length are left-padded and masked. Within the context
@@ -121,8 +136,17 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
     temperature/top-k/top-p and ``pick`` (the text watermark, genforge.watermark.text). ``history``
     holds each row's prompt and tokens so far with its left padding as -1, so a hook that reads
     only real ids sees the same row batched or alone. The yielded log-probs stay the model's own.
+
+    ``static`` decodes within the window with the fixed-shape step of
+    ``genforge.sampling.static_decode``: on CUDA one captured graph replay per token (and the
+    draw inside it when there is no ``pick`` or hook); on a CPU the same step eagerly, which is
+    how the tests pin its tokens. Opt-in, not automatic on CUDA: it keeps a full KV cache and a
+    graph per (model, batch size, settings) alive between calls, its first call per key pays the
+    capture, and its masked full-window attention may round differently from the sliced one.
     """
     check_settings(temperature, top_k, top_p, max_new_tokens)
+    if static and not use_cache:
+        raise GenforgeError("static decoding needs the KV cache (use_cache=True)")
     if not prompts or any(len(p) == 0 for p in prompts):
         raise GenforgeError("every prompt needs at least one token")
     block = model.config.block_size
@@ -141,13 +165,26 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
         seen = seen_buf[:, :width]
     was_training = model.training
     model.eval()
+    decoder = None
+    fused = pick is None and logits_hook is None  # the static step may draw too: no Python per step
     try:
         cur_pad = (pad - max(width - block, 0)).clamp(min=0)  # padding inside the current window
-        cache, logits = _prefill(model, history[:, -block:], cur_pad)
+        if static:
+            draw = race_draw(temperature, top_k, top_p) if fused else None
+            key, decoder = static_decode.acquire(model, len(prompts), draw, (temperature, top_k, top_p) if fused else None,
+                                   needs_q=fused and temperature > 0)
+            cache, logits = _prefill(model, history[:, -block:], cur_pad, decoder.fresh_cache())
+            decoder.begin(cache, cur_pad)
+        else:
+            cache, logits = _prefill(model, history[:, -block:], cur_pad)
+        drawn_by_step = None  # (tokens, logprobs) the fused static step already drew
         for step in range(max_new_tokens):
-            drawn = logits if seen is None else logits_hook(logits, seen)
-            token = sample_next(drawn, temperature, top_k, top_p, generator) if pick is None else pick(drawn)
-            logp = torch.log_softmax(logits.float(), -1).gather(-1, token[:, None]).squeeze(-1)
+            if drawn_by_step is not None:
+                (token, logp), drawn_by_step = drawn_by_step, None
+            else:
+                drawn = logits if seen is None else logits_hook(logits, seen)
+                token = sample_next(drawn, temperature, top_k, top_p, generator) if pick is None else pick(drawn)
+                logp = torch.log_softmax(logits.float(), -1).gather(-1, token[:, None]).squeeze(-1)
             yield token, logp
             if step == max_new_tokens - 1:
                 break  # no forward pass for a token nobody will draw
@@ -157,7 +194,10 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
             if seen is not None:
                 seen_buf[:, T - 1] = token
                 seen = seen_buf[:, :T]
-            if use_cache and cache.length < block:
+            if decoder is not None and decoder.length < block:
+                out = decoder.step(model, token, generator)
+                drawn_by_step, logits = (out, None) if fused else (None, out)
+            elif decoder is None and use_cache and cache.length < block:
                 positions = None
                 if cache.key_mask is not None:
                     positions = (cache.length - cur_pad)[:, None]  # (B, 1)
@@ -168,17 +208,20 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
                 cache, logits = _prefill(model, history[:, -window:], cur_pad)
     finally:
         model.train(was_training)
+        if decoder is not None:
+            static_decode.release(model, key, decoder)
 
 
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-             generator=None, use_cache=True, eos_id: int | None = None, logits_hook=None) -> Generation:
+             generator=None, use_cache=True, eos_id: int | None = None, logits_hook=None,
+             static: bool = False) -> Generation:
     """New tokens and their log-probs per prompt. With ``eos_id``, a row ends at its first
     ``eos_id`` (kept, so its log-prob counts: the model chose to stop) and decoding stops
     once every row has ended; a row that never ends has ``max_new_tokens`` tokens."""
     out = Generation([[] for _ in prompts], [[] for _ in prompts])
     done = [False] * len(prompts)
     for tokens, logps in stream(model, prompts, max_new_tokens, temperature, top_k, top_p,
-                                generator, use_cache, logits_hook=logits_hook):
+                                generator, use_cache, logits_hook=logits_hook, static=static):
         for i, (t, lp) in enumerate(zip(tokens.tolist(), logps.tolist(), strict=True)):
             if done[i]:
                 continue

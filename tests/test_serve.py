@@ -223,6 +223,23 @@ def test_queue_full_is_429_with_retry_after(runs):
         assert results[0].status_code == 200 and c.app.state.active == 0
 
 
+def test_a_request_refused_while_its_job_is_made_frees_its_queue_slot(runs, monkeypatch):
+    """Admitted, then refused before its job reaches a batcher: the slot is released, so the
+    next request is served (with max_queue=1 a leaked slot would make it a 429)."""
+    from genforge.serve import engine
+    from genforge.serve.wire import RequestError
+
+    def refuse(*args):
+        raise RequestError("refused while the job is made", 422)
+
+    with TestClient(create_app(runs, limits=Limits(max_queue=1))) as c:
+        with monkeypatch.context() as mp:
+            mp.setattr(engine, "text_job", refuse)
+            r = post(c, {"model": "gpt", "max_new_tokens": 2})
+        assert r.status_code == 422 and c.app.state.active == 0
+        assert post(c, {"model": "gpt", "max_new_tokens": 2}).status_code == 200
+
+
 def test_broken_run_fails_before_serving(tmp_path, capsys):
     from genforge import GenforgeError
 

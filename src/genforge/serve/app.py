@@ -132,20 +132,30 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
         finally:
             release()
 
-    async def texts(entry: engine.Entry, options: dict, seed: int, request: Request) -> list[str]:
-        """A text job's answer, awaited on the loop; a client that disconnects first cancels it."""
+    async def awaited(batcher, make_job, request: Request):
+        """The job ``make_job()`` makes, submitted to ``batcher`` (serve/batching.py or
+        serve/images.py) and awaited on the loop while it holds a queue slot. A client that
+        disconnects first cancels it. Done, gone, refused or this handler cancelled: the job is
+        marked cancelled (its rows stop decoding; a draw whose clients all left stops) and the
+        slot released, whichever way it ends."""
         admit()
-        done = asyncio.Event()
-        job = engine.text_job(entry, options, seed)
-        job.notify = waker(asyncio.get_running_loop(), done, last_only=True)
+        done, job = asyncio.Event(), None
         try:
-            app.state.batchers[entry.id].submit(job)
+            job = make_job()
+            job.notify = waker(asyncio.get_running_loop(), done, last_only=True)
+            batcher.submit(job)
             if not await until_done_or_gone(done, request.receive):
                 raise RequestError("the client went away", 499)
-            return job.texts()  # every event is in its queue already: no wait
-        finally:  # done, gone, or this handler was cancelled: its rows stop decoding either way
-            job.cancelled.set()
+            return job
+        finally:
+            if job is not None:
+                job.cancelled.set()
             release()
+
+    async def texts(entry: engine.Entry, options: dict, seed: int, request: Request) -> list[str]:
+        """A text job's answer, awaited on the loop; a client that disconnects first cancels it."""
+        job = await awaited(app.state.batchers[entry.id], lambda: engine.text_job(entry, options, seed), request)
+        return job.texts()  # every event is in its queue already: no wait
 
     async def draw_images(entry: engine.Entry, options: dict, seed: int, request: Request, record: dict,
                           init=(None, None)) -> dict:
@@ -154,21 +164,11 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
         ``init``: an uploaded image to edit and its sha256; ``record``: its PNGs' provenance."""
         from genforge.modalities import generator_for
 
-        admit()
-        done, job = asyncio.Event(), None
-        try:
-            job = ImageJob(prepare(entry, options, *init, record=record), generator_for(entry.device, seed)[0])
-            job.notify = waker(asyncio.get_running_loop(), done, last_only=True)
-            app.state.image_batchers[entry.id].submit(job)
-            if not await until_done_or_gone(done, request.receive):
-                raise RequestError("the client went away", 499)
-            if job.error is not None:
-                raise job.error
-            return job.result
-        finally:
-            if job is not None:
-                job.cancelled.set()
-            release()
+        job = await awaited(app.state.image_batchers[entry.id], lambda: ImageJob(
+            prepare(entry, options, *init, record=record), generator_for(entry.device, seed)[0]), request)
+        if job.error is not None:
+            raise job.error
+        return job.result
 
     async def screened_texts(entry: engine.Entry, options: dict, seed: int, request: Request):
         """A text job's answer through the request's filters (serve/responsible.py)."""

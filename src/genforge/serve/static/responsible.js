@@ -20,12 +20,18 @@ function showCard(model) {
   const box = panel("model-card", "details", "model-info");
   box.hidden = !(model && model.card);
   if (box.hidden) return;
+  fold(box, "Model card (README.md)", model.card, "card");
+}
+
+// `details` holding a <summary> line over preformatted text (the model card, the provenance record).
+function fold(details, title, text, className) {
   const summary = document.createElement("summary");
-  summary.textContent = "Model card (README.md)";
-  const text = document.createElement("pre");
-  text.className = "card";
-  text.textContent = model.card;
-  box.replaceChildren(summary, text);
+  summary.textContent = title;
+  const pre = document.createElement("pre");
+  if (className) pre.className = className;
+  pre.textContent = text;
+  details.replaceChildren(summary, pre);
+  return details;
 }
 
 function watermarkLine(mark) {
@@ -82,13 +88,9 @@ function showResponsible(result) {
     }
   }
   if (result.provenance) {
-    const details = document.createElement("details");
+    const details = fold(document.createElement("details"), "Provenance record",
+      JSON.stringify(result.provenance, null, 2));
     details.id = "provenance";
-    const summary = document.createElement("summary");
-    summary.textContent = "Provenance record";
-    const pre = document.createElement("pre");
-    pre.textContent = JSON.stringify(result.provenance, null, 2);
-    details.append(summary, pre);
     box.append(details);
   }
 }

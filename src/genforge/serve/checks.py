@@ -25,7 +25,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from genforge import GenforgeError
-from genforge.serve.wire import PNG_SIGNATURE, RequestError, decode_base64, from_library, png_size
+from genforge.serve.wire import (
+    PNG_SIGNATURE,
+    RequestError,
+    check_side,
+    decode_base64,
+    from_library,
+    png_size,
+)
 
 VERDICTS = {"valid": "valid", "untrusted": "untrusted", "tampered": "tampered", "no provenance": "none"}
 
@@ -78,12 +85,8 @@ def decode_file(value: str, name: str, max_bytes: int) -> bytes:
 
 def check_png_size(raw: bytes, name: str, max_side: int) -> None:
     """A PNG's width and height from its IHDR chunk, before any decoder sees the pixels."""
-    if raw[:8] != PNG_SIGNATURE:
-        return
-    width, height = png_size(raw, name)
-    if not (1 <= width <= max_side and 1 <= height <= max_side):
-        raise RequestError(f"'{name}' is a {width}x{height} PNG, outside this server's limit max_init_side="
-                           f"{max_side} pixels a side", 422, name)
+    if raw[:8] == PNG_SIGNATURE:
+        check_side(name, png_size(raw, name), max_side, "PNG")
 
 
 def detect(entry, body: DetectRequest, limits) -> dict[str, Any]:
@@ -171,12 +174,10 @@ def _check_jpeg_size(path: Path, max_side: int) -> None:
 
     try:
         with Image.open(path) as im:
-            width, height = im.size
+            size = im.size
     except (OSError, ValueError, Image.DecompressionBombError):
         raise RequestError("'image_b64' cannot be read as an image", 422, "image_b64") from None
-    if not (1 <= width <= max_side and 1 <= height <= max_side):
-        raise RequestError(f"'image_b64' is a {width}x{height} image, outside this server's limit max_init_side="
-                           f"{max_side} pixels a side", 422, "image_b64")
+    check_side("image_b64", size, max_side, "image")
 
 
 def verify(body: VerifyRequest, limits) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from genforge.serve.wire import PNG_SIGNATURE, RequestError, decode_base64, png_size
+from genforge.serve.wire import PNG_SIGNATURE, RequestError, check_side, decode_base64, png_size
 
 DATA_URL = "data:image/png;base64,"
 NAME = "init_image"
@@ -46,11 +46,7 @@ def decode_png(value: str, shape: tuple[int, int, int], max_bytes: int, max_side
         raise RequestError(f"'{NAME}' is not a PNG file (no PNG signature): send a PNG's bytes in base64 "
                            "(the server never reads a path)", 422, NAME)
     c, h, w = shape
-    width, height = png_size(raw, NAME)
-    if not (1 <= width <= max_side and 1 <= height <= max_side):
-        raise RequestError(f"'{NAME}' is {width}x{height} pixels, outside this server's limit "
-                           f"max_init_side={max_side} (1 to {max_side} pixels a side; images are resized to "
-                           f"this run's {w}x{h})", 422, NAME)
+    check_side(NAME, png_size(raw, NAME), max_side, "PNG", f"; images are resized to this run's {w}x{h}")
     try:
         with Image.open(io.BytesIO(raw), formats=["PNG"]) as im:
             im.load()  # only now are pixels decompressed: at most max_side^2 of them

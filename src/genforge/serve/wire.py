@@ -1,6 +1,6 @@
 """What crosses the wire: the server's one error type (a 4xx with the option it names) and the
-encodings of binary answers. Its own module so every serve module can raise and encode without
-importing engine.py (which imports them)."""
+encodings of binary answers, and the bounds of uploaded bytes. Its own module so every serve
+module can raise and encode without importing engine.py or options.py."""
 
 from __future__ import annotations
 
@@ -67,4 +67,13 @@ def png_size(raw: bytes, name: str) -> tuple[int, int]:
     if len(raw) < 24 or raw[12:16] != b"IHDR":
         raise RequestError(f"'{name}' starts like a PNG but has no IHDR header chunk", 422, name)
     return struct.unpack(">II", raw[16:24])
+
+
+def check_side(name: str, size: tuple[int, int], max_side: int, what: str, note: str = "") -> None:
+    """The decompression-bomb guard: an image's (width, height), read from its header before any
+    decoder sees the pixels, is 1 to ``max_side`` (the server's max_init_side) pixels a side."""
+    width, height = size
+    if not (1 <= width <= max_side and 1 <= height <= max_side):
+        raise RequestError(f"'{name}' is a {width}x{height} {what}, outside this server's limit max_init_side="
+                           f"{max_side} (1 to {max_side} pixels a side{note})", 422, name)
 

@@ -34,6 +34,8 @@ STEPS = 32  # two 4/4 bars of 16ths
 ROWS = PITCH_HIGH - PITCH_LOW + 1
 MODES = ["major", "minor"]
 TRAIN_STRIDE = 16  # training excerpts start at every bar; test excerpts do not overlap
+# Image datasets whose samples `genforge sample --out FILE.mid` decodes as music (modalities/roll_music.py)
+ROLL_DATASETS = ("jsb-roll",)
 
 
 def grid_to_roll(grid: np.ndarray) -> np.ndarray:

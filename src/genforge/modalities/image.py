@@ -67,8 +67,14 @@ class ImageModality(Modality):
     def sample_command(self, run, generator, *, num_samples, out, batch_size, seed, class_label=None,
                        nearest=False, filter=None, privacy_filter=None, no_watermark=False,
                        watermark_strength=None, **family_options) -> None:
+        from genforge.modalities.roll_music import sample_roll_music, writes_music
         from genforge.watermark.image import ImageMarker
 
+        if writes_music(run, out):  # a piano-roll run (jsb-roll) asked for .mid/.wav/.png/.musicxml
+            sample_roll_music(run, generator, num_samples=num_samples, out=out, batch_size=batch_size, seed=seed,
+                              class_label=class_label, nearest=nearest, filter=filter, privacy_filter=privacy_filter,
+                              no_watermark=no_watermark, watermark_strength=watermark_strength, **family_options)
+            return
         model, spec = run.model, run.spec
         signing = {k: family_options.pop(k, None) for k in SIGN_KEYS}
         # every file this call writes carries where it came from (PNG chunk / .npz sidecar)

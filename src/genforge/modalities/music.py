@@ -124,7 +124,7 @@ class MusicModality(Modality):
             paths = [check_out(Path(out).with_name(f"{Path(out).stem}-{i + 1}{suffix}")) for i in range(len(ids))]
         for row, path in zip(ids, paths, strict=True):
             write_piece(run.tokenizer, row, path, tempo)
-            _stamp(stamp, path)
+            stamp_piece(stamp, path)
         steps = [len(run.tokenizer.to_grid(row)) for row in ids]
         print(f"wrote {len(paths)} piece(s) of {min(steps)}-{max(steps)} 16th steps: "
               + ", ".join(str(p) for p in paths))
@@ -338,7 +338,7 @@ def sample_metrics(grids: list[np.ndarray], data) -> dict[str, Any]:
 MUSIC = MusicModality()
 
 
-def _stamp(stamp, path: Path) -> None:
+def stamp_piece(stamp, path: Path) -> None:
     """Add the sample record to a written piece: a PNG's own chunk, else a sidecar."""
     if path.suffix.lower() == ".png":
         from PIL import Image

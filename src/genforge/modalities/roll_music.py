@@ -1,0 +1,131 @@
+"""`genforge sample` on a piano-roll image run (``jsb-roll``: diffusion, the GAN) written as music.
+
+The image families train on 2-bar piano rolls (1 x 48 pitches x 32 16ths, data/music_roll.py)
+with no family code changed, so their samples are images. With ``--out`` ending in .mid/.midi,
+.wav, .png or .musicxml, this module draws those images as the image modality does (class
+labels, the family's sampler options, the output filters on the rolls themselves), decodes
+each one to a four-voice grid (threshold 0.5, voices by pitch order: ``roll_to_grid``) and
+writes it as a music run writes a piece: one file per sample (FILE-1.mid, FILE-2.mid, ...),
+each with its provenance (a PNG's own chunk, else a FILE.provenance.json sidecar). On these
+runs a .png is the piece's piano-roll picture, as on music runs; the raw image grid is what
+`genforge sample RUN` writes without ``--out``, and ``--out FILE.npz`` keeps the rolls.
+
+Nothing here marks the output: a watermark in pixels or in the initial noise does not survive
+thresholding into notes, so none is applied and ``--watermark-strength`` is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genforge import GenforgeError
+
+SUFFIXES = (".mid", ".midi", ".wav", ".png", ".musicxml")
+# Image options with no meaning once a roll becomes notes: name -> why, for a one-line refusal.
+NOT_FOR_MUSIC = {
+    "nearest": "draws an image grid beside training images",
+    "sign": "signs PNG image grids (C2PA)",
+    "sign_cert": "goes with --sign",
+    "sign_key": "goes with --sign",
+    "watermark_strength": "sets a pixel watermark, which thresholding into notes removes",
+    "trajectory": "draws an image grid of denoising steps",
+    "interpolate": "writes an image grid",
+    "attribute": "writes an image grid",
+}
+
+
+def writes_music(run, out) -> bool:
+    """Whether this `genforge sample` call on an image run writes music: a piano-roll run
+    (``ROLL_DATASETS``) with ``--out`` ending in one of ``SUFFIXES``."""
+    from genforge.data.music_roll import ROLL_DATASETS
+
+    return out is not None and run.spec.name in ROLL_DATASETS and Path(out).suffix.lower() in SUFFIXES
+
+
+def sample_roll_music(run, generator, *, num_samples, out, batch_size, seed, class_label=None, nearest=False,
+                      filter=None, privacy_filter=None, no_watermark=False, watermark_strength=None,
+                      **family_options) -> list[Path]:
+    """Draw ``num_samples`` rolls (default 1: one piece, as on music runs), decode and write them."""
+    from genforge.audit.privacy import sample_filters
+    from genforge.data.music_roll import roll_to_grid
+    from genforge.modalities import step_progress
+    from genforge.modalities.image import ImageRefs, class_labels, to_uint8
+    from genforge.modalities.music import stamp_piece
+    from genforge.outputs import check_out
+    from genforge.provenance import sample_stamp
+
+    given = {"nearest": nearest, "watermark_strength": watermark_strength, **family_options}
+    wrong = [k for k, v in given.items() if k in NOT_FOR_MUSIC and v not in (None, False)]
+    if wrong:
+        k = wrong[0]
+        raise GenforgeError(f"--{k.replace('_', '-')} {NOT_FOR_MUSIC[k]}; it does not apply when a piano-roll "
+                            f"run writes music (--out {out}); use --out FILE.npz or no --out for images")
+    from genforge.families.base import LatentVariableModel
+    from genforge.modalities.image import LATENT_TOOLS
+
+    # a VAE's path settings (defaults filled in) belong to --interpolate, refused above
+    drop = set(NOT_FOR_MUSIC) | (set(LATENT_TOOLS) if isinstance(run.model, LatentVariableModel) else set())
+    family_options = {k: v for k, v in family_options.items() if k not in drop}
+    model, spec, suffix = run.model, run.spec, Path(out).suffix.lower()
+    stamp = sample_stamp(run, generator, dict(num_samples=num_samples, out=out, batch_size=batch_size, seed=seed,
+                                              class_label=class_label, filter=filter,
+                                              privacy_filter=privacy_filter, **family_options), png=False)
+    # No noise mark (ImageRefs without one): a Tree-Ring key cannot be read back from notes.
+    plan = model.plan_sampling(family_options, num_samples, ImageRefs(run))
+    n = plan.count or (1 if num_samples is None else num_samples)
+    if plan.one_row:  # a latent path (the GAN's --interpolate-seeds): one call
+        batch_size = n
+
+    def names(k: int) -> list[Path]:  # one piece: --out itself; several: FILE-1.mid, FILE-2.mid, ...
+        return [Path(out)] if n == 1 else [Path(out).with_name(f"{Path(out).stem}-{i + 1}{suffix}") for i in range(k)]
+
+    for path in names(n)[1:]:  # every name checked before minutes of sampling (--out itself by the CLI)
+        check_out(path)
+    screens = sample_filters(run, filter, privacy_filter)  # loaded before sampling: fails fast
+    prompts = plan.options.get("prompt")
+    if prompts and class_label is not None:
+        raise GenforgeError("give either --prompt or --class-label, not both")
+    y = None if prompts else class_labels(model, spec, class_label, n)
+    chunks = []
+    for s in range(0, n, batch_size):
+        batch_y = None if y is None else y[s:s + batch_size]
+        with step_progress(plan, f"batch {s // batch_size + 1}") as per_step:
+            x = model.sample(min(batch_size, n - s), generator, labels=batch_y, **plan.options, **per_step)
+        chunks.append(to_uint8(x.cpu(), spec))  # (b, 1, 48, 32) uint8, as the image path stores rolls
+    images = torch.cat(chunks)
+    stamp.record["watermark"] = {"watermarked": False, "why": "piano rolls written as notes"}
+    kept = list(range(n))
+    if screens:  # on the rolls, as on any image run: a near-copy of a training roll is blocked
+        from genforge.filters import screen, summary
+
+        kept, blocked = screen(images.float() / 255.0, screens, "rolls")
+        stamp.record["screening"] = summary(screens, n, blocked)
+    paths = names(len(kept))
+    grids = [roll_to_grid(images[i, 0].numpy() / 255.0) for i in kept]  # (32, 4) each, voices by pitch order
+    for grid, path in zip(grids, paths, strict=True):
+        write_grid(grid, path)
+        stamp_piece(stamp, path)
+    print(f"wrote {len(paths)} piece(s) of {len(grids[0])} 16th steps decoded from piano rolls "
+          f"(threshold 0.5): " + ", ".join(str(p) for p in paths))
+    return paths
+
+
+def write_grid(grid: np.ndarray, path: Path, tempo: float = 100.0) -> Path:
+    """A (T, 4) grid -> ``path`` by its suffix, as a music run writes a piece (four named parts,
+    General MIDI 52 = choir aahs; a repeated pitch is a held note, as in the JSB grid)."""
+    from genforge.data import music_render
+    from genforge.data.music import VOICES, grid_notes, notes_to_midi
+
+    notes, parts = grid_notes(grid), [v.capitalize() for v in VOICES]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix in (".mid", ".midi"):
+        return notes_to_midi(notes, path, tempo, parts, program=52)
+    if suffix == ".wav":
+        return music_render.render_wav(notes, path, tempo, parts)
+    if suffix == ".png":
+        return music_render.piano_roll_png(notes, path, title=path.stem)
+    return music_render.musicxml(grid, path)

@@ -134,13 +134,22 @@ def _add_declared(parser: argparse.ArgumentParser, kind: str) -> None:
 
     for option, owner in all_options(kind).values():
         default = f" (default {option.default})" if option.default is not None and not option.flag else ""
-        help_text = f"{owner}: {option.help}" if "default" in option.help else f"{owner}: {option.help}{default}"
+        help_text = _owned(owner, option.help) + ("" if "default" in option.help else default)
         if option.flag:
             parser.add_argument(option.cli, dest=option.name, action="store_true", default=None, help=help_text)
             continue
         parser.add_argument(option.cli, dest=option.name, type=option.type, default=None,
                             nargs=option.nargs, choices=option.choices, metavar=option.metavar,
                             const=option.const, action="append" if option.repeat else "store", help=help_text)
+
+
+def _owned(owner: str, text: str) -> str:
+    """``text`` led by the runs it applies to ("music runs: ..."), said once: a help that already
+    names its owner ("music runs on chorale tokens: ...", "diffusion: ...") is not prefixed again."""
+    names = owner.removesuffix(" runs").split(", ")
+    if any(text.startswith(f"{name} runs") for name in names):
+        return text
+    return f"{owner}: {text.removeprefix(f'{names[0]}: ')}"
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:

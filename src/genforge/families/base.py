@@ -87,7 +87,7 @@ TEMPERATURE = SampleOption("temperature", "softmax temperature; 0 is greedy (def
                                           "1.0 for molecules)", float, metavar="T")
 
 
-INTERP_POINTS = SampleOption("interp_points", "images on an interpolation path (default 8)", int, 8,
+INTERP_POINTS = SampleOption("interp_points", "points on an interpolation path (default 8)", int, 8,
                              metavar="N", minimum=2)
 
 
@@ -293,7 +293,7 @@ class LatentVariableModel(GenerativeModel):
 
     sample_options = (
         SampleOption("interpolate", "decode the latent path between two examples (images: PNG/JPEG "
-                                    "files, test:INDEX or val:INDEX; molecules: SMILES)", str, nargs=2, metavar=("A", "B")),
+                                    "files, test:INDEX or val:INDEX; molecules: SMILES; music: MIDI files)", str, nargs=2, metavar=("A", "B")),
         INTERP_POINTS,
         SampleOption("interp_method", "spherical (default) or linear interpolation", str, "slerp",
                      choices=("slerp", "lerp")),

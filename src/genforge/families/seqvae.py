@@ -126,8 +126,9 @@ class SequenceVAE(LatentVariableModel):
     # sampling around a molecule. No --attribute: molecule datasets carry no class labels.
     sample_options = (
         *LatentVariableModel.sample_options[:3],
-        SampleOption("around", "seqvae runs: sample molecules around this SMILES (its latent mean "
-                               "plus noise)", str, metavar="SMILES"),
+        SampleOption("around", "seqvae runs: sample near one example, its latent mean plus noise: "
+                               "molecule runs take a SMILES string, music runs a MIDI file (its first "
+                               "phrase)", str, metavar="SMILES|FILE.mid"),
         # No default here: --radius without --around is refused, so "not given" must be visible.
         SampleOption("radius", "with --around: standard deviation of the latent noise (default 0.5)",
                      float, metavar="R"),
@@ -323,14 +324,16 @@ class SequenceVAE(LatentVariableModel):
 
     @torch.no_grad()
     def plan_sampling(self, options, num_samples, refs) -> SamplingPlan:
-        """`genforge sample --around SMILES [--radius R]`: the molecule, framed by the modality's
-        ``refs.encode`` (canonicalized as the training data was), becomes ``sample``'s ``around``."""
+        """`genforge sample --around X [--radius R]`: the example (a SMILES string, or a MIDI file on
+        a music run), framed by the modality's ``refs.encode`` as the training data was, becomes
+        ``sample``'s ``around``; ``refs.what`` names what the modality takes, for the messages."""
         options = dict(options)
         around, radius = options.pop("around", None), options.pop("radius", None)
+        what = getattr(refs, "what", "SMILES string")
         if around is not None and not around.strip():
-            raise GenforgeError("--around needs a SMILES string, got an empty one (e.g. --around 'CCO')")
+            raise GenforgeError(f"--around needs a {what}, got an empty one")
         if radius is not None and around is None:
-            raise GenforgeError("--radius applies only with --around SMILES (the noise around that molecule)")
+            raise GenforgeError(f"--radius applies only with --around (the noise around a {what})")
         if radius is not None and not (math.isfinite(radius) and radius >= 0):
             raise GenforgeError(f"--radius must be >= 0, got {radius}")
         if around is not None:

@@ -25,11 +25,13 @@ from genforge.families.base import SampleOption
 COMMON_SAMPLE_OPTIONS = (
     SampleOption("seed", "random seed for reproducible samples (default: random, printed)", int,
                  metavar="S"),
-    SampleOption("num_samples", "how many samples (text: per prompt, default 1; images: 64; molecules: 10)",
-                 int, metavar="N", minimum=1),
+    SampleOption("num_samples", "how many samples (text: per prompt, default 1; images: 64; molecules: 10; "
+                                "music: 1 piece)", int, metavar="N", minimum=1),
     SampleOption("out", "write samples to this file (text: .txt or .jsonl; images: .png grid or "
-                        ".npz array; molecules: .smi, .csv or .png grid; default: print text and "
-                        "SMILES / RUN_DIR/samples/*.png)", str, metavar="FILE"),
+                        ".npz array; molecules: .smi, .csv or .png grid; music, and piano-roll image runs "
+                        "(jsb-roll): .mid, .wav, .png piano roll or .musicxml, FILE-1, FILE-2, ... for "
+                        "several; default: print text and SMILES / RUN_DIR/samples/*.png or *.mid)",
+                 str, metavar="FILE"),
     SampleOption("batch_size", "samples generated at once; large requests run in batches "
                                "(default 64)", int, 64, metavar="B", minimum=1),
 )
@@ -37,7 +39,8 @@ COMMON_SAMPLE_OPTIONS = (
 
 # Declared by the modalities whose eval draws samples (image, molecule); one object, one meaning.
 EVAL_NUM_SAMPLES = SampleOption("num_samples", "samples generated and scored (images: default 10000, "
-                                "against as many test images; molecules: default 30000, as MOSES)",
+                                "against as many test images; molecules: default 30000, as MOSES; "
+                                "music: default 16 pieces for the music metrics)",
                                 int, metavar="N", minimum=1)
 
 # Output screening (genforge.filters, genforge.audit.privacy), declared by the modalities that
@@ -136,15 +139,16 @@ def all_options(kind: str) -> dict[str, tuple[SampleOption, str]]:
     from genforge.families import FAMILIES, family_class
 
     common = COMMON_SAMPLE_OPTIONS if kind == "sample" else COMMON_EVAL_OPTIONS
-    out: dict[str, tuple[SampleOption, str]] = {o.name: (o, "all runs") for o in common}
-    sources = [(f"{m} runs", _declared(kind, modality(m))) for m in MODALITIES]
-    sources += [(f"{f} runs", _declared(kind, family_class(f))) for f in FAMILIES]
+    owners: dict[str, tuple[SampleOption, list[str]]] = {o.name: (o, ["all"]) for o in common}
+    sources = [(m, _declared(kind, modality(m))) for m in MODALITIES]
+    sources += [(f, _declared(kind, family_class(f))) for f in FAMILIES]
     for owner, options in sources:
         for option in options:
-            if option.name in out and out[option.name][0] != option:
+            if option.name in owners and owners[option.name][0] != option:
                 raise RuntimeError(f"sample option {option.cli} is declared twice, differently")
-            out.setdefault(option.name, (option, owner))
-    return out
+            owners.setdefault(option.name, (option, []))[1].append(owner)
+    # one option declared by several (--privacy-filter, --interp-points) names them all in --help
+    return {name: (option, ", ".join(dict.fromkeys(who)) + " runs") for name, (option, who) in owners.items()}
 
 
 def options_for(run, kind: str) -> tuple[SampleOption, ...]:

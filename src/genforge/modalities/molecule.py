@@ -236,6 +236,8 @@ class SmilesRefs:
     """What a family's ``plan_sampling`` may turn into tensors on a molecule run: a SMILES
     string, framed and canonicalized as the training data was (``encode``)."""
 
+    what = "SMILES string"  # what --around takes here, for the family's messages
+
     def __init__(self, run):
         self.run = run
 

@@ -22,6 +22,8 @@ class PhraseRefs:
     """What a family's ``plan_sampling`` may turn into tensors on a phrase run: a MIDI file,
     framed as a training phrase (``encode``: ids (1, max_length) and mask)."""
 
+    what = "MIDI file"  # what --around takes here, for the family's messages
+
     def __init__(self, run):
         self.run = run
 

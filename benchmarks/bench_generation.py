@@ -28,6 +28,13 @@ times the same steps' weight matmuls alone at M = batch, the ceiling of such a s
 the same decode with ``torch.compile(model.logits, dynamic=True)``: its compile time is
 reported apart, and the worker fails if its greedy tokens differ from eager's.
 
+"static" is ``generate(..., static=True)``: the fixed-shape decode step of
+genforge.sampling.static_decode, replayed as one CUDA graph per token on a GPU (run eagerly
+on a CPU, where it only adds the masked full-window attention). Its first call, which
+captures the graph, is timed apart as capture_s; its greedy tokens must equal eager's or the
+worker fails. Past the context window it re-reads the window eagerly, as "kv" does, so the
+500-token rows mix both; "window-static" is the within-the-context decode alone.
+
 Usage: python benchmarks/bench_generation.py [--new-tokens 500] [--repeats 3] [--out DIR]
 """
 
@@ -107,7 +114,7 @@ def worker(kind: str, batch: int, new_tokens: int, repeats: int) -> dict:
         from genforge.families.gpt import GPT, GPTConfig
         from genforge.sampling.text import generate
 
-        layout = kind.split("-")  # kv|recompute|window [-gpt2|-compile]
+        layout = kind.split("-")  # kv|recompute|window|static [-gpt2|-compile|-static]
         gpt2 = "gpt2" in layout
         cfg = GPTConfig(**DIMS, block_size=512 if gpt2 else 256,
                         pos_embedding="learned" if gpt2 else "rope", bias=gpt2)
@@ -121,13 +128,19 @@ def worker(kind: str, batch: int, new_tokens: int, repeats: int) -> dict:
             t = time.perf_counter()
             generate(model, prompts, 8, temperature=0)
             extra["compile_s"] = time.perf_counter() - t
+        static = "static" in layout
+        if static:  # the static step (a CUDA graph on a GPU); kept only if its tokens are eager's
+            eager = generate(model, prompts, new_tokens, temperature=0).tokens
+            t = time.perf_counter()
+            generate(model, prompts, 2, temperature=0, static=True)  # captures once per (model, batch)
+            extra["capture_s"] = time.perf_counter() - t
         rss_before = peak_rss_mib()
 
         def run(n):
-            out = generate(model, prompts, n, temperature=0, use_cache=layout[0] != "recompute")
+            out = generate(model, prompts, n, temperature=0, use_cache=layout[0] != "recompute", static=static)
             assert len(out.tokens[0]) == n
-            if "compile" in layout and n == new_tokens and out.tokens != eager:
-                raise SystemExit("torch.compile changed the greedy tokens")
+            if ("compile" in layout or static) and n == new_tokens and out.tokens != eager:
+                raise SystemExit(f"{kind} changed the greedy tokens")
 
     seconds = _time(run, new_tokens, repeats)
     block = model.config.n_positions if kind == "hf" else model.config.block_size
@@ -154,12 +167,15 @@ def main() -> None:
     me, n = __file__, str(args.new_tokens)
     rows = {}
     for batch in (1, 16):
-        for kind in ("kv", "recompute", "kv-gpt2", "hf", *(("window", "window-compile") if batch == 16 else ())):
+        for kind in ("kv", "recompute", "kv-gpt2", "hf", "static",
+                     *(("window", "window-compile", "window-static") if batch == 16 else ())):
             reps = args.recompute_batch16_repeats if (kind == "recompute" and batch == 16) else args.repeats
             rows[f"{kind}@{batch}"] = run_worker(me, [kind, str(batch), n, str(reps)])
             print(json.dumps(rows[f"{kind}@{batch}"]), flush=True)
     ratio = {f"kv_vs_recompute@{b}": rows[f"kv@{b}"]["tokens_per_s"] / rows[f"recompute@{b}"]["tokens_per_s"]
              for b in (1, 16)}
+    ratio.update({f"static_vs_recompute@{b}": rows[f"static@{b}"]["tokens_per_s"] / rows[f"recompute@{b}"]["tokens_per_s"]
+                  for b in (1, 16)})
     ratio.update({f"genforge_vs_hf@{b}": rows[f"kv-gpt2@{b}"]["tokens_per_s"] / rows[f"hf@{b}"]["tokens_per_s"]
                   for b in (1, 16)})
     peak = statistics.median(r["matmul_peak_gflops"] for r in rows.values())
@@ -173,7 +189,9 @@ def main() -> None:
     names = {"kv": "genforge, KV cache (rope, ctx 256)", "recompute": "genforge, recompute full context (ctx 256)",
              "kv-gpt2": "genforge, KV cache, GPT-2 layout (ctx 512)", "hf": "transformers GPT-2 generate (ctx 512)",
              "window": "genforge, KV cache, within the context (rope, ctx 256)",
-             "window-compile": "the same, torch.compile'd forward (same tokens checked)"}
+             "window-compile": "the same, torch.compile'd forward (same tokens checked)",
+             "static": "genforge, static decode step (CUDA graph on a GPU; same tokens checked)",
+             "window-static": "within the context, static decode step (CUDA graph on a GPU; same tokens checked)"}
     lines = [f"# Generation speed, 6x384 GPT, {args.new_tokens} new tokens, greedy "
              f"({machine()['gpu'] or 'CPU, ' + str(torch.get_num_threads()) + ' threads'})", "",
              "| configuration | batch | new tokens | tokens/s | seconds | model GFLOP/s | % of matmul peak "
@@ -192,6 +210,9 @@ def main() -> None:
               f"- torch.compile (dynamic shapes) of that decode: {rows['window-compile@16']['percent_of_peak']:.0f}% "
               f"of the peak, the greedy tokens of eager, after {rows['window-compile@16']['compile_s']:.0f} s "
               "of compiling (not counted in its tokens/s)",
+              f"- the static decode step of that decode: {rows['window-static@16']['percent_of_peak']:.0f}% of the "
+              f"peak, the greedy tokens of eager; its first call (the capture on a GPU) took "
+              f"{rows['window-static@16']['capture_s']:.2f} s, not counted",
               *(f"- {k}: **{v:.2f}x**" for k, v in ratio.items())]
     write("generation_cpu" if not torch.cuda.is_available() else "generation_gpu", result, "\n".join(lines),
           folder=args.out)

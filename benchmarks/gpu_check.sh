@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU check in one script, for a lent GPU machine (see benchmarks/README.md).
 # Expects: wheels for missing packages in .whl/, Tiny Shakespeare under .gpu/data.
-# Usage: bash benchmarks/gpu_check.sh [train] [generation] [suite]
+# Usage: bash benchmarks/gpu_check.sh [train] [generation] [static] [suite]
+# static (~2 min): the static decode step's CUDA-graph path (issue #20): its tests on the GPU (tokens
+# of the uncached path, greedy and sampled, captured and replayed), then bench_generation's workers
+# for the rows that matter (6x384, 500 tokens; each worker fails if the graph's greedy tokens differ).
 # suite: the whole test suite on the GPU (GENFORGE_TEST_DEVICE=cuda); carry pydantic's wheels
 # (pydantic, pydantic-core, annotated-types, typing-inspection) in .whl/, the machine lacks them.
 set -uo pipefail
@@ -23,6 +26,13 @@ fi
 if [[ $what == *generation* ]]; then
   timeout 150 python3 benchmarks/bench_generation.py --recompute-batch16-repeats 3 2>&1 | tee "$OUT/generation.log"
   cp benchmarks/results/generation_gpu.* "$OUT/" 2>/dev/null
+fi
+if [[ $what == *static* ]]; then
+  GENFORGE_TEST_DEVICE=cuda timeout 90 python3 -m pytest -q -rs -p no:cacheprovider tests/test_static_decode.py \
+    tests/test_decode_step.py 2>&1 | tee "$OUT/static_tests.log"
+  for run in "static 1" "kv 1" "window-static 16" "window 16" "static 16"; do
+    timeout 30 python3 benchmarks/bench_generation.py worker $run 500 3 2>&1 | tee -a "$OUT/static_bench.jsonl"
+  done
 fi
 if [[ $what == *suite* ]]; then
   # every test on the GPU; tests needing RDKit or the MiniLM weights skip where those are missing

@@ -32,11 +32,13 @@ def _json_row(row: dict) -> dict:
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
 
 
-def _cell(value: float) -> str:
+def _cell(value: float, key: str = "") -> str:
     if isinstance(value, int):
         return str(value)
     if math.isnan(value):
         return "-"
+    if key.startswith("copy_steps"):  # a count of 16th steps (a median may end in .5)
+        return f"{value:g}"
     if value != 0 and abs(value) < 0.01:
         return f"{value:.3g}"  # rates such as Bach's parallel fifths must not read as 0.0000
     return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
@@ -47,7 +49,7 @@ def format_table(samples: dict, reference: dict, against: str) -> str:
     from genforge.metrics.music.table import ROWS
 
     head = ("metric", "samples", f"real Bach ({against})")
-    rows = [(key, _cell(samples[key]), _cell(reference[key])) for key, _ in ROWS if key in samples]
+    rows = [(key, _cell(samples[key], key), _cell(reference[key], key)) for key, _ in ROWS if key in samples]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
              for r in [head, *rows]]

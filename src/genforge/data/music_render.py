@@ -54,14 +54,20 @@ def soundfont() -> Path:
                         f"{SOUNDFONTS[0]}); install Debian's fluid-soundfont-gm to write .wav")
 
 
-def render_wav(notes, path, tempo_bpm: float, parts: list[str] | None = None, sample_rate: int = 44100) -> Path:
-    """Render notes to a WAV with the ``fluidsynth`` binary (Debian's ``fluidsynth`` and
-    ``fluid-soundfont-gm``)."""
+def wav_tools() -> tuple[str, Path]:
+    """The ``fluidsynth`` binary and a General MIDI SoundFont, or a one-line error naming the
+    Debian packages; `genforge sample --out x.wav` asks before sampling, so nothing is wasted."""
     binary = shutil.which("fluidsynth")
     if binary is None:
         raise GenforgeError("the fluidsynth binary is not installed, so .wav cannot be written; "
                             "install it (apt install fluidsynth fluid-soundfont-gm) or write .mid")
-    sf = soundfont()
+    return binary, soundfont()
+
+
+def render_wav(notes, path, tempo_bpm: float, parts: list[str] | None = None, sample_rate: int = 44100) -> Path:
+    """Render notes to a WAV with the ``fluidsynth`` binary (Debian's ``fluidsynth`` and
+    ``fluid-soundfont-gm``)."""
+    binary, sf = wav_tools()
     with tempfile.TemporaryDirectory() as tmp:
         mid, wav = Path(tmp) / "piece.mid", Path(tmp) / "piece.wav"
         notes_to_midi(notes, mid, tempo_bpm, parts, program=52 if parts and len(parts) == 4 else 0)

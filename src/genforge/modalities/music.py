@@ -93,6 +93,10 @@ class MusicModality(Modality):
         if suffix not in OUT_SUFFIXES:
             raise GenforgeError(f"--out {out}: music is written as {', '.join(OUT_SUFFIXES)}")
         n = 1 if num_samples is None else num_samples
+        if suffix == ".wav":  # FluidSynth missing is said before sampling, not after
+            from genforge.data.music_render import wav_tools
+
+            wav_tools()
         screens = sample_filters(run, filter, privacy_filter)  # loaded before sampling: fails fast
         # Every written piece records its origin: PNG piano rolls in their own chunk, MIDI, WAV and
         # MusicXML in a FILE.provenance.json sidecar (a MIDI meta event would be lost by re-saving).
@@ -125,9 +129,9 @@ class MusicModality(Modality):
         for row, path in zip(ids, paths, strict=True):
             write_piece(run.tokenizer, row, path, tempo)
             stamp_piece(stamp, path)
-        steps = [len(run.tokenizer.to_grid(row)) for row in ids]
-        print(f"wrote {len(paths)} piece(s) of {min(steps)}-{max(steps)} 16th steps: "
-              + ", ".join(str(p) for p in paths))
+        steps = sorted(len(run.tokenizer.to_grid(row)) for row in ids)
+        span = f"{steps[0]}" if steps[0] == steps[-1] else f"{steps[0]}-{steps[-1]}"
+        print(f"wrote {len(paths)} piece(s) of {span} 16th steps: " + ", ".join(str(p) for p in paths))
 
     def _continue(self, run, generator, n, batch_size, temperature, prompt_midi, melody, steps, family_options,
                   key=None):
@@ -136,6 +140,12 @@ class MusicModality(Modality):
         prompt = prompt_ids(run, prompt_midi, key, need_key=melody is not None)
         shift = home_shift(run, key)  # a data.key_to_c run composes in C major / A minor, then moves
         length = {} if steps is None else {"max_new_tokens": steps * tokens_per_step(run.tokenizer)}
+        room = -(-(run.model_config.block_size - len(prompt)) // tokens_per_step(run.tokenizer))  # a partial step counts
+        if prompt_midi is not None and steps is None and melody is None and room < 16:
+            # without --steps a continuation stops where the context is full: a long opening gets a bar or less
+            unit = ("16th step" if run.tokenizer.grid_like else "event token") + ("" if room == 1 else "s")
+            print(f"note: the opening fills this model's context, so at most {room} {unit} are added; give "
+                  "--steps N to continue further (the context then slides)", file=sys.stderr)
         if melody is not None:
             if prompt_midi is not None or steps is not None:
                 raise GenforgeError("--melody sets the piece and its length: drop --prompt-midi and --steps")

@@ -84,6 +84,10 @@ def sample_roll_music(run, generator, *, num_samples, out, batch_size, seed, cla
 
     for path in names(n)[1:]:  # every name checked before minutes of sampling (--out itself by the CLI)
         check_out(path)
+    if suffix == ".wav":  # FluidSynth missing is said before sampling, not after
+        from genforge.data.music_render import wav_tools
+
+        wav_tools()
     screens = sample_filters(run, filter, privacy_filter)  # loaded before sampling: fails fast
     prompts = plan.options.get("prompt")
     if prompts and class_label is not None:

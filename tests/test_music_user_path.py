@@ -1,0 +1,54 @@
+"""What a new user reads on README's music path (train, sample, continue, listen, score): the
+messages say what happened, in one line each."""
+
+from __future__ import annotations
+
+import pytest
+from tests.test_music import chorale, music_run  # noqa: F401  (a tiny gpt-jsb run, 32-token context)
+
+from genforge.cli import main
+from genforge.data.music import grid_to_midi, read_midi_grid
+
+pytest.importorskip("pretty_midi")
+
+
+def test_the_written_line_gives_one_length_when_pieces_agree(music_run, tmp_path, capsys):  # noqa: F811
+    assert main(["sample", str(music_run), "--out", str(tmp_path / "a.mid"), "--steps", "3", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote 1 piece(s) of {len(read_midi_grid(tmp_path / 'a.mid'))} 16th steps: " in out  # not "4-4"
+
+
+def test_a_long_opening_says_how_little_is_added_and_how_to_get_more(music_run, tmp_path, capsys):  # noqa: F811
+    opening = grid_to_midi(chorale(6, 2), tmp_path / "open.mid")  # 24 tokens + <bos> of a 32-token context
+    out = tmp_path / "cont.mid"
+    assert main(["sample", str(music_run), "--out", str(out), "--prompt-midi", str(opening), "--seed", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "at most 2 16th steps are added; give --steps N to continue further" in err
+    assert len(read_midi_grid(out)) <= 6 + 2
+    # with --steps the context slides and the piece grows as asked; no note then
+    assert main(["sample", str(music_run), "--out", str(tmp_path / "long.mid"), "--prompt-midi", str(opening),
+                 "--steps", "10", "--seed", "0"]) == 0
+    assert "note:" not in capsys.readouterr().err
+    assert len(read_midi_grid(tmp_path / "long.mid")) > 8
+    short = grid_to_midi(chorale(1, 3), tmp_path / "short.mid")  # room for 7 steps: still under a bar
+    assert main(["sample", str(music_run), "--out", str(tmp_path / "s.mid"), "--prompt-midi", str(short)]) == 0
+    assert "at most 7 16th steps" in capsys.readouterr().err
+
+
+def test_wav_without_fluidsynth_is_one_line_and_writes_nothing(music_run, tmp_path, capsys, monkeypatch):  # noqa: F811
+    import genforge.data.music_render as render
+
+    monkeypatch.setattr(render.shutil, "which", lambda name: None)
+    wav = tmp_path / "piece.wav"
+    assert main(["sample", str(music_run), "--out", str(wav), "--steps", "2", "--seed", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "apt install fluidsynth fluid-soundfont-gm" in err
+    assert not wav.exists() and not list(tmp_path.iterdir())
+
+
+def test_music_metrics_print_step_counts_as_counts(tmp_path, capsys):
+    """copy_steps_median is a number of 16th steps: '0' or '2.5', never '0.0000'."""
+    from genforge.cli_music import _cell
+
+    assert _cell(0.0, "copy_steps_median") == "0" and _cell(2.5, "copy_steps_median") == "2.5"
+    assert _cell(14.0, "copy_steps_median") == "14" and _cell(0.0, "rest_fraction") == "0.0000"

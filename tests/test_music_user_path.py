@@ -52,3 +52,16 @@ def test_music_metrics_print_step_counts_as_counts(tmp_path, capsys):
 
     assert _cell(0.0, "copy_steps_median") == "0" and _cell(2.5, "copy_steps_median") == "2.5"
     assert _cell(14.0, "copy_steps_median") == "14" and _cell(0.0, "rest_fraction") == "0.0000"
+
+
+def test_eval_printout_puts_the_music_rows_under_their_own_heading():
+    from genforge.report import format_report
+
+    text = format_report({"step": 20, "nll_per_note_val": 1.77, "pieces": 16, "pitch_class_js": 0.07,
+                          "range_violation_rate": 0.8, "memorization_copy_steps_median": 0.0,
+                          "floor_pitch_class_js": 0.0003})
+    lines = [" ".join(line.split()) for line in text.splitlines()]  # "key: value", padding dropped
+    assert lines.index("music:") < lines.index("pitch_class_js: 0.0700") < lines.index("floors:")
+    assert lines.index("range_violation_rate: 0.8000") < lines.index("floors:") < lines.index("other:")
+    assert lines[lines.index("other:") + 1:] == ["step: 20"]  # no music row left under "other"
+    assert "memorization_copy_steps_median: 0" in lines  # a count of steps, not 0.0000

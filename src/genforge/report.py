@@ -1,7 +1,7 @@
 """The printout of `genforge eval` and `genforge metrics images`: numbers grouped under headings.
 
 :func:`format_report` takes the flat dict an evaluation returns (``eval.json``) and prints it
-as quality, diversity, memorization, likelihood, floors and other, in that order, each key
+as quality, diversity, memorization, likelihood, music, floors and other, in that order, each key
 in the order the evaluation produced it. Integers print as integers (``iwae_k: 100``),
 floats with 4 decimals (a tiny nonzero float, such as a KID standard error, in 4 significant
 digits so that it does not read as 0.0000).
@@ -9,10 +9,11 @@ digits so that it does not read as 0.0000).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
-GROUPS = ("quality", "diversity", "memorization", "likelihood", "floors", "other")
+GROUPS = ("quality", "diversity", "memorization", "likelihood", "music", "floors", "other")
 
 _QUALITY = {"fd", "kid", "kid_se", "precision", "recall", "density", "coverage", "label_agreement",
             "inception_fid", "fid", "valid", "Filters", "logP", "SA", "QED", "weight"}
@@ -22,7 +23,9 @@ _LIKELIHOOD = {"loss", "val_loss", "perplexity", "bits_per_char", "bits_per_dim"
                "heldout_loss"}
 # Keys that count something: a float holding a whole number prints as an int.
 COUNT_KEYS = {"step", "samples", "nll_images", "iwae_k", "active_units", "latent_dim",
-              "extractor_version", "tokens", "test_images"}
+              "extractor_version", "tokens", "test_images",
+              # 16th steps copied from a training chorale: a median of counts (14, or 2.5)
+              "memorization_copy_steps_median", "floor_memorization_copy_steps_median"}
 
 
 def group_of(key: str) -> str:
@@ -37,7 +40,16 @@ def group_of(key: str) -> str:
         return "quality"
     if key in _LIKELIHOOD or key.startswith(("nll", "elbo", "bits", "perplexity", "val_loss", "heldout_")):
         return "likelihood"
+    if key in _music_keys():  # a music run's sampled pieces; real Bach's same rows are under floors
+        return "music"
     return "other"
+
+
+@functools.cache
+def _music_keys() -> frozenset[str]:
+    from genforge.metrics.music.table import ROWS
+
+    return frozenset(k for k, _ in ROWS)
 
 
 def format_value(key: str, value: Any) -> str:

@@ -71,7 +71,8 @@ class ImageModality(Modality):
         from genforge.watermark.image import ImageMarker
 
         if writes_music(run, out):  # a piano-roll run (jsb-roll) asked for .mid/.wav/.png/.musicxml
-            sample_roll_music(run, generator, num_samples=num_samples, out=out, batch_size=batch_size, seed=seed,
+            sample_roll_music(run, generator, ImageRefs(run), lambda n: class_labels(run.model, run.spec, class_label, n),
+                              num_samples=num_samples, out=out, batch_size=batch_size, seed=seed,
                               class_label=class_label, nearest=nearest, filter=filter, privacy_filter=privacy_filter,
                               no_watermark=no_watermark, watermark_strength=watermark_strength, **family_options)
             return

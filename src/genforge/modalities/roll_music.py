@@ -35,6 +35,7 @@ NOT_FOR_MUSIC = {
     "interpolate": "writes an image grid",
     "attribute": "writes an image grid",
 }
+PATH_SETTINGS = ("interp_points", "interp_method")  # a latent model's --interpolate settings, with defaults
 
 
 def writes_music(run, out) -> bool:
@@ -45,14 +46,17 @@ def writes_music(run, out) -> bool:
     return out is not None and run.spec.name in ROLL_DATASETS and Path(out).suffix.lower() in SUFFIXES
 
 
-def sample_roll_music(run, generator, *, num_samples, out, batch_size, seed, class_label=None, nearest=False,
-                      filter=None, privacy_filter=None, no_watermark=False, watermark_strength=None,
+def sample_roll_music(run, generator, refs, labels, *, num_samples, out, batch_size, seed, class_label=None,
+                      nearest=False, filter=None, privacy_filter=None, no_watermark=False, watermark_strength=None,
                       **family_options) -> list[Path]:
-    """Draw ``num_samples`` rolls (default 1: one piece, as on music runs), decode and write them."""
+    """Draw ``num_samples`` rolls (default 1: one piece, as on music runs), decode and write them.
+    The image modality hands over what it resolves for any image run (this module does not import
+    it: it calls here): ``refs``, its ``ImageRefs`` without a noise mark (a Tree-Ring key cannot be
+    read back from notes), and ``labels(n)``, the (n,) class labels of ``--class-label`` or None."""
     from genforge.audit.privacy import sample_filters
+    from genforge.data.images import to_unit
     from genforge.data.music_roll import roll_to_grid
     from genforge.modalities import step_progress
-    from genforge.modalities.image import ImageRefs, class_labels, to_uint8
     from genforge.modalities.music import stamp_piece
     from genforge.outputs import check_out
     from genforge.provenance import sample_stamp
@@ -64,17 +68,15 @@ def sample_roll_music(run, generator, *, num_samples, out, batch_size, seed, cla
         raise GenforgeError(f"--{k.replace('_', '-')} {NOT_FOR_MUSIC[k]}; it does not apply when a piano-roll "
                             f"run writes music (--out {out}); use --out FILE.npz or no --out for images")
     from genforge.families.base import LatentVariableModel
-    from genforge.modalities.image import LATENT_TOOLS
 
     # a VAE's path settings (defaults filled in) belong to --interpolate, refused above
-    drop = set(NOT_FOR_MUSIC) | (set(LATENT_TOOLS) if isinstance(run.model, LatentVariableModel) else set())
+    drop = set(NOT_FOR_MUSIC) | (set(PATH_SETTINGS) if isinstance(run.model, LatentVariableModel) else set())
     family_options = {k: v for k, v in family_options.items() if k not in drop}
     model, spec, suffix = run.model, run.spec, Path(out).suffix.lower()
     stamp = sample_stamp(run, generator, dict(num_samples=num_samples, out=out, batch_size=batch_size, seed=seed,
                                               class_label=class_label, filter=filter,
                                               privacy_filter=privacy_filter, **family_options), png=False)
-    # No noise mark (ImageRefs without one): a Tree-Ring key cannot be read back from notes.
-    plan = model.plan_sampling(family_options, num_samples, ImageRefs(run))
+    plan = model.plan_sampling(family_options, num_samples, refs)
     n = plan.count or (1 if num_samples is None else num_samples)
     if plan.one_row:  # a latent path (the GAN's --interpolate-seeds): one call
         batch_size = n
@@ -92,13 +94,14 @@ def sample_roll_music(run, generator, *, num_samples, out, batch_size, seed, cla
     prompts = plan.options.get("prompt")
     if prompts and class_label is not None:
         raise GenforgeError("give either --prompt or --class-label, not both")
-    y = None if prompts else class_labels(model, spec, class_label, n)
+    y = None if prompts else labels(n)
     chunks = []
     for s in range(0, n, batch_size):
         batch_y = None if y is None else y[s:s + batch_size]
         with step_progress(plan, f"batch {s // batch_size + 1}") as per_step:
             x = model.sample(min(batch_size, n - s), generator, labels=batch_y, **plan.options, **per_step)
-        chunks.append(to_uint8(x.cpu(), spec))  # (b, 1, 48, 32) uint8, as the image path stores rolls
+        # (b, 1, 48, 32) uint8, rounded as the image path stores rolls (.npz), so both decode alike
+        chunks.append((to_unit(x.cpu(), spec.pixel_range) * 255).round().to(torch.uint8))
     images = torch.cat(chunks)
     stamp.record["watermark"] = {"watermarked": False, "why": "piano rolls written as notes"}
     kept = list(range(n))

@@ -103,6 +103,10 @@ class TrainConfig(Strict):
     """Also keep the checkpoint that scores best on the family's selection metric (the
     validation loss for likelihood families) with the weights sampling uses; sample and eval
     use it by default, as nanoGPT keeps only its best-validation checkpoint."""
+    early_stop_patience: int = Field(0, ge=0)
+    """Stop training after this many evaluations in a row without a new best on the family's
+    selection metric (Lightning's EarlyStopping patience, the HF Trainer's
+    early_stopping_patience); the best checkpoint stays. 0 turns it off."""
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)
     compile: bool = False
@@ -117,6 +121,9 @@ class TrainConfig(Strict):
     def _check(self) -> TrainConfig:
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        if self.early_stop_patience and not self.eval_every:
+            raise ValueError(f"early_stop_patience ({self.early_stop_patience}) counts evaluations; "
+                             "set eval_every > 0 or early_stop_patience=0")
         return self
 
 

@@ -8,18 +8,16 @@ state come back, so a resumed run continues the uninterrupted run's loss curve e
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import Any
 
 from genforge import GenforgeError
 from genforge import checkpoint as ckpt
 
-if TYPE_CHECKING:
-    from genforge.train.trainer import Trainer
 
-
-def restore(t: Trainer) -> None:
-    """Load ``t.run_dir``'s latest checkpoint into trainer ``t`` (model, optimizers, EMA,
-    batches, RNG, step, best score) and drop log rows written after it."""
+def restore(t: Any) -> None:
+    """Load ``t.run_dir``'s latest checkpoint into ``t``, a ``train.trainer.Trainer`` (not
+    imported: the trainer imports this module), with its model, optimizers, EMA, batches,
+    RNG, step, best score and early-stopping count; drop log rows written after it."""
     path = ckpt.require_checkpoint(t.run_dir, "latest")
     ckpt.verify_checkpoint(path)
     ckpt.load_weights(t.model, path)
@@ -54,6 +52,7 @@ def restore(t: Trainer) -> None:
                             f"(train.max_steps={t.tc.max_steps}); resume with a larger "
                             "train.max_steps to continue it")
     t.best_score = state.get("best_score")
+    t.early_stop.load_state_dict(state.get("early_stop"), t.run_dir, t.step)
     # Drop log rows written after this checkpoint (a crash between checkpoints).
     log = t.run_dir / "metrics.jsonl"
     if t.dist.is_main and log.is_file():

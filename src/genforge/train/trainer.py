@@ -29,6 +29,7 @@ from genforge.modalities import load_data, modality
 from genforge.train import distributed
 from genforge.train.batches import BatchSource, DatasetBatches
 from genforge.train.compiling import compile_forward
+from genforge.train.early_stop import EarlyStop
 from genforge.train.ema import EMA
 from genforge.train.resume import restore
 from genforge.train.schedule import lr_at
@@ -125,6 +126,10 @@ class Trainer:
                                                  self.dist.rank, self.dist.world)
         self.step = 0
         self.best_score: float | None = None
+        self.early_stop = EarlyStop(tc.early_stop_patience)
+        if tc.early_stop_patience and model.selection is None:
+            raise GenforgeError(f"train.early_stop_patience: family '{self.cfg.family}' has no selection "
+                                "metric to watch; set train.early_stop_patience=0")
         if resume:
             restore(self)
         else:  # dropout etc. draw differently on each rank
@@ -185,6 +190,7 @@ class Trainer:
             "batches": self.batches.state_dict(),
             "rng": ckpt.rng_state(),
             "best_score": self.best_score,
+            "early_stop": self.early_stop.state_dict(),
         }
         ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.ema.state_dict() if self.ema else None,
                              state, self.cfg.model_dump(), keep=self.tc.keep_checkpoints, best=best)
@@ -229,6 +235,9 @@ class Trainer:
         return values
 
     def _after_evaluation(self, bar) -> dict[str, float]:
+        """Evaluate, log, keep the best checkpoint and count evaluations without a new best
+        (``self.early_stop``). Every DDP rank scores the same batches with the same weights, so
+        all ranks agree on when to stop."""
         result = self.evaluate()
         selection = self.model.selection
         improved = False
@@ -242,6 +251,7 @@ class Trainer:
                 self.best_score = score
                 if self.tc.keep_best:
                     self.save(best=True)
+            self.early_stop.update(improved, self.step)
         self._log({"step": self.step, "split": "val", **result, "best": improved,
                    "weights": "ema" if self.ema else "raw"})
         line = f"step {self.step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in result.items())
@@ -323,6 +333,9 @@ class Trainer:
                     last_eval = self._after_evaluation(bar)
                     if self.dist.is_main and tc.sample_every == 0:
                         self.write_preview()
+                    if self.early_stop.triggered and self.step < tc.max_steps:
+                        stopped = self._out_of_patience(bar)
+                        saving_now = True
                 if self.dist.is_main and tc.sample_every and self.step % tc.sample_every == 0:
                     self.write_preview()
                 if saving_now:
@@ -331,6 +344,8 @@ class Trainer:
                     name = signal.Signals(flag.signum).name
                     raise Interrupted(f"{name} at step {self.step}; checkpoint saved. Continue with: "
                                       f"{self.resume_command} {self.run_dir}", 128 + flag.signum)
+                if stopped:
+                    break
         finally:
             bar.close()
         if self.dist.is_main and tc.plot and (self.step == tc.max_steps or stopped):
@@ -356,6 +371,16 @@ class Trainer:
             self._after_evaluation(bar)
         self.save()
         return e.reason
+
+    def _out_of_patience(self, bar) -> str:
+        """Early stopping: log why; the caller checkpoints this step (checkpoints/best holds the
+        best weights already)."""
+        reason = self.early_stop.reason(self.model.selection.metric, self.best_score)
+        self._log({"step": self.step, "event": "stopped", "reason": reason})
+        if self.dist.is_main:
+            line = f"step {self.step}: stopped early: {reason}"
+            bar.write(line) if self.progress else print(line, flush=True)
+        return reason
 
     def _plot(self) -> None:
         try:

@@ -28,20 +28,22 @@ def assert_same(static, reference):
         assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4)
 
 
-PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [7]]  # left-padded; one longer than 8
+PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [7]]  # left-padded to width 10
 
 
 @pytest.mark.parametrize("pos", ["rope", "learned"])
-@pytest.mark.parametrize("block", [8, 32])  # 8: the window fills and later steps re-read it
+@pytest.mark.parametrize("block", [16, 32])  # 16: six static steps fill the window, later ones re-read it
 def test_greedy_matches_the_uncached_path(device, pos, block):
     model = tiny_gpt(device, pos, block)
     ref = generate(model, PROMPTS, 20, temperature=0, use_cache=False)
     assert_same(generate(model, PROMPTS, 20, temperature=0, static=True), ref)
+    decoder, = static_decode._IDLE[model].values()
+    assert decoder.length == min(block, 10 + 19)  # the static steps ran, up to the window's end
 
 
 @pytest.mark.parametrize("settings", [dict(temperature=1.0), dict(temperature=0.8, top_k=5),
                                       dict(temperature=1.2, top_p=0.9)])
-@pytest.mark.parametrize("block", [8, 32])
+@pytest.mark.parametrize("block", [16, 32])
 def test_sampled_draws_match_the_uncached_path(device, settings, block):
     """The step draws argmax(p / q) with q from the caller's generator; multinomial draws the
     same q from it, so a seeded generator gives the same tokens draw for draw."""
@@ -116,10 +118,30 @@ def test_each_row_writes_its_own_column_and_sees_only_its_keys(device, pos):
                                torch.cat([old[b, :, :n], old[b, :, n + 1:]], 1))
 
 
-def test_static_needs_the_cache():
+def test_compiled_step_is_one_graph_with_the_same_draws(device, monkeypatch):
+    """static="compile" traces the whole step (fullgraph: a graph break would raise) and keeps
+    the draws; the aot_eager backend here for speed, Inductor runs in benchmarks/gpu_check.sh."""
+    real, calls, graphs = torch.compile, [], []
+    aot_eager = torch._dynamo.lookup_backend("aot_eager")
+
+    def backend(gm, inputs):  # called when the compiled step first runs: one graph, the whole step
+        graphs.append(gm)
+        return aot_eager(gm, inputs)
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(kw) or real(fn, **kw, backend=backend))
+    model = tiny_gpt(device, block=16)
+    settings = dict(temperature=0.9, top_k=6)
+    ref = generate(model, PROMPTS, 14, generator=gen(2, model), use_cache=False, **settings)
+    assert_same(generate(model, PROMPTS, 14, generator=gen(2, model), static="compile", **settings), ref)
+    assert calls == [dict(fullgraph=True, dynamic=False)] and len(graphs) == 1
+
+
+def test_static_settings_are_checked():
     model = tiny_gpt("cpu")
     with pytest.raises(GenforgeError, match="use_cache"):
         generate(model, [[1]], 3, static=True, use_cache=False)
+    with pytest.raises(GenforgeError, match="static must be"):
+        generate(model, [[1]], 3, static="graph")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

@@ -16,6 +16,13 @@ drawn eagerly just before each replay from the caller's own generator. That keep
 of any generator (not only the default one the graph machinery tracks) and skips only
 multinomial's host-side check for NaN probabilities.
 
+With ``compile``, the step also goes through torch.compile (Inductor, whole graph, static
+shapes) before the capture: on a GPU, graph replay removes the launch cost but still runs ~100
+kernels of a few microseconds each per token; Inductor fuses the pointwise ones (layer norms,
+rotary, GELU, residual adds, the draw) into fewer, as gpt-fast does. Dynamo recompiles for each
+new decoder (it guards on the decoder object), so this pays tens of seconds per (model, batch
+size, settings), and past torch._dynamo.config.recompile_limit decoders it runs eagerly.
+
 Exactness: the masked full-window attention sums the same nonzero terms as the sliced one
 (masked keys get weight exp(-inf) = 0, and stale columns hold finite values, so 0 * v = 0), but
 a kernel may block and order the sum differently over max_len keys than over L, so logits can
@@ -45,7 +52,7 @@ class StaticDecoder:
     then ``step(model, token, generator)`` while ``length < max_len``. The decoder keeps no
     reference to the model (it is cached per model, see :func:`acquire`)."""
 
-    def __init__(self, model, batch: int, draw: Draw | None, needs_q: bool):
+    def __init__(self, model, batch: int, draw: Draw | None, needs_q: bool, compile: bool = False):
         probe = model.new_cache(batch)
         for t in (*probe.k, *probe.v):
             t.zero_()  # never NaN: masked columns are multiplied by weight 0, and 0 * NaN is NaN
@@ -59,9 +66,10 @@ class StaticDecoder:
         self.cols = torch.arange(self.max_len, device=device)
         vocab = model.spec.vocab_size
         self.q = torch.ones(batch, vocab, device=device) if needs_q else None  # (B, V) fp32, as probs
-        self.step_cache = KVCache(self.k, self.v, slot=self.slot)
+        self.step_cache = KVCache(self.k, self.v, slot=self.slot, step_mask=self.key_mask)  # mask: set per step
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out = None
+        self._compiled = torch.compile(self._step, fullgraph=True, dynamic=False) if compile else self._step
         if device.type == "cuda":
             self._capture(model)
 
@@ -91,6 +99,12 @@ class StaticDecoder:
         token = self.draw(logits, self.q)
         return token, torch.log_softmax(logits.float(), -1).gather(-1, token[:, None]).squeeze(-1)
 
+    def _run(self, model):
+        # Every call starts from the same Python state, so that Dynamo's guards (it specializes
+        # on ints such as cache.length, which model.logits advances) pass and it compiles once.
+        self.step_cache.length = 0
+        return self._compiled(model)
+
     def _capture(self, model) -> None:
         # Warm up on a side stream first (cuBLAS workspaces, SDPA's kernel choice, allocator
         # blocks), as torch.cuda.graph's documentation asks; the writes land in columns the
@@ -98,12 +112,12 @@ class StaticDecoder:
         side = torch.cuda.Stream(self.token.device)
         side.wait_stream(torch.cuda.current_stream(self.token.device))
         with torch.cuda.stream(side):
-            for _ in range(2):
-                self._step(model)
+            for _ in range(2):  # with compile, the first call compiles
+                self._run(model)
         torch.cuda.current_stream(self.token.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.out = self._step(model)  # tensors in the graph's pool, rewritten by every replay
+            self.out = self._run(model)  # tensors in the graph's pool, rewritten by every replay
 
     def step(self, model, token: torch.Tensor, generator: torch.Generator | None = None):
         """Feed token (B,): the next (B, V) logits, or with a draw, the next (tokens, logprobs)
@@ -118,7 +132,7 @@ class StaticDecoder:
             self.graph.replay()
             out = self.out
         else:
-            out = self._step(model)
+            out = self._run(model)
         self.length += 1
         return out.clone() if isinstance(out, torch.Tensor) else tuple(t.clone() for t in out)
 
@@ -128,8 +142,8 @@ _IDLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 KEEP = 4  # idle decoders kept per model (each holds a full KV cache and, on CUDA, a graph)
 
 
-def acquire(model, batch: int, draw: Draw | None, draw_key: Hashable, needs_q: bool
-            ) -> tuple[Hashable, StaticDecoder]:
+def acquire(model, batch: int, draw: Draw | None, draw_key: Hashable, needs_q: bool,
+            compile: bool = False) -> tuple[Hashable, StaticDecoder]:
     """A decoder for (model, batch, draw), reused across calls so that a GPU captures once.
     The key holds every parameter's and buffer's address: a graph reads weights by address, so
     a model whose tensors moved (``.to``, a reassigned ``.data``) gets a new capture. In-place
@@ -137,10 +151,10 @@ def acquire(model, batch: int, draw: Draw | None, draw_key: Hashable, needs_q: b
     taken out of the pool while in use, so two live streams never share one."""
     p = next(model.parameters())
     ptrs = tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers()))
-    key = (batch, draw_key, p.device, p.dtype, ptrs)
+    key = (batch, draw_key, compile, p.device, p.dtype, ptrs)
     idle = _IDLE.setdefault(model, {})
     decoder = idle.pop(key, None)
-    return key, decoder if decoder is not None else StaticDecoder(model, batch, draw, needs_q)
+    return key, decoder if decoder is not None else StaticDecoder(model, batch, draw, needs_q, compile)
 
 
 def release(model, key: Hashable, decoder: StaticDecoder) -> None:

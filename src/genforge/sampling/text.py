@@ -118,7 +118,7 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
            generator: torch.Generator | None = None, use_cache: bool = True,
            pick: Callable[[torch.Tensor], torch.Tensor] | None = None,
            logits_hook: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-           static: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+           static: bool | str = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (tokens (B,), logprobs (B,)) one step at a time for a batch of prompts.
 
     Prompts of unequal length are left-padded and masked. Within the context
@@ -143,8 +143,12 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
     how the tests pin its tokens. Opt-in, not automatic on CUDA: it keeps a full KV cache and a
     graph per (model, batch size, settings) alive between calls, its first call per key pays the
     capture, and its masked full-window attention may round differently from the sliced one.
+    ``static="compile"`` also passes the step through torch.compile first (fewer, fused kernels;
+    tens of seconds of compiling per key).
     """
     check_settings(temperature, top_k, top_p, max_new_tokens)
+    if static not in (False, True, "compile"):
+        raise GenforgeError(f"static must be False, True or 'compile', got {static!r}")
     if static and not use_cache:
         raise GenforgeError("static decoding needs the KV cache (use_cache=True)")
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -172,7 +176,7 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
         if static:
             draw = race_draw(temperature, top_k, top_p) if fused else None
             key, decoder = static_decode.acquire(model, len(prompts), draw, (temperature, top_k, top_p) if fused else None,
-                                   needs_q=fused and temperature > 0)
+                                   needs_q=fused and temperature > 0, compile=static == "compile")
             cache, logits = _prefill(model, history[:, -block:], cur_pad, decoder.fresh_cache())
             decoder.begin(cache, cur_pad)
         else:
@@ -214,7 +218,7 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
 
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
              generator=None, use_cache=True, eos_id: int | None = None, logits_hook=None,
-             static: bool = False) -> Generation:
+             static: bool | str = False) -> Generation:
     """New tokens and their log-probs per prompt. With ``eos_id``, a row ends at its first
     ``eos_id`` (kept, so its log-prob counts: the model chose to stop) and decoding stops
     once every row has ended; a row that never ends has ``max_new_tokens`` tokens."""

@@ -4,7 +4,7 @@ messages say what happened, in one line each."""
 from __future__ import annotations
 
 import pytest
-from tests.test_music import chorale, music_run  # noqa: F401  (a tiny gpt-jsb run, 32-token context)
+from tests.test_music import TINY, chorale, jsb_json, music_run  # noqa: F401  (music_run: a tiny gpt-jsb, 32-token context)
 
 from genforge.cli import main
 from genforge.data.music import grid_to_midi, read_midi_grid
@@ -65,3 +65,10 @@ def test_eval_printout_puts_the_music_rows_under_their_own_heading():
     assert lines.index("range_violation_rate: 0.8000") < lines.index("floors:") < lines.index("other:")
     assert lines[lines.index("other:") + 1:] == ["step: 20"]  # no music row left under "other"
     assert "memorization_copy_steps_median: 0" in lines  # a count of steps, not 0.0000
+
+
+def test_train_ends_by_showing_how_to_write_a_piece(tmp_path, capsys):
+    data = jsb_json(tmp_path / "tiny.json")
+    assert main(["train", "gpt-jsb", "--run-dir", str(tmp_path / "r"), "--no-progress", f"data.name={data}",
+                 *TINY]) == 0
+    assert f"sample from it: genforge sample {tmp_path / 'r'} --out piece.mid" in capsys.readouterr().out

@@ -59,7 +59,10 @@ def _train(args) -> None:
         if info.is_main:
             print(json.dumps(result))
             print(f"run directory: {run_dir}")
-            print(f"sample from it: genforge sample {run_dir}")
+            from genforge.data.music_roll import ROLL_DATASETS
+
+            music = data.spec.modality == "music" or data.spec.name in ROLL_DATASETS  # pieces are files
+            print(f"sample from it: genforge sample {run_dir}{' --out piece.mid' if music else ''}")
     finally:
         distributed.teardown()
 

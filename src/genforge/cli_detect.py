@@ -77,14 +77,11 @@ def read_text(path: Path) -> str:
 
 def _detect_image(path: Path, key: bytes, run_dir) -> dict:
     try:
-        from genforge.watermark.image import detect_image_file
+        from genforge.watermark.image import detect_image_file, verdict
     except ImportError:
         raise GenforgeError(f"{path}: image watermark detection is not available in this genforge "
                             "(genforge.watermark.image is missing); check text files only") from None
-    r = detect_image_file(path, key, run_dir=run_dir)
-    z = r.get("z", r.get("statistic"))
-    return {"watermarked": bool(r["watermarked"]), "z": None if z is None else float(z),
-            "p_value": float(r["p_value"]), "tokens": None, "method": str(r.get("method", "image"))}
+    return verdict(detect_image_file(path, key, run_dir=run_dir))
 
 
 def _reference(args, tokenizer, context: int):

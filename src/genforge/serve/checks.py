@@ -146,7 +146,7 @@ def _detect_image(entry, value: str, key: bytes, limits) -> dict[str, Any]:
     under the run's lock: inversion runs its denoiser, as a draw does."""
     import torch
 
-    from genforge.watermark.image import detect_images, read_image, split_grid
+    from genforge.watermark.image import detect_images, read_image, split_grid, verdict
 
     raw = decode_file(value, "image_b64", limits.max_file_bytes)
     if raw[:8] != PNG_SIGNATURE and raw[:3] != b"\xff\xd8\xff":
@@ -162,9 +162,7 @@ def _detect_image(entry, value: str, key: bytes, limits) -> dict[str, Any]:
                 r = detect_images(images, key, entry.run.model)
         except GenforgeError as e:
             raise from_library(e, 422) from None
-    z = r.get("z", r.get("statistic"))
-    return {"watermarked": bool(r["watermarked"]), "z": None if z is None else float(z),
-            "p_value": float(r["p_value"]), "tokens": None, "method": str(r.get("method", "image"))}
+    return verdict(r)
 
 
 def _check_jpeg_size(path: Path, max_side: int) -> None:

@@ -171,6 +171,15 @@ def detect_images(images: torch.Tensor, key: bytes, model=None,
             "images": n, "threshold_p": P_THRESHOLD, "methods": methods}
 
 
+def verdict(result: dict) -> dict:
+    """A ``detect_images`` result as the row `genforge detect` and POST /v1/detect report:
+    watermarked, z, p_value, tokens (None: no tokens are scored for an image) and method, as
+    plain JSON types."""
+    z = result.get("z", result.get("statistic"))
+    return {"watermarked": bool(result["watermarked"]), "z": None if z is None else float(z),
+            "p_value": float(result["p_value"]), "tokens": None, "method": str(result.get("method", "image"))}
+
+
 def _z_of(p: float) -> float:
     """The one-sided z with upper tail p (reported beside a p-value that did not come from a z)."""
     from scipy.stats import norm

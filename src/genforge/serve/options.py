@@ -4,21 +4,20 @@ RequestError that names the option (or the limit) it breaks, never a silently ig
 
 Options come from the same declarations as `genforge sample` (``modalities.options_for``), so a
 new family's options appear in the API with no server code. Per-request bounds: :class:`Limits`.
+``entry`` everywhere is a served run, serve/engine.py's ``Entry`` (not imported: engine.py
+imports this module).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from genforge import GenforgeError
 from genforge.families.base import SampleOption
 from genforge.serve import responsible
 from genforge.serve.wire import RequestError, from_library
-
-if TYPE_CHECKING:  # annotations only: engine.py imports this module
-    from genforge.serve.engine import Entry
 
 # Declared sample options a server never takes from a request: file paths (read or written),
 # companion files, latent-path tools (several references each), and CLI-only switches.
@@ -60,7 +59,7 @@ class Limits:
         return self.max_body_bytes
 
 
-def option_schema(entry: Entry, option, limits: Limits) -> dict[str, Any]:
+def option_schema(entry, option, limits: Limits) -> dict[str, Any]:
     """One served option as GET /v1/models lists it: its JSON type, and the default and bounds
     this server applies (which may be tighter than the run's own)."""
     kind = "boolean" if option.flag else JSON_TYPES.get(option.type, "string")
@@ -87,7 +86,7 @@ def option_schema(entry: Entry, option, limits: Limits) -> dict[str, Any]:
             "repeat": option.repeat, "help": option.help}
 
 
-def default_samples(entry: Entry, limits: Limits) -> int:
+def default_samples(entry, limits: Limits) -> int:
     """``num_samples`` when a request gives none: the modality's default, never above the
     server's max_samples (a request that sets nothing must not be refused)."""
     return min(DEFAULT_SAMPLES[entry.modality], limits.max_samples)
@@ -145,7 +144,7 @@ def _check_edit(options: dict[str, Any]) -> None:
                            422, "strength")
 
 
-def _check_music(entry: Entry, options: dict[str, Any], limits: Limits) -> None:
+def _check_music(entry, options: dict[str, Any], limits: Limits) -> None:
     """A positive ``tempo``; a piece's ``steps`` (16th steps) within max_tokens (absent: what fits
     the context, capped too)."""
     from genforge.serve.music import steps_limit
@@ -168,7 +167,7 @@ def _single(option):
     return replace(option, repeat=False)
 
 
-def resolve(entry: Entry, given: dict[str, Any], limits: Limits) -> dict[str, Any]:
+def resolve(entry, given: dict[str, Any], limits: Limits) -> dict[str, Any]:
     """A request's options (None = absent) checked against what the run serves; every served
     option resolved (defaults filled). Refused, never ignored: an option this run does not take
     is a 400 that names it and lists the run's options."""

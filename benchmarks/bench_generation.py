@@ -33,7 +33,10 @@ genforge.sampling.static_decode, replayed as one CUDA graph per token on a GPU (
 on a CPU, where it only adds the masked full-window attention). Its first call, which
 captures the graph, is timed apart as capture_s; its greedy tokens must equal eager's or the
 worker fails. Past the context window it re-reads the window eagerly, as "kv" does, so the
-500-token rows mix both; "window-static" is the within-the-context decode alone.
+500-token rows mix both; "window-static" is the within-the-context decode alone. The worker
+kinds "static-inductor" and "window-static-inductor" (run by benchmarks/gpu_check.sh static,
+not by main) pass the step through torch.compile before the capture; capture_s then includes
+compiling.
 
 Usage: python benchmarks/bench_generation.py [--new-tokens 500] [--repeats 3] [--out DIR]
 """
@@ -114,7 +117,7 @@ def worker(kind: str, batch: int, new_tokens: int, repeats: int) -> dict:
         from genforge.families.gpt import GPT, GPTConfig
         from genforge.sampling.text import generate
 
-        layout = kind.split("-")  # kv|recompute|window|static [-gpt2|-compile|-static]
+        layout = kind.split("-")  # kv|recompute|window|static [-gpt2|-compile|-static|-inductor]
         gpt2 = "gpt2" in layout
         cfg = GPTConfig(**DIMS, block_size=512 if gpt2 else 256,
                         pos_embedding="learned" if gpt2 else "rope", bias=gpt2)
@@ -128,11 +131,11 @@ def worker(kind: str, batch: int, new_tokens: int, repeats: int) -> dict:
             t = time.perf_counter()
             generate(model, prompts, 8, temperature=0)
             extra["compile_s"] = time.perf_counter() - t
-        static = "static" in layout
+        static = "compile" if "inductor" in layout else "static" in layout
         if static:  # the static step (a CUDA graph on a GPU); kept only if its tokens are eager's
             eager = generate(model, prompts, new_tokens, temperature=0).tokens
             t = time.perf_counter()
-            generate(model, prompts, 2, temperature=0, static=True)  # captures once per (model, batch)
+            generate(model, prompts, 2, temperature=0, static=static)  # captures once per (model, batch)
             extra["capture_s"] = time.perf_counter() - t
         rss_before = peak_rss_mib()
 

@@ -19,9 +19,9 @@ multinomial's host-side check for NaN probabilities.
 With ``compile``, the step also goes through torch.compile (Inductor, whole graph, static
 shapes) before the capture: on a GPU, graph replay removes the launch cost but still runs ~100
 kernels of a few microseconds each per token; Inductor fuses the pointwise ones (layer norms,
-rotary, GELU, residual adds, the draw) into fewer, as gpt-fast does. Dynamo recompiles for each
-new decoder (it guards on the decoder object), so this pays tens of seconds per (model, batch
-size, settings), and past torch._dynamo.config.recompile_limit decoders it runs eagerly.
+rotary, GELU, residual adds, the draw) into fewer, as gpt-fast does. Compiling takes tens of
+seconds per new (model, batch size, settings) whose guards fail; past Dynamo's recompile limit
+(torch._dynamo.config.recompile_limit) the step runs uncompiled, still captured.
 
 Exactness: the masked full-window attention sums the same nonzero terms as the sliced one
 (masked keys get weight exp(-inf) = 0, and stale columns hold finite values, so 0 * v = 0), but

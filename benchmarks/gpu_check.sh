@@ -2,7 +2,7 @@
 # Every GPU check in one script, for a lent GPU machine (see benchmarks/README.md).
 # Expects: wheels for missing packages in .whl/, Tiny Shakespeare under .gpu/data.
 # Usage: bash benchmarks/gpu_check.sh [train] [generation] [static] [suite]
-# static (~2 min): the static decode step's CUDA-graph path (issue #20): its tests on the GPU (tokens
+# static (~2-5 min): the static decode step's CUDA-graph path (issue #20): its tests on the GPU (tokens
 # of the uncached path, greedy and sampled, captured and replayed), then bench_generation's workers
 # for the rows that matter (6x384, 500 tokens; each worker fails if the graph's greedy tokens differ).
 # suite: the whole test suite on the GPU (GENFORGE_TEST_DEVICE=cuda); carry pydantic's wheels
@@ -32,6 +32,9 @@ if [[ $what == *static* ]]; then
     tests/test_decode_step.py 2>&1 | tee "$OUT/static_tests.log"
   for run in "static 1" "kv 1" "window-static 16" "window 16" "static 16"; do
     timeout 30 python3 benchmarks/bench_generation.py worker $run 500 3 2>&1 | tee -a "$OUT/static_bench.jsonl"
+  done
+  for run in "window-static-inductor 16" "static-inductor 1"; do  # Inductor's compile first (capture_s)
+    timeout 120 python3 benchmarks/bench_generation.py worker $run 500 3 2>&1 | tee -a "$OUT/static_bench.jsonl"
   done
 fi
 if [[ $what == *suite* ]]; then

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU check in one script, for a lent GPU machine (see benchmarks/README.md).
+# Every GPU check in one script, for a lent GPU machine (see benchmarks/README.md); a 15-minute
+# session runs benchmarks/gpu_session.sh instead (one call, a time budget per part).
 # Expects: wheels for missing packages in .whl/, Tiny Shakespeare under .gpu/data.
 # Usage: bash benchmarks/gpu_check.sh [train] [generation] [static] [suite]
 # static (~2-5 min): the static decode step's CUDA-graph path (issue #20): its tests on the GPU (tokens
@@ -17,11 +18,9 @@ export PYTHONPATH=src:${PYTHONPATH:-} GENFORGE_DATA=$PWD/.gpu/data GENFORGE_CACH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/device.txt"
 if [[ $what == *train* ]]; then
-  # the preset, a lower peak LR, and nanoGPT's own layout (learned positions) as the in-run baseline
-  timeout 150 python3 benchmarks/bench_gpu_shakespeare.py --label preset --run-dir runs/gpu-preset 2>&1 | tee "$OUT/preset.log"
-  timeout 150 python3 benchmarks/bench_gpu_shakespeare.py --label lr5e-4 --run-dir runs/gpu-lr5e-4 train.lr=5e-4 2>&1 | tee "$OUT/lr.log"
-  timeout 150 python3 benchmarks/bench_gpu_shakespeare.py --label nanogpt-layout --run-dir runs/gpu-nanogpt model.pos_embedding=learned 2>&1 | tee "$OUT/nanogpt.log"
-  cp benchmarks/results/gpt_shakespeare_gpu_*.json "$OUT/" 2>/dev/null
+  # the preset and its variants against nanoGPT's own train.py (GENFORGE_PEERS: carry .gpu/peers/nanoGPT)
+  GENFORGE_PEERS=$PWD/.gpu/peers timeout 300 python3 benchmarks/bench_gpu_shakespeare.py --budget-s 280 \
+    --out "$OUT" 2>&1 | tee "$OUT/shakespeare.log"
 fi
 if [[ $what == *generation* ]]; then
   timeout 150 python3 benchmarks/bench_generation.py --recompute-batch16-repeats 3 2>&1 | tee "$OUT/generation.log"

@@ -1,6 +1,6 @@
 """The static-shape decode step (issue #20): the tokens and log-probs of the uncached path, greedy
-and sampled, with left padding and past the window; the per-row cache write and mask; the
-decoder reused across calls; on CUDA, the captured graph."""
+and sampled, with left padding and past the window (its fixed-shape re-read); the per-row cache
+write and mask; the decoder reused across calls; on CUDA, the captured graphs."""
 
 import pytest
 import torch
@@ -39,6 +39,7 @@ def test_greedy_matches_the_uncached_path(device, pos, block):
     assert_same(generate(model, PROMPTS, 20, temperature=0, static=True), ref)
     decoder, = static_decode._IDLE[model].values()
     assert decoder.length == min(block, 10 + 19)  # the static steps ran, up to the window's end
+    assert (decoder.window is not None) == (block == 16)  # and then its fixed-shape re-read
 
 
 @pytest.mark.parametrize("settings", [dict(temperature=1.0), dict(temperature=0.8, top_k=5),

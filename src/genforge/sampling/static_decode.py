@@ -16,6 +16,10 @@ drawn eagerly just before each replay from the caller's own generator. That keep
 of any generator (not only the default one the graph machinery tracks) and skips only
 multinomial's host-side check for NaN probabilities.
 
+Past the window, stream() re-reads the last block_size tokens for every new token (exactly
+what the uncached path sees); :meth:`StaticDecoder.reread` is that forward with fixed shapes
+(an always-explicit causal and padding mask), captured as a second graph on first use.
+
 With ``compile``, the step also goes through torch.compile (Inductor, whole graph, static
 shapes) before the capture: on a GPU, graph replay removes the launch cost but still runs ~100
 kernels of a few microseconds each per token; Inductor fuses the pointwise ones (layer norms,
@@ -71,7 +75,11 @@ class StaticDecoder:
         self.out = None
         self._compiled = torch.compile(self._step, fullgraph=True, dynamic=False) if compile else self._step
         if device.type == "cuda":
-            self._capture(model)
+            self.graph, self.out = self._capture(self._run, model)
+        self.window: torch.Tensor | None = None  # (B, max_len) ids re-read past the window, made on first use
+        self.window_pad = torch.zeros(batch, dtype=torch.long, device=device)  # (B,) padding inside it
+        self.read_graph: torch.cuda.CUDAGraph | None = None
+        self.read_out = None
 
     def fresh_cache(self) -> KVCache:
         """The decoder's buffers as an empty cache to prefill (length 0, plain slicing path)."""
@@ -94,10 +102,22 @@ class StaticDecoder:
         logits = model.logits(self.token[:, None], self.step_cache, self.pos[:, None])[:, -1]  # (B, V)
         self.slot.add_(1)
         self.pos.add_(1)
+        return self._draw(logits)
+
+    def _draw(self, logits: torch.Tensor):
         if self.draw is None:
             return logits
         token = self.draw(logits, self.q)
         return token, torch.log_softmax(logits.float(), -1).gather(-1, token[:, None]).squeeze(-1)
+
+    def _read(self, model):
+        """The re-read of ``window`` (B, max_len) from a fresh cache over the decoder's buffers,
+        as ``text._prefill`` does, but with the mask always explicit (no host-side check for
+        padding): causal, and False at each row's window_pad leading columns."""
+        keys = (self.cols[None, :] >= self.window_pad[:, None])[:, None, None, :]  # (B, 1, 1, max_len)
+        positions = (self.cols[None, :] - self.window_pad[:, None]).clamp(min=0)  # (B, max_len)
+        logits = model.logits(self.window, KVCache(self.k, self.v, key_mask=keys), positions)[:, -1]
+        return self._draw(logits)
 
     def _run(self, model):
         # Every call starts from the same Python state, so that Dynamo's guards (it specializes
@@ -105,19 +125,20 @@ class StaticDecoder:
         self.step_cache.length = 0
         return self._compiled(model)
 
-    def _capture(self, model) -> None:
-        # Warm up on a side stream first (cuBLAS workspaces, SDPA's kernel choice, allocator
-        # blocks), as torch.cuda.graph's documentation asks; the writes land in columns the
-        # next prefill overwrites or masks.
+    def _capture(self, fn, model):
+        """(graph, outputs) of fn(model) captured. Warm up on a side stream first (cuBLAS workspaces, SDPA's kernel choice, allocator
+        blocks), as torch.cuda.graph's documentation asks; the writes land in columns the next
+        prefill overwrites or masks."""
         side = torch.cuda.Stream(self.token.device)
         side.wait_stream(torch.cuda.current_stream(self.token.device))
         with torch.cuda.stream(side):
             for _ in range(2):  # with compile, the first call compiles
-                self._run(model)
+                fn(model)
         torch.cuda.current_stream(self.token.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = self._run(model)  # tensors in the graph's pool, rewritten by every replay
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = fn(model)  # tensors in the graph's pool, rewritten by every replay
+        return graph, out
 
     def step(self, model, token: torch.Tensor, generator: torch.Generator | None = None):
         """Feed token (B,): the next (B, V) logits, or with a draw, the next (tokens, logprobs)
@@ -134,6 +155,24 @@ class StaticDecoder:
         else:
             out = self._run(model)
         self.length += 1
+        return out.clone() if isinstance(out, torch.Tensor) else tuple(t.clone() for t in out)
+
+    def reread(self, model, window: torch.Tensor, pad: torch.Tensor, generator: torch.Generator | None = None):
+        """Past the window: the outputs of :meth:`step` for the last max_len tokens ``window``
+        (B, max_len), left-padded by pad (B,), read afresh. Overwrites the cache, so no
+        :meth:`step` follows before the next :meth:`begin`."""
+        if self.window is None:
+            self.window = torch.zeros_like(window)
+            if self.graph is not None:  # CUDA: capture on first use (most decodes never get here)
+                self.read_graph, self.read_out = self._capture(self._read, model)
+        self.window.copy_(window)
+        self.window_pad.copy_(pad)
+        self.length = self.max_len
+        if self.q is not None:
+            self.q.exponential_(generator=generator)
+        out = self._read(model) if self.read_graph is None else self.read_out
+        if self.read_graph is not None:
+            self.read_graph.replay()
         return out.clone() if isinstance(out, torch.Tensor) else tuple(t.clone() for t in out)
 
 

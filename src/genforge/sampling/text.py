@@ -209,7 +209,11 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
             else:
                 window = min(T, block)
                 cur_pad = (pad - (T - window)).clamp(min=0)
-                cache, logits = _prefill(model, history[:, -window:], cur_pad)
+                if decoder is not None:  # the same re-read with fixed shapes (T >= block here)
+                    out = decoder.reread(model, history[:, -block:], cur_pad, generator)
+                    drawn_by_step, logits = (out, None) if fused else (None, out)
+                else:
+                    cache, logits = _prefill(model, history[:, -window:], cur_pad)
     finally:
         model.train(was_training)
         if decoder is not None:

@@ -32,8 +32,9 @@ reported apart, and the worker fails if its greedy tokens differ from eager's.
 genforge.sampling.static_decode, replayed as one CUDA graph per token on a GPU (run eagerly
 on a CPU, where it only adds the masked full-window attention). Its first call, which
 captures the graph, is timed apart as capture_s; its greedy tokens must equal eager's or the
-worker fails. Past the context window it re-reads the window eagerly, as "kv" does, so the
-500-token rows mix both; "window-static" is the within-the-context decode alone. The worker
+worker fails. Past the context window it re-reads the last 256 tokens for every token, as "kv"
+does, but with fixed shapes (a second graph on a GPU), so the 500-token rows mix cheap steps
+and full-window forwards; "window-static" is the within-the-context decode alone. The worker
 kinds "static-inductor" and "window-static-inductor" (run by benchmarks/gpu_check.sh static,
 not by main) pass the step through torch.compile before the capture; capture_s then includes
 compiling.

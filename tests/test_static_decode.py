@@ -153,4 +153,4 @@ def test_cuda_graph_replays_give_the_uncached_tokens():
         for _ in range(2):  # the first call captures, the second replays the cached graph
             assert_same(generate(model, PROMPTS, 40, generator=gen(7, model), static=True, **settings), ref)
     decoders = list(static_decode._IDLE[model].values())
-    assert len(decoders) == 2 and all(d.graph is not None for d in decoders)
+    assert len(decoders) == 2 and all(d.graph is not None and d.read_graph is not None for d in decoders)

@@ -138,11 +138,12 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
     only real ids sees the same row batched or alone. The yielded log-probs stay the model's own.
 
     ``static`` decodes within the window with the fixed-shape step of
-    ``genforge.sampling.static_decode``: on CUDA one captured graph replay per token (and the
-    draw inside it when there is no ``pick`` or hook); on a CPU the same step eagerly, which is
-    how the tests pin its tokens. Opt-in, not automatic on CUDA: it keeps a full KV cache and a
-    graph per (model, batch size, settings) alive between calls, its first call per key pays the
-    capture, and its masked full-window attention may round differently from the sliced one.
+    ``genforge.sampling.static_decode``, and past it with that module's fixed-shape re-read: on
+    CUDA one captured graph replay per token (the draw inside it when there is no ``pick`` or
+    hook); on a CPU the same steps eagerly, which is how the tests pin its tokens. Opt-in, not
+    automatic on CUDA: it keeps a full KV cache and graphs per (model, batch size, settings)
+    alive between calls, its first call per key pays the capture, and its masked full-window
+    attention may round differently from the sliced one (and the graphs are not yet measured).
     ``static="compile"`` also passes the step through torch.compile first (fewer, fused kernels;
     tens of seconds of compiling per key).
     """

@@ -245,7 +245,8 @@ def render(res: dict) -> str:
     def f(v, fmt):
         return format(v, fmt) if isinstance(v, (int, float)) else "-"
 
-    lines = [f"# {PRESET} against nanoGPT's own train.py on {res['machine']['gpu'] or 'CPU (smoke)'}", "",
+    where = res["machine"]["gpu"] or ("CPU (smoke: tiny models, nothing measured)" if res["smoke"] else "CPU")
+    lines = [f"# {PRESET} against nanoGPT's own train.py on {where}", "",
              f"torch {res['machine']['torch']}; nanoGPT and the first genforge run compile cold (an empty "
              "Inductor cache each); see the compile cache column. "
              "Goal (issue #20): <= 1.45 full-split val loss in <= 45 s of wall time, compile included.", "",

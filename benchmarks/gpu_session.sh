@@ -14,7 +14,8 @@
 #
 # Usage:
 #   here, once:  bash benchmarks/gpu_session.sh --prepare   (fills the ignored .gpu/ and .whl/)
-#   on the GPU:  run(command="bash benchmarks/gpu_session.sh", carry=[".gpu", ".whl"], timeout_s=540)
+#   on the GPU:  run(command="GENFORGE_COMMIT=<sha> bash benchmarks/gpu_session.sh", carry=[".gpu", ".whl"],
+#                    timeout_s=540)
 #   CPU smoke:   bash benchmarks/gpu_session.sh --smoke     (every part, tiny, ~3 min; nothing measured;
 #                bench_generation's 13 workers need more than its 60 s on a busy 2-core machine)
 # Everything lands in $OUT as gpu_session_<device>.tar.gz (logs, JSON, tables; re-packed after
@@ -97,7 +98,8 @@ part() {  # part NAME CAP COMMAND...: run under `timeout`, log to WORK/NAME.log,
   echo "# GPU session on $DEVICE ($(date -u +%FT%TZ), mode $MODE)"; echo
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null | sed 's/^/    /'
   echo "    $("$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1)"
-  echo "    commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"; echo
+  # the device gets the working tree without .git: name the commit in the call (GENFORGE_COMMIT=...)
+  echo "    commit ${GENFORGE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"; echo
 } > "$HEAD"
 printf '| part | outcome | seconds | cap |\n|---|---|---|---|\n' > "$PARTS"
 : > "$DETAILS"
@@ -131,14 +133,15 @@ done
 dev=cuda
 [[ $MODE == --smoke ]] && dev=cpu first=(tests/test_early_stop.py -k bad_values)  # the command line only
 part a1_gpu_paths 40 env GENFORGE_TEST_DEVICE=$dev "$PY" -m pytest "${opts[@]}" "${first[@]}"
-{ echo; echo "a1: $(grep -E 'passed|failed|error' "$WORK/a1_gpu_paths.log" | tail -1)"; } >> "$DETAILS"
+counts() { [[ -f $WORK/$1.log ]] && { echo; echo "$1: $(grep -E 'passed|failed|error' "$WORK/$1.log" | tail -1)"; } >> "$DETAILS"; }
+counts a1_gpu_paths
 "$PY" -c "import xdist" 2>/dev/null && opts+=(-n 8 --dist loadfile)  # isolated tests: tmp dirs, free ports
 if [[ $MODE == --smoke ]]; then
   part a2_suite 70 env GENFORGE_TEST_DEVICE=cpu "$PY" -m pytest "${opts[@]}" tests/test_config.py
 else
   part a2_suite 70 env GENFORGE_TEST_DEVICE=cuda "$PY" -m pytest "${opts[@]}" tests
 fi
-{ echo; echo "a2: $(grep -E 'passed|failed|error' "$WORK/a2_suite.log" | tail -1)"; } >> "$DETAILS"; pack
+counts a2_suite; pack
 
 # -- d: gpt-jsb-gpu while time is left (SIGTERM: the trainer checkpoints and exits) ------------
 if [[ -f src/genforge/configs/gpt-jsb-gpu.toml ]]; then

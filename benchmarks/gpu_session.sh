@@ -125,7 +125,7 @@ details "$WORK"/generation/*.md; pack
 
 # -- a: the test suite on the device: first the tests of the GPU paths, then all of it ----------
 # pyproject's addopts has -q (-qq would hide the counts). The image lacks fastapi, music21, RDKit and
-# more: 22 test modules fail to import there, so collection errors must not stop the rest.
+# more: some 20 test modules fail to import there, so collection errors must not stop the rest.
 opts=(-rs -p no:cacheprovider --continue-on-collection-errors)
 "$PY" -c "import pytest_timeout" 2>/dev/null && opts+=(--timeout 120)  # one hung test cannot eat the cap
 first=()

@@ -175,9 +175,9 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
     try:
         cur_pad = (pad - max(width - block, 0)).clamp(min=0)  # padding inside the current window
         if static:
-            draw = race_draw(temperature, top_k, top_p) if fused else None
-            key, decoder = static_decode.acquire(model, len(prompts), draw, (temperature, top_k, top_p) if fused else None,
-                                   needs_q=fused and temperature > 0, compile=static == "compile")
+            draw, draw_key = (race_draw(temperature, top_k, top_p), (temperature, top_k, top_p)) if fused else (None, None)
+            key, decoder = static_decode.acquire(model, len(prompts), draw, draw_key,
+                                                 needs_q=fused and temperature > 0, compile=static == "compile")
             cache, logits = _prefill(model, history[:, -block:], cur_pad, decoder.fresh_cache())
             decoder.begin(cache, cur_pad)
         else:

@@ -39,6 +39,8 @@ TRIALS: dict[str, tuple[str, list[str]]] = {
     "nodrop-learned": ("gpt-jsb", ["model.dropout=0.0", "model.pos_embedding=learned"]),
     "nodrop-tr2": ("gpt-jsb", ["model.dropout=0.0", "data.transpose=2"]),
     "nodrop-b16": ("gpt-jsb", ["model.dropout=0.0", "train.batch_size=16"]),
+    "nodrop-ctx128-b64-lr2e-3": ("gpt-jsb", ["model.dropout=0.0", "model.block_size=128", "train.batch_size=64",
+                                             "train.lr=2e-3"]),
 }
 
 
@@ -110,12 +112,13 @@ def score(name: str, steps: int, out: Path, load0: float | None = None) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| trial | overrides (beside the short schedule) | params | GFLOP/step | val NLL/note | "
-             "last train loss | s/step (shared, rough) |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        lines.append(f"| {r['trial']} | {' '.join(r['overrides']) or '(preset)'} | {r['params'] / 1e6:.2f}M | "
-                     f"{r['gflops_per_step']:.0f} | {r['val_nll_per_note']:.3f} | {r['train_loss_last']:.3f} | "
-                     f"{r['s_per_step_shared']:.1f} |")
+    lines = ["| trial | steps | overrides (beside the short schedule) | params | GFLOP/step | val NLL/note | "
+             "last train loss | s/step (shared, rough) | load avg at end |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(rows, key=lambda r: r["steps"]):
+        lines.append(f"| {r['trial']} | {r['steps']} | {' '.join(r['overrides']) or '(preset)'} | "
+                     f"{r['params'] / 1e6:.2f}M | {r['gflops_per_step']:.0f} | {r['val_nll_per_note']:.3f} | "
+                     f"{r['train_loss_last']:.3f} | {r['s_per_step_shared']:.1f} | {r['loadavg_end']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

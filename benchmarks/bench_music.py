@@ -70,7 +70,8 @@ def main() -> None:
         print("note: GENFORGE_DATA is unset; the JSB file is looked up in the cache or downloaded", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    run = HERE.parent / "runs" / "bench-music" / "run"  # weights stay out of results/ (runs/ is ignored)
+    # weights stay out of results/ (runs/ is ignored); each other preset keeps its own run
+    run = HERE.parent / "runs" / "bench-music" / ("run" if args.preset == "gpt-jsb" else args.preset)
     seconds = train(run, args.preset, args.minutes, args.override)
     genforge("eval", str(run), "--num-samples", "32")
     report = json.loads((run / "eval.json").read_text())

@@ -373,6 +373,8 @@ def test_images_go_to_the_image_detector_or_are_refused_in_one_line(tmp_path, ca
     png.write_bytes(b"\x89PNG not really")
     (tmp_path / "k").write_bytes(KEY)
     keyed = ["--key-file", str(tmp_path / "k")]
+    from genforge.watermark.image import verdict  # the real row builder, before the module is hidden
+
     monkeypatch.setitem(sys.modules, "genforge.watermark.image", None)  # the module missing: ImportError
     assert main(["detect", str(png), *keyed]) == 2
     err = capsys.readouterr().err.strip()
@@ -381,6 +383,7 @@ def test_images_go_to_the_image_detector_or_are_refused_in_one_line(tmp_path, ca
     fake = types.ModuleType("genforge.watermark.image")
     fake.detect_image_file = lambda path, key, run_dir=None: seen.append((path, key, run_dir)) or {
         "watermarked": True, "statistic": 7.5, "p_value": 1e-12, "method": "tree-ring"}
+    fake.verdict = verdict
     monkeypatch.setitem(sys.modules, "genforge.watermark.image", fake)
     assert main(["detect", str(png), *keyed, "--json"]) == 0
     [r] = json.loads(capsys.readouterr().out)

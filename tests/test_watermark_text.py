@@ -369,12 +369,13 @@ def test_images_go_to_the_image_detector_or_are_refused_in_one_line(tmp_path, ca
     import sys
     import types
 
+    # the real row builder, imported before the module is hidden below
+    from genforge.watermark.image import verdict
+
     png = tmp_path / "x.png"
     png.write_bytes(b"\x89PNG not really")
     (tmp_path / "k").write_bytes(KEY)
     keyed = ["--key-file", str(tmp_path / "k")]
-    from genforge.watermark.image import verdict  # the real row builder, before the module is hidden
-
     monkeypatch.setitem(sys.modules, "genforge.watermark.image", None)  # the module missing: ImportError
     assert main(["detect", str(png), *keyed]) == 2
     err = capsys.readouterr().err.strip()

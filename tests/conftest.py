@@ -36,3 +36,12 @@ def corpus(tmp_path):
     lines = [f"the {w} sat on the mat number {i}.\n" for i, w in enumerate(["cat", "dog", "fox", "owl"] * 150)]
     path.write_text("".join(lines))
     return path
+
+
+@pytest.fixture(scope="session")
+def serve_runs(tmp_path_factory):
+    """Tiny trained runs loaded for `genforge serve` (see serve_helpers.train_serve_runs), shared
+    by test_serve.py and test_serve_queue.py so they are trained once a session, not per file."""
+    from serve_helpers import train_serve_runs
+
+    return train_serve_runs(tmp_path_factory.mktemp("serve"))

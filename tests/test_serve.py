@@ -1,12 +1,11 @@
 """`genforge serve`: every route and every refusal through FastAPI's test client, byte-identical
-repeats, and the real `openai` client against a live uvicorn server on loopback."""
+repeats, the API key, the CLI, and the real `openai` client against a live uvicorn server on
+loopback. Admission, batching and cancellation are in test_serve_queue.py; both serve the runs
+of the ``serve_runs`` fixture (conftest.py, serve_helpers.py)."""
 
 from __future__ import annotations
 
-import base64
-import importlib.util
 import json
-import queue
 import socket
 import threading
 import time
@@ -16,54 +15,18 @@ import pytest
 pytest.importorskip("fastapi")
 
 from fastapi.testclient import TestClient  # noqa: E402
+from serve_helpers import png_size, post  # noqa: E402
 
 from genforge.cli import main  # noqa: E402
 from genforge.serve.app import create_app  # noqa: E402
 from genforge.serve.engine import load_entries  # noqa: E402
 from genforge.serve.options import Limits  # noqa: E402
 
-GPT = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16",
-       "train.batch_size=4", "train.max_steps=3", "train.eval_every=0", "train.plot=false"]
-VAE = ["model.latent_dim=4", "model.channels=[8, 8]", "model.hidden=32", "model.conditional=true",
-       "train.batch_size=8", "train.max_steps=3", "train.eval_every=0", "train.plot=false"]
-DIFFUSION = ["model.channels=[8, 16]", "model.heads=2", "model.sampling_steps=3", "model.conditioning=class",
-             "train.batch_size=8", "train.max_steps=2", "train.eval_every=0", "train.plot=false"]
-SMILES = ["CCO", "CCN", "CCC", "c1ccccc1", "CC(=O)O", "CCOC", "CNC", "C1CCCCC1", "CC(C)O", "OCCO"] * 4
-
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    corpus = root / "c.txt"
-    corpus.write_text("to be or not to be, that is the question.\n" * 80)
-    assert main(["train", "gpt-demo", f"data.name={corpus}", *GPT, "--run-dir", str(root / "gpt"),
-                 "--no-progress"]) == 0
-    assert main(["train", "vae-digits", *VAE, "--run-dir", str(root / "vae"), "--no-progress"]) == 0
-    assert main(["train", "diffusion-digits", *DIFFUSION, "--run-dir", str(root / "diffusion"), "--no-progress"]) == 0
-    dirs = [root / "gpt", root / "vae", root / "diffusion"]
-    if importlib.util.find_spec("rdkit") is not None:  # a molecule run only where RDKit is installed
-        mols = root / "mols.smi"
-        mols.write_text("\n".join(SMILES) + "\n")
-        assert main(["train", "gpt-demo", f"data.name={mols}", "data.val_fraction=0.1", *GPT[:3],
-                     "model.block_size=24", *GPT[4:], "--run-dir", str(root / "mol"), "--no-progress"]) == 0
-        dirs.append(root / "mol")
-    return load_entries([str(d) for d in dirs], device="cpu")
-
-
-@pytest.fixture(scope="module")
-def client(runs):
-    with TestClient(create_app(runs)) as c:
+def client(serve_runs):
+    with TestClient(create_app(serve_runs)) as c:
         yield c
-
-
-def post(client, body, path="/v1/samples", headers=None):
-    return client.post(path, content=json.dumps(body), headers={"content-type": "application/json", **(headers or {})})
-
-
-def png_size(data: str) -> tuple[int, int]:
-    raw = base64.b64decode(data)
-    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
-    return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
 
 
 def test_health_and_models(client):
@@ -192,52 +155,14 @@ def test_openai_routes_refuse_what_they_do_not_serve(client):
     assert r.status_code == 400
 
 
-def test_api_key(runs):
-    with TestClient(create_app(runs, api_key="s3cret")) as c:
+def test_api_key(serve_runs):
+    with TestClient(create_app(serve_runs, api_key="s3cret")) as c:
         assert c.get("/healthz").status_code == 200 and c.get("/").status_code == 200
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
             r = c.get("/v1/models", headers=headers)
             assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
             assert post(c, {"model": "gpt"}, headers=headers).status_code == 401
         assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-
-
-def test_queue_full_is_429_with_retry_after(runs):
-    entry = runs["gpt"]
-    with TestClient(create_app(runs, limits=Limits(max_queue=1))) as c:
-        results = []
-        entry.lock.acquire()  # the model is busy: the first request is admitted and waits
-        try:
-            worker = threading.Thread(target=lambda: results.append(post(c, {"model": "gpt", "max_new_tokens": 2})))
-            worker.start()
-            deadline = time.monotonic() + 10
-            while c.app.state.active < 1 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            r = post(c, {"model": "gpt", "max_new_tokens": 2})
-            assert r.status_code == 429 and r.headers["retry-after"] == "1"
-            assert "max_queue" in r.json()["error"]["message"]
-            assert c.get("/healthz").status_code == 200  # the event loop is free meanwhile
-        finally:
-            entry.lock.release()
-        worker.join(30)
-        assert results[0].status_code == 200 and c.app.state.active == 0
-
-
-def test_a_request_refused_while_its_job_is_made_frees_its_queue_slot(runs, monkeypatch):
-    """Admitted, then refused before its job reaches a batcher: the slot is released, so the
-    next request is served (with max_queue=1 a leaked slot would make it a 429)."""
-    from genforge.serve import engine
-    from genforge.serve.wire import RequestError
-
-    def refuse(*args):
-        raise RequestError("refused while the job is made", 422)
-
-    with TestClient(create_app(runs, limits=Limits(max_queue=1))) as c:
-        with monkeypatch.context() as mp:
-            mp.setattr(engine, "text_job", refuse)
-            r = post(c, {"model": "gpt", "max_new_tokens": 2})
-        assert r.status_code == 422 and c.app.state.active == 0
-        assert post(c, {"model": "gpt", "max_new_tokens": 2}).status_code == 200
 
 
 def test_broken_run_fails_before_serving(tmp_path, capsys):
@@ -257,12 +182,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_openai_client_against_a_live_server(runs):
+def test_openai_client_against_a_live_server(serve_runs):
     openai = pytest.importorskip("openai")
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(runs, api_key="k"), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(serve_runs, api_key="k"), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -288,54 +213,13 @@ def test_openai_client_against_a_live_server(runs):
         thread.join(10)
 
 
-def test_batched_requests_get_what_they_get_alone(runs):
-    """Jobs decoded in one batch (different prompts, lengths, settings, seeds) each get the
-    tokens they get alone: each request's rows are drawn with its own generator."""
-    from genforge.serve import engine
-    from genforge.serve.batching import Batcher, run_alone
-    from genforge.serve.options import resolve
-
-    entry = runs["gpt"]
-    requests = [({"prompt": ["to"], "num_samples": 2, "max_new_tokens": 12}, 1),
-                ({"prompt": ["to be or not", "t"], "num_samples": 1, "max_new_tokens": 5, "top_k": 3}, 2),
-                ({"prompt": ["that is"], "num_samples": 1, "max_new_tokens": 20, "stop": ["q"], "top_p": 0.9}, 3),
-                ({"prompt": ["be"], "num_samples": 1, "max_new_tokens": 0}, 4),
-                ({"prompt": ["or"], "num_samples": 1, "max_new_tokens": 9, "temperature": 0}, 5)]
-    resolved = [(resolve(entry, given, Limits()), seed) for given, seed in requests]
-    alone = [run_alone(entry, engine.text_job(entry, o, s)).texts() for o, s in resolved]
-    assert alone[3] == [""] and all(len(t) == 12 for t in alone[0])
-    batcher = Batcher(entry)
-    with entry.lock:  # the first job is taken and waits for the model; the others queue behind it
-        first = batcher.submit(engine.text_job(entry, *resolved[0]))
-        deadline = time.monotonic() + 10
-        while batcher.waiting and time.monotonic() < deadline:
-            time.sleep(0.005)
-        jobs = [batcher.submit(engine.text_job(entry, o, s)) for o, s in resolved]
-    got = [job.texts() for job in jobs]
-    assert first.texts() == alone[0]
-    assert batcher.stats["peak_jobs"] >= 2  # decoded together (the first joined by the rest)
-    assert got == alone
-
-
-def test_batching_off_serves_one_request_at_a_time(runs):
-    with TestClient(create_app(runs, batching=False)) as c:
-        bodies = [{"model": "gpt", "prompt": p, "max_new_tokens": 4, "seed": 0} for p in ("to", "be", "or")]
-        threads = [threading.Thread(target=post, args=(c, b)) for b in bodies]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        assert c.app.state.batchers["gpt"].stats["peak_jobs"] == 1
-        assert create_app(runs).state.batchers["gpt"].max_jobs is None
-
-
-def test_cli_binds_loopback_and_warns_without_a_key_elsewhere(runs, monkeypatch, capsys):
+def test_cli_binds_loopback_and_warns_without_a_key_elsewhere(serve_runs, monkeypatch, capsys):
     import uvicorn
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: calls.append((host, port)))
     monkeypatch.delenv("GENFORGE_API_KEY", raising=False)
-    run_dir = str(runs["gpt"].run.run_dir)
+    run_dir = str(serve_runs["gpt"].run.run_dir)
     assert main(["serve", run_dir, "--port", "8123"]) == 0
     out, err = capsys.readouterr()
     assert calls[-1] == ("127.0.0.1", 8123) and "http://127.0.0.1:8123" in out and "warning" not in err
@@ -347,21 +231,6 @@ def test_cli_binds_loopback_and_warns_without_a_key_elsewhere(runs, monkeypatch,
     assert "warning" not in err and "API key required" in out
 
 
-def test_cli_no_batching_and_max_queue_reach_the_app(runs, monkeypatch, capsys):
-    import uvicorn
-
-    apps = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: apps.append(app))
-    run_dir = str(runs["gpt"].run.run_dir)
-    assert main(["serve", run_dir, "--no-batching", "--max-queue", "32"]) == 0
-    assert "batching off" in capsys.readouterr().out
-    assert apps[-1].state.limits.max_queue == 32 and apps[-1].state.batchers["gpt"].max_jobs == 1
-    assert main(["serve", run_dir]) == 0
-    assert apps[-1].state.limits.max_queue == Limits().max_queue and apps[-1].state.batchers["gpt"].max_jobs is None
-    assert main(["serve", run_dir, "--max-queue", "0"]) == 2
-    assert "--max-queue" in capsys.readouterr().err and len(apps) == 2
-
-
 def test_missing_fastapi_is_one_line_with_the_install_command(monkeypatch):
     import sys
 
@@ -371,31 +240,6 @@ def test_missing_fastapi_is_one_line_with_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "fastapi", None)  # as if not installed
     with pytest.raises(GenforgeError, match=r"pip install 'genforge\[serve\]'"):
         require_fastapi()
-
-
-def test_a_cancelled_request_stops_decoding(runs):
-    """A client that goes away sets its job's ``cancelled``: a waiting job is never decoded, a
-    running one stops at the next token."""
-    from genforge.serve import engine
-    from genforge.serve.batching import Batcher
-    from genforge.serve.options import resolve
-
-    entry = runs["gpt"]
-    options = resolve(entry, {"max_new_tokens": 1000}, Limits())
-    batcher = Batcher(entry)
-    with entry.lock:
-        waiting = batcher.submit(engine.text_job(entry, options, 0))
-        waiting.cancelled.set()
-    assert waiting.texts() == [""]
-    running = engine.text_job(entry, options, 0)
-
-    class HangUp(queue.Queue):  # the client goes away as its first piece arrives
-        def put(self, item, *args, **kwargs):
-            super().put(item, *args, **kwargs)
-            running.cancelled.set()
-
-    running.events = HangUp()
-    assert len(batcher.submit(running).texts()[0]) == 1  # one token (a char), not 1000
 
 
 def test_diffusion_options_and_library_errors_in_the_api_words(client):

@@ -160,7 +160,7 @@ def _check_inception(inception_weights: str | None) -> None:
 @torch.no_grad()
 def evaluate_images(run, max_batches: int | None = None, num_samples: int | None = None, batch_size: int = 250,
                     nll_images: int = 1000, seed: int = 0, progress: bool = True,
-                    inception_weights: str | None = None, **family_options) -> dict:
+                    inception_weights: str | None = None, also=None, **family_options) -> dict:
     """Feature-space metrics of ``run``'s samples against its dataset's test split.
 
     ``num_samples`` (default 10000) generated images are compared with as many test images (all
@@ -170,6 +170,11 @@ def evaluate_images(run, max_batches: int | None = None, num_samples: int | None
     test images. ``family_options`` are the family's declared eval options: those it also
     declares for sampling (a diffusion sampler and step count) go to ``model.sample``, the
     rest (a VAE's ``iwae_k``) to ``model.heldout_metrics``.
+
+    ``also`` (samples (n, C, H, W) in [0, 1], data) -> more numbers about the same samples (a
+    piano-roll run's music metrics, modalities/roll_music.py). With it, all ``num_samples`` are
+    drawn and given to ``also``, the feature metrics take the first ones the test split can
+    match, and a missing extractor skips them with a ``note`` instead of failing.
     """
     model, spec = run.model, run.spec
     sampling = {o.name for o in type(model).sample_options}
@@ -178,13 +183,20 @@ def evaluate_images(run, max_batches: int | None = None, num_samples: int | None
     _check_inception(inception_weights)
     device = next(model.parameters()).device
     data = _load_heldout(run)
-    extractor = load_extractor(data)
-    _check_extractor(extractor, data.spec.shape, spec.name)
-    n = min(num_samples or DEFAULT_SAMPLES, len(data.test))
+    scored = min(num_samples or DEFAULT_SAMPLES, len(data.test))  # images in the feature metrics
+    n = scored if also is None else (num_samples or scored)  # images drawn
     if max_batches:
-        n = min(n, max_batches * batch_size)
-    if n < MIN_IMAGES:
-        raise GenforgeError(f"need at least {MIN_IMAGES} test images for feature metrics, have {n}")
+        n, scored = min(n, max_batches * batch_size), min(scored, max_batches * batch_size)
+    skipped = None
+    try:
+        extractor = load_extractor(data)
+        _check_extractor(extractor, data.spec.shape, spec.name)
+        if scored < MIN_IMAGES:
+            raise GenforgeError(f"need at least {MIN_IMAGES} test images for feature metrics, have {scored}")
+    except GenforgeError as e:
+        if also is None:
+            raise
+        extractor, skipped = None, f"feature metrics skipped: {e}"
     g = torch.Generator(device=device).manual_seed(seed)
     k = model.conditioning_classes
     requested = torch.arange(n) % k if k else None
@@ -197,10 +209,15 @@ def evaluate_images(run, max_batches: int | None = None, num_samples: int | None
     fake = to_unit(torch.cat(samples), spec.pixel_range)  # (n, C, H, W) in [0, 1]
 
     out: dict = {"step": int(run.step)}
-    out.update(image_report(fake, data, extractor, requested, seed=seed, inception_weights=inception_weights))
-    out.update(_shortfall(num_samples, n, data, f"--max-batches {max_batches} x --batch-size {batch_size}"))
+    if extractor is not None:
+        out.update(image_report(fake[:scored], data, extractor, None if requested is None else requested[:scored],
+                                seed=seed, inception_weights=inception_weights))
+        out.update(_shortfall(num_samples if also is None else n, scored, data,
+                              f"--max-batches {max_batches} x --batch-size {batch_size}"))
+    if skipped:
+        out["note"] = skipped
     if nll_images > 0:
-        m = min(nll_images, n)
+        m = min(nll_images, n, len(data.test))
         bs = max(1, min(batch_size, 100))
         batches = ({k: v.to(device) for k, v in data.test.get(torch.arange(s, min(s + bs, m))).items()}
                    for s in range(0, m, bs))
@@ -208,6 +225,8 @@ def evaluate_images(run, max_batches: int | None = None, num_samples: int | None
         if heldout:
             out.update(heldout)
             out["nll_images"] = m
+    if also is not None:
+        out.update(also(fake, data))
     return _as_counts(out)
 
 

@@ -92,6 +92,11 @@ class Modality(ABC):
     def evaluate(self, run, **options: Any) -> dict[str, Any]:
         """The `genforge eval` report of ``run`` on its held-out data."""
 
+    def run_options(self, run, kind: str) -> tuple[SampleOption, ...]:
+        """Options of ``kind`` this modality takes on ``run`` beyond its declared ones (default
+        none): an option only some of its runs take (a piano-roll image run's --tempo)."""
+        return ()
+
 
 MODALITIES = {
     "text": "genforge.modalities.text:TEXT",
@@ -153,7 +158,9 @@ def all_options(kind: str) -> dict[str, tuple[SampleOption, str]]:
 
 def options_for(run, kind: str) -> tuple[SampleOption, ...]:
     common = COMMON_SAMPLE_OPTIONS if kind == "sample" else COMMON_EVAL_OPTIONS
-    return (*common, *_declared(kind, modality(run.spec.modality)), *_declared(kind, type(run.model)))
+    kind_of_data = modality(run.spec.modality)
+    return (*common, *_declared(kind, kind_of_data), *kind_of_data.run_options(run, kind),
+            *_declared(kind, type(run.model)))
 
 
 def check_options(run, given: dict[str, Any], kind: str = "sample") -> dict[str, Any]:

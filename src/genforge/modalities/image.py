@@ -15,6 +15,7 @@ from genforge import GenforgeError
 from genforge.data.grids import MAX_GRID, check_grid_size  # one limit for every grid
 from genforge.families.base import LatentVariableModel, SampleOption
 from genforge.modalities import EVAL_NUM_SAMPLES, FILTER, PRIVACY_FILTER, Modality, step_progress
+from genforge.modalities.roll_music import TEMPO
 from genforge.outputs import check_out, unique_output
 from genforge.provenance import SIGN_KEYS, SIGN_OPTIONS, sample_stamp
 from genforge.watermark import NO_WATERMARK
@@ -45,6 +46,12 @@ class ImageModality(Modality):
                                           "file (needs genforge[inception])", str, metavar="PATH"),
     )
 
+    def run_options(self, run, kind: str) -> tuple[SampleOption, ...]:
+        """A piano-roll run (jsb-roll) writing music also takes the music runs' --tempo."""
+        from genforge.data.music_roll import ROLL_DATASETS
+
+        return (TEMPO,) if kind == "sample" and run.spec.name in ROLL_DATASETS else ()
+
     def load(self, data_cfg, needs: dict[str, Any]):
         from genforge.data.images import load_images
 
@@ -60,13 +67,15 @@ class ImageModality(Modality):
 
     def evaluate(self, run, **options: Any) -> dict[str, Any]:
         from genforge.metrics.evaluate_images import evaluate_images
+        from genforge.modalities.roll_music import roll_music_metrics
 
-        return evaluate_images(run, **{k: v for k, v in options.items() if v is not None})
+        # a piano-roll run (jsb-roll) also scores its samples decoded as music
+        return evaluate_images(run, also=roll_music_metrics(run), **{k: v for k, v in options.items() if v is not None})
 
     # -- sample ------------------------------------------------------------------------
     def sample_command(self, run, generator, *, num_samples, out, batch_size, seed, class_label=None,
                        nearest=False, filter=None, privacy_filter=None, no_watermark=False,
-                       watermark_strength=None, **family_options) -> None:
+                       watermark_strength=None, tempo=TEMPO.default, **family_options) -> None:
         from genforge.modalities.roll_music import sample_roll_music, writes_music
         from genforge.watermark.image import ImageMarker
 
@@ -74,8 +83,12 @@ class ImageModality(Modality):
             sample_roll_music(run, generator, ImageRefs(run), lambda n: class_labels(run.model, run.spec, class_label, n),
                               num_samples=num_samples, out=out, batch_size=batch_size, seed=seed,
                               class_label=class_label, nearest=nearest, filter=filter, privacy_filter=privacy_filter,
-                              no_watermark=no_watermark, watermark_strength=watermark_strength, **family_options)
+                              no_watermark=no_watermark, watermark_strength=watermark_strength, tempo=tempo,
+                              **family_options)
             return
+        if tempo != TEMPO.default:  # roll runs only (run_options); filled with its default when not typed
+            raise GenforgeError("--tempo sets the tempo of the music a piano-roll run writes with --out "
+                                "FILE.mid/.wav/.png/.musicxml; this call writes images")
         model, spec = run.model, run.spec
         signing = {k: family_options.pop(k, None) for k in SIGN_KEYS}
         # every file this call writes carries where it came from (PNG chunk / .npz sidecar)

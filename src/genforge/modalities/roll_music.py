@@ -12,17 +12,26 @@ runs a .png is the piece's piano-roll picture, as on music runs; the raw image g
 
 Nothing here marks the output: a watermark in pixels or in the initial noise does not survive
 thresholding into notes, so none is applied and ``--watermark-strength`` is refused.
+
+``--tempo`` (the music modality's own option, one object) sets the written MIDI/WAV tempo as on
+music runs. `genforge eval` on these runs adds the music metric table of the decoded samples beside
+real Bach (:func:`roll_music_metrics`), next to the image metrics.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from genforge import GenforgeError
+from genforge.modalities.music import MUSIC
 
+# --tempo, declared by the music modality; the image modality declares the same object, so the CLI
+# has one definition (``all_options`` refuses two different ones).
+TEMPO = next(o for o in MUSIC.sample_options if o.name == "tempo")
 SUFFIXES = (".mid", ".midi", ".wav", ".png", ".musicxml")
 # Image options with no meaning once a roll becomes notes: name -> why, for a one-line refusal.
 NOT_FOR_MUSIC = {
@@ -48,7 +57,7 @@ def writes_music(run, out) -> bool:
 
 def sample_roll_music(run, generator, refs, labels, *, num_samples, out, batch_size, seed, class_label=None,
                       nearest=False, filter=None, privacy_filter=None, no_watermark=False, watermark_strength=None,
-                      **family_options) -> list[Path]:
+                      tempo=100.0, **family_options) -> list[Path]:
     """Draw ``num_samples`` rolls (default 1: one piece, as on music runs), decode and write them.
     The image modality hands over what it resolves for any image run (this module does not import
     it: it calls here): ``refs``, its ``ImageRefs`` without a noise mark (a Tree-Ring key cannot be
@@ -67,6 +76,7 @@ def sample_roll_music(run, generator, refs, labels, *, num_samples, out, batch_s
         k = wrong[0]
         raise GenforgeError(f"--{k.replace('_', '-')} {NOT_FOR_MUSIC[k]}; it does not apply when a piano-roll "
                             f"run writes music (--out {out}); use --out FILE.npz or no --out for images")
+    check_tempo(tempo)
     from genforge.families.base import LatentVariableModel
 
     # a VAE's path settings (defaults filled in) belong to --interpolate, refused above
@@ -75,7 +85,8 @@ def sample_roll_music(run, generator, refs, labels, *, num_samples, out, batch_s
     model, spec, suffix = run.model, run.spec, Path(out).suffix.lower()
     stamp = sample_stamp(run, generator, dict(num_samples=num_samples, out=out, batch_size=batch_size, seed=seed,
                                               class_label=class_label, filter=filter,
-                                              privacy_filter=privacy_filter, **family_options), png=False)
+                                              privacy_filter=privacy_filter, tempo=tempo, **family_options),
+                         png=False)
     plan = model.plan_sampling(family_options, num_samples, refs)
     n = plan.count or (1 if num_samples is None else num_samples)
     if plan.one_row:  # a latent path (the GAN's --interpolate-seeds): one call
@@ -113,7 +124,7 @@ def sample_roll_music(run, generator, refs, labels, *, num_samples, out, batch_s
     paths = names(len(kept))
     grids = [roll_to_grid(images[i, 0].numpy() / 255.0) for i in kept]  # (32, 4) each, voices by pitch order
     for grid, path in zip(grids, paths, strict=True):
-        write_grid(grid, path)
+        write_grid(grid, path, tempo)
         stamp_piece(stamp, path)
     print(f"wrote {len(paths)} piece(s) of {len(grids[0])} 16th steps decoded from piano rolls "
           f"(threshold 0.5): " + ", ".join(str(p) for p in paths))
@@ -136,3 +147,41 @@ def write_grid(grid: np.ndarray, path: Path, tempo: float = 100.0) -> Path:
     if suffix == ".png":
         return music_render.piano_roll_png(notes, path, title=path.stem)
     return music_render.musicxml(grid, path)
+
+
+def check_tempo(tempo: float) -> None:
+    """The music modality's rule: a finite tempo above 0 (0, NaN, inf and negatives refused)."""
+    if not (math.isfinite(tempo) and tempo > 0):
+        raise GenforgeError(f"--tempo must be a positive number of beats per minute, got {tempo}")
+
+
+def roll_music_metrics(run):
+    """For `genforge eval` on a piano-roll run, a function (rolls, data) -> the music metric
+    table of the samples beside real Bach (``metrics.music.evaluate_grids``, the keys GPT and
+    seqvae music runs report); None on other image runs. ``rolls``: the drawn samples (n, 1,
+    ROWS, STEPS) in [0, 1]; ``data``: the run's image data.
+
+    Both sides go through the same pipeline, so the floor is what a perfect roll model would
+    score: the samples are rounded to 8 bits (as ``sample --out FILE.mid`` writes them) and
+    decoded by ``roll_to_grid``; the held-out row is the test split's excerpts (the images the
+    feature metrics use) decoded the same way, and the memorization index is every chorale the
+    roll dataset trains on (JSB train + valid) through roll and back, so a copied passage
+    matches row for row (decoding uncrosses voices and merges unisons)."""
+    from genforge.data.music_roll import ROLL_DATASETS
+
+    if run.spec.name not in ROLL_DATASETS:
+        return None
+
+    def score(rolls: torch.Tensor, data) -> dict:
+        from genforge.data.music import load_jsb
+        from genforge.data.music_roll import grid_to_roll, roll_to_grid
+        from genforge.metrics.music import evaluate_grids
+
+        quantized = (rolls.clamp(0, 1) * 255).round().numpy() / 255.0  # (n, 1, ROWS, STEPS)
+        grids = [roll_to_grid(r) for r in quantized]
+        heldout = [roll_to_grid(x / 255.0) for x in data.test.images.numpy()]
+        splits = load_jsb()
+        train = [roll_to_grid(grid_to_roll(g) / 255.0) for g in splits["train"] + splits["val"]]
+        return evaluate_grids(grids, reference=heldout, train=train)
+
+    return score

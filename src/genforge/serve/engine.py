@@ -76,6 +76,8 @@ def load_entries(run_dirs: list[str], device: str = "auto") -> dict[str, Entry]:
         served = responsible.served_options(run.spec.modality, served, declared)
         if run.spec.modality == "image" and not run.model.prompt_conditioned:
             served.pop("prompt", None)  # declared by the family, refused by this run (not text-to-image)
+        if run.spec.modality == "image":
+            served.pop("tempo", None)  # a piano-roll run's --tempo sets written MIDI; a server answers images
         metrics = None
         if (path / "eval.json").is_file():
             try:

@@ -277,7 +277,7 @@ def test_zero_counts_as_a_given_option():
     from genforge.modalities import check_options
 
     run = SimpleNamespace(model=tiny_model(), config=SimpleNamespace(family="diffusion"),
-                          spec=SimpleNamespace(modality="image"))
+                          spec=SimpleNamespace(modality="image", name="digits"))
     for value in (0, 0.0, 0.5):
         with pytest.raises(GenforgeError, match="--temperature does not apply"):
             check_options(run, {"temperature": value})

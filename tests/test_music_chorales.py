@@ -251,3 +251,19 @@ def test_musicxml_of_chorale_tokens_keeps_the_fermatas(bwv66, tmp_path):
     (s0, e0), (s1, e1) = stretches(chorale.fermata), stretches(back.fermata)
     assert (e1 == e0).all() and (s1 >= s0).all() and (s1 < e0).all()
     assert (back.grid == chorale.grid).all()  # every voice in time order (notes were once written by pitch)
+
+
+def test_musicxml_carries_the_tempo_of_the_midi(bwv66, tmp_path):
+    """--tempo reached MIDI and WAV but not the score: a notation program played every MusicXML at
+    its own default. The metronome mark now sits over the soprano."""
+    from music21 import tempo
+
+    from genforge.data.music_render import musicxml
+
+    chorale = parse_chorale(bwv66)
+    marks = {}
+    for bpm in (None, 72.0):
+        path = musicxml(chorale.grid[:64], tmp_path / f"{bpm}.musicxml", tempo=bpm)
+        score = music21.converter.parse(str(path))
+        marks[bpm] = [m.number for m in score.recurse().getElementsByClass(tempo.MetronomeMark)]
+    assert marks == {None: [], 72.0: [72]}

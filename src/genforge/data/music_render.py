@@ -81,14 +81,17 @@ def render_wav(notes, path, tempo_bpm: float, parts: list[str] | None = None, sa
     return Path(path)
 
 
-def musicxml(grid: np.ndarray, path, onsets=None, fermata=None) -> Path:
+def musicxml(grid: np.ndarray, path, onsets=None, fermata=None, tempo: float | None = None) -> Path:
     """A four-part score (soprano and alto treble, tenor and bass clefs left to music21) of a
     (T, 4) grid, written as MusicXML; ``fermata`` (T,) bool (chorale tokens: the steps under a
-    soprano fermata) puts a fermata on the note each voice sounds where a flagged stretch begins."""
+    soprano fermata) puts a fermata on the note each voice sounds where a flagged stretch begins.
+    ``tempo`` (quarter notes per minute) is written as a metronome mark over the soprano, so a
+    notation program plays the score at the tempo the MIDI and WAV of the same piece have."""
     from genforge.data.music import grid_notes
 
     require("music21")
     from music21 import expressions, meter, note, stream
+    from music21 import tempo as m21tempo
 
     score = stream.Score()
     notes = grid_notes(grid, onsets)
@@ -101,6 +104,8 @@ def musicxml(grid: np.ndarray, path, onsets=None, fermata=None) -> Path:
         part = stream.Part(id=name)
         part.partName = name.capitalize()
         part.insert(0, meter.TimeSignature("4/4"))
+        if tempo is not None and v == 0:
+            part.insert(0, m21tempo.MetronomeMark(number=tempo, referent=note.Note(type="quarter")))
         t = 0
         for _, pitch, s, e in sorted((n for n in notes if n[0] == v), key=lambda n: n[2]):  # by start step
             if s > t:

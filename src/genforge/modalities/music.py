@@ -40,7 +40,8 @@ class MusicModality(Modality):
         SampleOption("key", "music runs on chorale tokens: start the piece in this key, e.g. 'D major' or "
                             "'F# minor' (without it the model picks the key; a data.key_to_c run composes in C major or A "
                             "minor and the piece is moved to KEY)", str, metavar="KEY"),
-        SampleOption("tempo", "music runs: quarter notes per minute in the written file (default 100)",
+        SampleOption("tempo", "music runs: quarter notes per minute in the written MIDI, WAV and MusicXML "
+                              "(piano-roll runs too; default 100)",
                      float, 100.0, metavar="BPM"),
         SampleOption("steps", "music runs: grid runs: 16th steps to add after the opening; events runs: "
                               "event tokens (default: what fits the context; longer pieces crop the context)",
@@ -302,7 +303,7 @@ def write_piece(tokenizer, ids, path: Path, tempo: float) -> Path:
         return music_render.piano_roll_png(notes, path, title=path.stem)
     return music_render.musicxml(tokenizer.to_grid(ids), path,
                                  tokenizer.decode_grid(ids)[1] if tokenizer.grid_like else None,
-                                 tokenizer.fermatas(ids) if tokenizer.kind == "chorale" else None)
+                                 tokenizer.fermatas(ids) if tokenizer.kind == "chorale" else None, tempo)
 
 
 @torch.no_grad()

@@ -146,7 +146,7 @@ def write_grid(grid: np.ndarray, path: Path, tempo: float = 100.0) -> Path:
         return music_render.render_wav(notes, path, tempo, parts)
     if suffix == ".png":
         return music_render.piano_roll_png(notes, path, title=path.stem)
-    return music_render.musicxml(grid, path)
+    return music_render.musicxml(grid, path, tempo=tempo)
 
 
 def check_tempo(tempo: float) -> None:

@@ -126,9 +126,9 @@ class StaticDecoder:
         return self._compiled(model)
 
     def _capture(self, fn, model):
-        """(graph, outputs) of fn(model) captured. Warm up on a side stream first (cuBLAS workspaces, SDPA's kernel choice, allocator
-        blocks), as torch.cuda.graph's documentation asks; the writes land in columns the next
-        prefill overwrites or masks."""
+        """(graph, outputs) of fn(model) captured. Warm up on a side stream first (cuBLAS
+        workspaces, SDPA's kernel choice, allocator blocks), as torch.cuda.graph's documentation
+        asks; the writes land in columns the next prefill overwrites or masks."""
         side = torch.cuda.Stream(self.token.device)
         side.wait_stream(torch.cuda.current_stream(self.token.device))
         with torch.cuda.stream(side):
@@ -147,14 +147,20 @@ class StaticDecoder:
         if self.length >= self.max_len:
             raise RuntimeError("static decode step past the cache")  # stream() re-reads instead
         self.token.copy_(token)
+        out = self._call(model, self._run, self.graph, self.out, generator)
+        self.length += 1
+        return out
+
+    def _call(self, model, fn, graph, captured, generator):
+        """Draw q, then replay ``graph`` (its outputs ``captured``) or, without one, run fn(model);
+        fresh tensors either way (a graph's own outputs are rewritten by its next replay)."""
         if self.q is not None:
             self.q.exponential_(generator=generator)  # multinomial's own draw, same generator, same order
-        if self.graph is not None:
-            self.graph.replay()
-            out = self.out
+        if graph is None:
+            out = fn(model)
         else:
-            out = self._run(model)
-        self.length += 1
+            graph.replay()
+            out = captured
         return out.clone() if isinstance(out, torch.Tensor) else tuple(t.clone() for t in out)
 
     def reread(self, model, window: torch.Tensor, pad: torch.Tensor, generator: torch.Generator | None = None):
@@ -168,12 +174,7 @@ class StaticDecoder:
         self.window.copy_(window)
         self.window_pad.copy_(pad)
         self.length = self.max_len
-        if self.q is not None:
-            self.q.exponential_(generator=generator)
-        out = self._read(model) if self.read_graph is None else self.read_out
-        if self.read_graph is not None:
-            self.read_graph.replay()
-        return out.clone() if isinstance(out, torch.Tensor) else tuple(t.clone() for t in out)
+        return self._call(model, self._read, self.read_graph, self.read_out, generator)
 
 
 # model -> {key: idle decoder}; weak, and the decoders hold no reference to their model

@@ -175,7 +175,8 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
     try:
         cur_pad = (pad - max(width - block, 0)).clamp(min=0)  # padding inside the current window
         if static:
-            draw, draw_key = (race_draw(temperature, top_k, top_p), (temperature, top_k, top_p)) if fused else (None, None)
+            settings = (temperature, top_k, top_p)
+            draw, draw_key = (race_draw(*settings), settings) if fused else (None, None)
             key, decoder = static_decode.acquire(model, len(prompts), draw, draw_key,
                                                  needs_q=fused and temperature > 0, compile=static == "compile")
             cache, logits = _prefill(model, history[:, -block:], cur_pad, decoder.fresh_cache())

@@ -287,23 +287,35 @@ def prompt_ids(run, path: str | None, key: str | None = None, need_key: bool = F
     return [*head, *body]
 
 
-def write_piece(tokenizer, ids, path: Path, tempo: float) -> Path:
-    """One sample's ids -> ``path`` by its suffix (.mid/.midi, .wav, .png, .musicxml)."""
+def write_notes(notes, path: Path, tempo: float, parts: list[str] | None, program: int, score) -> Path:
+    """A piece's notes -> ``path`` by its suffix (.mid/.midi, .wav, .png, .musicxml); ``score``
+    (path -> path) writes the .musicxml, which needs the grid, not the notes. Shared by music
+    runs (``write_piece``) and piano-roll runs (``roll_music.write_grid``)."""
     from genforge.data import music_render
     from genforge.data.music import notes_to_midi
 
-    notes = tokenizer.to_notes(ids)
     suffix = path.suffix.lower()
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix in (".mid", ".midi"):
-        return notes_to_midi(notes, path, tempo, _parts(tokenizer), program=52 if tokenizer.grid_like else 0)
+        return notes_to_midi(notes, path, tempo, parts, program=program)
     if suffix == ".wav":
-        return music_render.render_wav(notes, path, tempo, _parts(tokenizer))
+        return music_render.render_wav(notes, path, tempo, parts)
     if suffix == ".png":
         return music_render.piano_roll_png(notes, path, title=path.stem)
-    return music_render.musicxml(tokenizer.to_grid(ids), path,
-                                 tokenizer.decode_grid(ids)[1] if tokenizer.grid_like else None,
-                                 tokenizer.fermatas(ids) if tokenizer.kind == "chorale" else None, tempo)
+    return score(path)
+
+
+def write_piece(tokenizer, ids, path: Path, tempo: float) -> Path:
+    """One sample's ids -> ``path`` by its suffix (.mid/.midi, .wav, .png, .musicxml)."""
+    from genforge.data import music_render
+
+    def score(p: Path) -> Path:
+        return music_render.musicxml(tokenizer.to_grid(ids), p,
+                                     tokenizer.decode_grid(ids)[1] if tokenizer.grid_like else None,
+                                     tokenizer.fermatas(ids) if tokenizer.kind == "chorale" else None, tempo)
+
+    return write_notes(tokenizer.to_notes(ids), path, tempo, _parts(tokenizer),
+                       52 if tokenizer.grid_like else 0, score)
 
 
 @torch.no_grad()

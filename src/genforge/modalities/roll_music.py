@@ -135,18 +135,11 @@ def write_grid(grid: np.ndarray, path: Path, tempo: float = 100.0) -> Path:
     """A (T, 4) grid -> ``path`` by its suffix, as a music run writes a piece (four named parts,
     General MIDI 52 = choir aahs; a repeated pitch is a held note, as in the JSB grid)."""
     from genforge.data import music_render
-    from genforge.data.music import VOICES, grid_notes, notes_to_midi
+    from genforge.data.music import VOICES, grid_notes
+    from genforge.modalities.music import write_notes
 
-    notes, parts = grid_notes(grid), [v.capitalize() for v in VOICES]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = path.suffix.lower()
-    if suffix in (".mid", ".midi"):
-        return notes_to_midi(notes, path, tempo, parts, program=52)
-    if suffix == ".wav":
-        return music_render.render_wav(notes, path, tempo, parts)
-    if suffix == ".png":
-        return music_render.piano_roll_png(notes, path, title=path.stem)
-    return music_render.musicxml(grid, path, tempo=tempo)
+    return write_notes(grid_notes(grid), path, tempo, [v.capitalize() for v in VOICES], 52,
+                       lambda p: music_render.musicxml(grid, p, tempo=tempo))
 
 
 def check_tempo(tempo: float) -> None:

@@ -82,3 +82,28 @@ def test_hook_sees_prompt_and_tokens_so_far_with_padding():
     rows = [[*p, *t[:-1]] for p, t in zip(prompts, out.tokens, strict=True)]
     assert seen[-1].tolist() == [[-1] * (12 - len(r)) + r for r in rows]
     assert out.tokens == generate(model, prompts, max_new_tokens=10, temperature=0).tokens  # hook is identity
+
+
+@pytest.mark.parametrize("sync_every", [1, 3, 16])
+def test_generate_with_eos_keeps_each_rows_tokens_up_to_its_first_eos_whatever_the_sync_interval(sync_every):
+    """``generate`` reads tokens back only every ``sync_every`` steps; each row must still end at
+    its own first eos (kept), rows that never draw it keep every token, and the log-probs are the
+    stream's own, in order."""
+    model = tiny_gpt()
+    prompts = [[1, 2, 3], [4], [5, 6]]
+    g = torch.Generator().manual_seed(3)
+    steps = list(stream(model, prompts, 12, generator=g))
+    tokens = torch.stack([t for t, _ in steps], 1).tolist()
+    logps = torch.stack([lp for _, lp in steps], 1).tolist()
+    eos = tokens[0][4]  # row 0 ends at step 4 at the latest; other rows end wherever this id falls
+    out = generate(model, prompts, 12, generator=torch.Generator().manual_seed(3), eos_id=eos,
+                   sync_every=sync_every)
+    for row, lps, got, got_lp in zip(tokens, logps, out.tokens, out.logprobs, strict=True):
+        n = row.index(eos) + 1 if eos in row else len(row)
+        assert got == row[:n] and got_lp == pytest.approx(lps[:n])
+    assert len(out.tokens[0]) <= 5
+
+
+def test_generate_refuses_a_sync_interval_below_one():
+    with pytest.raises(Exception, match="sync_every must be a positive integer"):
+        generate(tiny_gpt(), [[1]], 3, sync_every=0)

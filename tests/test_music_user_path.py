@@ -72,3 +72,19 @@ def test_train_ends_by_showing_how_to_write_a_piece(tmp_path, capsys):
     assert main(["train", "gpt-jsb", "--run-dir", str(tmp_path / "r"), "--no-progress", f"data.name={data}",
                  *TINY]) == 0
     assert f"sample from it: genforge sample {tmp_path / 'r'} --out piece.mid" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--tempo", "0"], "--tempo must be a positive number of beats per minute, got 0.0"),
+    (["--tempo", "inf"], "--tempo must be a positive number of beats per minute, got inf"),
+    (["--tempo", "100", "--out", "roll.png"], "a .png piano roll has none"),
+])
+def test_a_tempo_that_is_bad_or_has_nowhere_to_go_is_refused_before_sampling(music_run, tmp_path, monkeypatch,  # noqa: F811
+                                                                             capsys, extra, says):
+    monkeypatch.chdir(tmp_path)
+    before = sorted((music_run / "samples").iterdir()) if (music_run / "samples").exists() else []
+    assert main(["sample", str(music_run), "--steps", "2", "--seed", "0", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and err.count("\n") == 0 and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+    assert (sorted((music_run / "samples").iterdir()) if (music_run / "samples").exists() else []) == before

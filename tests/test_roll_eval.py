@@ -62,6 +62,10 @@ def test_tempo_sets_the_written_midi_tempo(roll_run, tmp_path):  # noqa: F811
     (["--tempo=-90", "--out", "p.wav"], "--tempo must be a positive number of beats per minute, got -90.0"),
     (["--tempo", "80", "--out", "p.npz"], "--tempo sets the tempo of the music a piano-roll run writes"),
     (["--tempo", "80"], "this call writes images"),
+    # the default typed out is still typed: it was once taken for "not given" and let through
+    (["--tempo", "100", "--out", "p.npz"], "--tempo sets the tempo of the music a piano-roll run writes"),
+    (["--tempo", "100"], "this call writes images"),
+    (["--tempo", "90", "--out", "p.png"], "a .png piano roll has none"),
 ])
 def test_bad_or_misplaced_tempo_is_refused_in_one_line(roll_run, tmp_path, monkeypatch, capsys,  # noqa: F811
                                                        extra, says):

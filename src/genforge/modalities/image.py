@@ -75,7 +75,7 @@ class ImageModality(Modality):
     # -- sample ------------------------------------------------------------------------
     def sample_command(self, run, generator, *, num_samples, out, batch_size, seed, class_label=None,
                        nearest=False, filter=None, privacy_filter=None, no_watermark=False,
-                       watermark_strength=None, tempo=TEMPO.default, **family_options) -> None:
+                       watermark_strength=None, tempo=None, **family_options) -> None:
         from genforge.modalities.roll_music import sample_roll_music, writes_music
         from genforge.watermark.image import ImageMarker
 
@@ -86,7 +86,7 @@ class ImageModality(Modality):
                               no_watermark=no_watermark, watermark_strength=watermark_strength, tempo=tempo,
                               **family_options)
             return
-        if tempo != TEMPO.default:  # roll runs only (run_options); filled with its default when not typed
+        if tempo is not None:  # roll runs only (run_options); None when not typed
             raise GenforgeError("--tempo sets the tempo of the music a piano-roll run writes with --out "
                                 "FILE.mid/.wav/.png/.musicxml; this call writes images")
         model, spec = run.model, run.spec

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from genforge import GenforgeError
+from genforge.data.music import DEFAULT_TEMPO
 from genforge.families.base import TEMPERATURE, LatentVariableModel, SampleOption
 from genforge.modalities import EVAL_NUM_SAMPLES, FILTER, PRIVACY_FILTER, Modality
 
@@ -41,8 +42,8 @@ class MusicModality(Modality):
                             "'F# minor' (without it the model picks the key; a data.key_to_c run composes in C major or A "
                             "minor and the piece is moved to KEY)", str, metavar="KEY"),
         SampleOption("tempo", "music runs: quarter notes per minute in the written MIDI, WAV and MusicXML "
-                              "(piano-roll runs too; default 100)",
-                     float, 100.0, metavar="BPM"),
+                              "(piano-roll runs too; default 100; a .png piano roll has no tempo)",
+                     float, metavar="BPM"),
         SampleOption("steps", "music runs: grid runs: 16th steps to add after the opening; events runs: "
                               "event tokens (default: what fits the context; longer pieces crop the context)",
                      int, metavar="N", minimum=1),
@@ -80,7 +81,7 @@ class MusicModality(Modality):
 
     # -- sample ------------------------------------------------------------------------
     def sample_command(self, run, generator, *, num_samples, out, batch_size, seed, temperature,
-                       prompt_midi=None, melody=None, key=None, tempo=100.0, steps=None, filter=None, privacy_filter=None,
+                       prompt_midi=None, melody=None, key=None, tempo=None, steps=None, filter=None, privacy_filter=None,
                        **family_options) -> None:
         from genforge.audit.privacy import sample_filters
         from genforge.outputs import check_out, unique_output
@@ -88,11 +89,10 @@ class MusicModality(Modality):
         temperature = 1.0 if temperature is None else temperature
         if not math.isfinite(temperature) or temperature < 0:
             raise GenforgeError(f"--temperature must be >= 0 (0 is greedy), got {temperature}")
-        if not (math.isfinite(tempo) and tempo > 0):
-            raise GenforgeError(f"--tempo must be a positive number of beats per minute, got {tempo}")
         suffix = Path(out).suffix.lower() if out else ".mid"
         if suffix not in OUT_SUFFIXES:
             raise GenforgeError(f"--out {out}: music is written as {', '.join(OUT_SUFFIXES)}")
+        tempo = resolve_tempo(tempo, suffix)
         n = 1 if num_samples is None else num_samples
         if suffix == ".wav":  # FluidSynth missing is said before sampling, not after
             from genforge.data.music_render import wav_tools
@@ -285,6 +285,19 @@ def prompt_ids(run, path: str | None, key: str | None = None, need_key: bool = F
         raise GenforgeError(f"--prompt-midi {path} is {len(body)} tokens; this model's context is {block}: "
                             f"give an opening of at most {(block - 2) // 4} 16th steps")
     return [*head, *body]
+
+
+def resolve_tempo(tempo: float | None, suffix: str) -> float:
+    """``--tempo`` for a file ending in ``suffix``: None (not typed) is DEFAULT_TEMPO; a typed tempo
+    must be finite and above 0, and is refused for a .png piano roll, which has no time in seconds."""
+    if tempo is None:
+        return DEFAULT_TEMPO
+    if not (math.isfinite(tempo) and tempo > 0):
+        raise GenforgeError(f"--tempo must be a positive number of beats per minute, got {tempo}")
+    if suffix == ".png":
+        raise GenforgeError("--tempo sets the tempo of .mid, .wav and .musicxml files; a .png piano roll has "
+                            "none (drop --tempo, or write one of those)")
+    return tempo
 
 
 def write_notes(notes, path: Path, tempo: float, parts: list[str] | None, program: int, score) -> Path:

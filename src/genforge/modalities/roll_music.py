@@ -20,14 +20,13 @@ real Bach (:func:`roll_music_metrics`), next to the image metrics.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from genforge import GenforgeError
-from genforge.modalities.music import MUSIC
+from genforge.modalities.music import MUSIC, resolve_tempo
 
 # --tempo, declared by the music modality; the image modality declares the same object, so the CLI
 # has one definition (``all_options`` refuses two different ones).
@@ -57,7 +56,7 @@ def writes_music(run, out) -> bool:
 
 def sample_roll_music(run, generator, refs, labels, *, num_samples, out, batch_size, seed, class_label=None,
                       nearest=False, filter=None, privacy_filter=None, no_watermark=False, watermark_strength=None,
-                      tempo=100.0, **family_options) -> list[Path]:
+                      tempo=None, **family_options) -> list[Path]:
     """Draw ``num_samples`` rolls (default 1: one piece, as on music runs), decode and write them.
     The image modality hands over what it resolves for any image run (this module does not import
     it: it calls here): ``refs``, its ``ImageRefs`` without a noise mark (a Tree-Ring key cannot be
@@ -76,7 +75,7 @@ def sample_roll_music(run, generator, refs, labels, *, num_samples, out, batch_s
         k = wrong[0]
         raise GenforgeError(f"--{k.replace('_', '-')} {NOT_FOR_MUSIC[k]}; it does not apply when a piano-roll "
                             f"run writes music (--out {out}); use --out FILE.npz or no --out for images")
-    check_tempo(tempo)
+    tempo = resolve_tempo(tempo, Path(out).suffix.lower())
     from genforge.families.base import LatentVariableModel
 
     # a VAE's path settings (defaults filled in) belong to --interpolate, refused above
@@ -140,12 +139,6 @@ def write_grid(grid: np.ndarray, path: Path, tempo: float = 100.0) -> Path:
 
     return write_notes(grid_notes(grid), path, tempo, [v.capitalize() for v in VOICES], 52,
                        lambda p: music_render.musicxml(grid, p, tempo=tempo))
-
-
-def check_tempo(tempo: float) -> None:
-    """The music modality's rule: a finite tempo above 0 (0, NaN, inf and negatives refused)."""
-    if not (math.isfinite(tempo) and tempo > 0):
-        raise GenforgeError(f"--tempo must be a positive number of beats per minute, got {tempo}")
 
 
 def roll_music_metrics(run):

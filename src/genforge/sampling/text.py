@@ -224,22 +224,35 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, tempera
 
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
              generator=None, use_cache=True, eos_id: int | None = None, logits_hook=None,
-             static: bool | str = False) -> Generation:
+             static: bool | str = False, sync_every: int = 16) -> Generation:
     """New tokens and their log-probs per prompt. With ``eos_id``, a row ends at its first
     ``eos_id`` (kept, so its log-prob counts: the model chose to stop) and decoding stops
-    once every row has ended; a row that never ends has ``max_new_tokens`` tokens."""
-    out = Generation([[] for _ in prompts], [[] for _ in prompts])
-    done = [False] * len(prompts)
+    once every row has ended; a row that never ends has ``max_new_tokens`` tokens.
+
+    Tokens stay on the device until the end: the host looks at them only every ``sync_every``
+    steps (to see whether every row has ended), not once per token, so a GPU's next step can be
+    queued while the last one runs (a per-token ``.tolist()`` is a full device sync, which at
+    batch 1 costs as much as a captured step). The result is the same for any ``sync_every``;
+    only the work done past the last row's end, and so how far ``generator`` advances, differs."""
+    if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1:
+        raise GenforgeError(f"sync_every must be a positive integer, got {sync_every!r}")
+    steps: list[tuple[torch.Tensor, torch.Tensor]] = []
+    ended = None  # (B,) bool on the device: the row has drawn eos_id
     for tokens, logps in stream(model, prompts, max_new_tokens, temperature, top_k, top_p,
                                 generator, use_cache, logits_hook=logits_hook, static=static):
-        for i, (t, lp) in enumerate(zip(tokens.tolist(), logps.tolist(), strict=True)):
-            if done[i]:
-                continue
-            out.tokens[i].append(t)
-            out.logprobs[i].append(lp)
-            done[i] = t == eos_id
-        if eos_id is not None and all(done):
-            break
+        steps.append((tokens.clone(), logps.clone()))  # the static step reuses its output buffers
+        if eos_id is not None:
+            ended = (tokens == eos_id) if ended is None else ended | (tokens == eos_id)
+            if len(steps) % sync_every == 0 and bool(ended.all()):
+                break
+    out = Generation([[] for _ in prompts], [[] for _ in prompts])
+    if not steps:
+        return out
+    all_tokens = torch.stack([t for t, _ in steps], 1).tolist()  # (B, steps): one transfer
+    all_logps = torch.stack([lp for _, lp in steps], 1).tolist()
+    for i, (row, lps) in enumerate(zip(all_tokens, all_logps, strict=True)):
+        n = row.index(eos_id) + 1 if eos_id is not None and eos_id in row else len(row)
+        out.tokens[i], out.logprobs[i] = row[:n], lps[:n]
     return out
 
 

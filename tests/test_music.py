@@ -81,6 +81,21 @@ def test_grid_midi_round_trip_keeps_every_note(tmp_path):
     assert read_midi_notes(again)[0] == read_midi_notes(path)[0]
 
 
+def test_every_tempo_genforge_writes_reads_back_and_others_are_refused(tmp_path):
+    """MIDI stores microseconds per quarter in 24 bits: 2 bpm was a mido traceback and 1e9 bpm
+    rounded to 0, a file no reader could load (pretty_midi divided by zero)."""
+    from genforge.data.music import TEMPO_RANGE
+
+    grid = chorale(16, 2)
+    for bpm in TEMPO_RANGE:
+        path = grid_to_midi(grid, tmp_path / f"{bpm:g}.mid", tempo_bpm=bpm)
+        assert (read_midi_grid(path) == grid[: len(read_midi_grid(path))]).all()
+    for bpm in (0.0, 2.0, 1e9, float("nan")):
+        with pytest.raises(GenforgeError, match="between 4 and 1000 quarter notes per minute"):
+            grid_to_midi(grid, tmp_path / "x.mid", tempo_bpm=bpm)
+    assert not (tmp_path / "x.mid").exists()
+
+
 def test_event_tokens_round_trip_any_midi(tmp_path):
     rng = np.random.default_rng(3)
     notes = []

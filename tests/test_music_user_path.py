@@ -75,8 +75,12 @@ def test_train_ends_by_showing_how_to_write_a_piece(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, says", [
-    (["--tempo", "0"], "--tempo must be a positive number of beats per minute, got 0.0"),
-    (["--tempo", "inf"], "--tempo must be a positive number of beats per minute, got inf"),
+    (["--tempo", "0"], "--tempo must be between 4 and 1000 quarter notes per minute, got 0.0"),
+    (["--tempo", "inf"], "--tempo must be between 4 and 1000 quarter notes per minute, got inf"),
+    # a MIDI file holds microseconds per quarter in 24 bits: 2 bpm was a mido traceback, and 1e9
+    # bpm rounded to 0 and wrote a file no MIDI reader (genforge's own included) could load
+    (["--tempo", "2"], "--tempo must be between 4 and 1000 quarter notes per minute, got 2.0"),
+    (["--tempo", "1e9"], "--tempo must be between 4 and 1000 quarter notes per minute, got 1000000000.0"),
     (["--tempo", "100", "--out", "roll.png"], "a .png piano roll has none"),
 ])
 def test_a_tempo_that_is_bad_or_has_nowhere_to_go_is_refused_before_sampling(music_run, tmp_path, monkeypatch,  # noqa: F811

@@ -57,9 +57,9 @@ def test_tempo_sets_the_written_midi_tempo(roll_run, tmp_path):  # noqa: F811
 
 
 @pytest.mark.parametrize("extra, says", [
-    (["--tempo", "0", "--out", "p.mid"], "--tempo must be a positive number of beats per minute, got 0.0"),
-    (["--tempo", "nan", "--out", "p.mid"], "--tempo must be a positive number of beats per minute, got nan"),
-    (["--tempo=-90", "--out", "p.wav"], "--tempo must be a positive number of beats per minute, got -90.0"),
+    (["--tempo", "0", "--out", "p.mid"], "--tempo must be between 4 and 1000 quarter notes per minute, got 0.0"),
+    (["--tempo", "nan", "--out", "p.mid"], "--tempo must be between 4 and 1000 quarter notes per minute, got nan"),
+    (["--tempo=-90", "--out", "p.wav"], "--tempo must be between 4 and 1000 quarter notes per minute, got -90.0"),
     (["--tempo", "80", "--out", "p.npz"], "--tempo sets the tempo of the music a piano-roll run writes"),
     (["--tempo", "80"], "this call writes images"),
     # the default typed out is still typed: it was once taken for "not given" and let through

@@ -96,6 +96,7 @@ def test_without_fluidsynth_midi_and_png_still_come(client, monkeypatch):
     ({"steps": 0}, 422, "steps"),
     ({"tempo": "fast"}, 422, "tempo"),
     ({"tempo": 0}, 422, "tempo"),
+    ({"tempo": 1e9}, 422, "tempo"),  # rounds to 0 microseconds per quarter: an unreadable MIDI file
     ({"stream": True}, 400, "stream"),
     ({"prompt": "a chorale"}, 400, "prompt"),
 ])

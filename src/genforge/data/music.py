@@ -33,6 +33,9 @@ VOICES = ("soprano", "alto", "tenor", "bass")
 REST = -1
 STEPS_PER_QUARTER = 4  # the grid is in 16th notes
 DEFAULT_TEMPO = 100.0  # quarter notes per minute when writing MIDI
+# tempi a written piece may have: MIDI stores microseconds per quarter in 24 bits (at least
+# 3.58 bpm), and far past 1000 bpm the tempo rounds to 0, which no MIDI reader can load
+TEMPO_RANGE = (4.0, 1000.0)
 
 JSB_FILE = "jsb-chorales/Jsb16thSeparated.json"
 JSB_URL = "https://raw.githubusercontent.com/czhuang/JSB-Chorales-dataset/master/Jsb16thSeparated.json"
@@ -101,6 +104,14 @@ def grid_notes(grid: np.ndarray, onsets: np.ndarray | None = None) -> list[tuple
     return notes
 
 
+def check_tempo(tempo_bpm: float, name: str = "tempo") -> float:
+    """``tempo_bpm`` if a MIDI file can carry it (:data:`TEMPO_RANGE`), else a one-line error."""
+    lo, hi = TEMPO_RANGE
+    if not lo <= tempo_bpm <= hi:  # NaN fails too
+        raise GenforgeError(f"{name} must be between {lo:g} and {hi:g} quarter notes per minute, got {tempo_bpm}")
+    return tempo_bpm
+
+
 def grid_to_midi(grid, path, tempo_bpm: float = DEFAULT_TEMPO, onsets=None, program: int = 52) -> Path:
     """Write ``grid`` (T, 4) as a standard MIDI file at ``path`` (atomically): one instrument per
     voice (named Soprano..Bass, General MIDI ``program``, default 52 = choir aahs), a 16th note
@@ -115,8 +126,7 @@ def notes_to_midi(notes, path, tempo_bpm: float = DEFAULT_TEMPO, parts: list[str
     from genforge.atomic import atomic_write
 
     pretty_midi = require("pretty_midi")
-    if not tempo_bpm > 0:
-        raise GenforgeError(f"tempo must be positive, got {tempo_bpm}")
+    check_tempo(tempo_bpm)
     step = 60.0 / tempo_bpm / STEPS_PER_QUARTER
     parts = parts or [f"Part {k + 1}" for k in range(max((n[0] for n in notes), default=0) + 1)]
     pm = pretty_midi.PrettyMIDI(initial_tempo=float(tempo_bpm))

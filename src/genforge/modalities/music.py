@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from genforge import GenforgeError
-from genforge.data.music import DEFAULT_TEMPO
+from genforge.data.music import DEFAULT_TEMPO, TEMPO_RANGE, check_tempo
 from genforge.families.base import TEMPERATURE, LatentVariableModel, SampleOption
 from genforge.modalities import EVAL_NUM_SAMPLES, FILTER, PRIVACY_FILTER, Modality
 
@@ -42,7 +42,8 @@ class MusicModality(Modality):
                             "'F# minor' (without it the model picks the key; a data.key_to_c run composes in C major or A "
                             "minor and the piece is moved to KEY)", str, metavar="KEY"),
         SampleOption("tempo", "music runs: quarter notes per minute in the written MIDI, WAV and MusicXML "
-                              "(piano-roll runs too; default 100; a .png piano roll has no tempo)",
+                              f"(piano-roll runs too; default 100, {TEMPO_RANGE[0]:g} to {TEMPO_RANGE[1]:g}; a .png piano "
+                              "roll has no tempo)",
                      float, metavar="BPM"),
         SampleOption("steps", "music runs: grid runs: 16th steps to add after the opening; events runs: "
                               "event tokens (default: what fits the context; longer pieces crop the context)",
@@ -289,11 +290,11 @@ def prompt_ids(run, path: str | None, key: str | None = None, need_key: bool = F
 
 def resolve_tempo(tempo: float | None, suffix: str) -> float:
     """``--tempo`` for a file ending in ``suffix``: None (not typed) is DEFAULT_TEMPO; a typed tempo
-    must be finite and above 0, and is refused for a .png piano roll, which has no time in seconds."""
+    must lie in TEMPO_RANGE (what a MIDI file can carry), and is refused for a .png piano roll,
+    which has no time in seconds."""
     if tempo is None:
         return DEFAULT_TEMPO
-    if not (math.isfinite(tempo) and tempo > 0):
-        raise GenforgeError(f"--tempo must be a positive number of beats per minute, got {tempo}")
+    check_tempo(tempo, "--tempo")
     if suffix == ".png":
         raise GenforgeError("--tempo sets the tempo of .mid, .wav and .musicxml files; a .png piano roll has "
                             "none (drop --tempo, or write one of those)")

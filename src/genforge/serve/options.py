@@ -145,14 +145,15 @@ def _check_edit(options: dict[str, Any]) -> None:
 
 
 def _check_music(entry, options: dict[str, Any], limits: Limits) -> None:
-    """A positive ``tempo``; a piece's ``steps`` (16th steps) within max_tokens (absent: what fits
+    """A ``tempo`` a MIDI file can carry (TEMPO_RANGE); a piece's ``steps`` (16th steps) within max_tokens (absent: what fits
     the context, capped too)."""
+    from genforge.data.music import TEMPO_RANGE
     from genforge.serve.music import steps_limit
 
     tempo = options.get("tempo")
-    if tempo is not None and not tempo > 0:
-        raise RequestError(f"'tempo' must be a positive number of quarter notes per minute, got {tempo}",
-                           422, "tempo")
+    if tempo is not None and not TEMPO_RANGE[0] <= tempo <= TEMPO_RANGE[1]:  # what a MIDI file can carry
+        raise RequestError(f"'tempo' must be between {TEMPO_RANGE[0]:g} and {TEMPO_RANGE[1]:g} quarter notes "
+                           f"per minute, got {tempo}", 422, "tempo")
 
     cap = steps_limit(entry, limits.max_tokens)
     steps = options.get("steps")

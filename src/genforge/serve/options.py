@@ -145,8 +145,8 @@ def _check_edit(options: dict[str, Any]) -> None:
 
 
 def _check_music(entry, options: dict[str, Any], limits: Limits) -> None:
-    """A ``tempo`` a MIDI file can carry (TEMPO_RANGE); a piece's ``steps`` (16th steps) within max_tokens (absent: what fits
-    the context, capped too)."""
+    """A ``tempo`` a MIDI file can carry (TEMPO_RANGE); a piece's ``steps`` (16th steps) within
+    max_tokens (absent: what fits the context, capped too)."""
     from genforge.data.music import TEMPO_RANGE
     from genforge.serve.music import steps_limit
 

@@ -276,6 +276,19 @@ def test_the_missing_column_error_names_the_flag_of_the_command(tmp_path, capsys
     assert "--column NAME" in err and "data.smiles_column" not in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("train_rows", ["", "not_a_molecule\nxyz\n"])
+def test_a_training_file_without_valid_molecules_is_refused_not_scored_novel(tmp_path, capsys, train_rows):
+    """`--train` holding no valid molecule once gave Novelty 1.0 for any samples (nothing to match)."""
+    pytest.importorskip("fcd_torch")
+    samples = write_smi(tmp_path)
+    train = tmp_path / "train.smi"
+    train.write_text(train_rows)
+    assert main(["metrics", "molecules", str(samples), "--against", str(samples), "--train", str(train),
+                 "--workers", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--train {train} holds no valid molecules" in err and "\n" not in err
+
+
 def fake_moses(tmp_path, monkeypatch, train, test):
     files = {}
     for split, rows in (("train", train), ("test", test), ("test_scaffolds", test)):

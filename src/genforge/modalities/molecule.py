@@ -187,6 +187,9 @@ def score_smiles_file(path: str, against: str = "moses", train: str | None = Non
         train_smiles = None
     if train is not None:
         train_smiles = clean_smiles(read_smiles_file(Path(train), column, "--column"), True).smiles
+        if not train_smiles:  # novelty against nothing is 1.0 whatever the samples are
+            raise GenforgeError(f"--train {train} holds no valid molecules, so novelty would mean nothing; "
+                                "name the file the model was trained on")
     cache = metrics_cache()
     stats = {k: reference_stats(v, cache, progress=progress, n_jobs=workers) for k, v in refs.items()}
     return moses_metrics(samples, train_smiles, stats["Test"], stats.get("TestSF"), n_jobs=workers,

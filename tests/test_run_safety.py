@@ -95,6 +95,26 @@ def test_overwrite_refuses_a_folder_of_run_names_without_a_run(tmp_path):
     assert (folder / "samples" / "holiday.png").exists() and not (folder / ".lock").exists()
 
 
+def test_a_run_killed_before_its_first_checkpoint_is_not_sent_to_resume(tmp_path, capsys):
+    """SIGKILL before the first checkpoint leaves config.json but no checkpoints/: the refusal
+    told the user to --resume, and --resume then said 'not a genforge run directory'."""
+    import shutil
+
+    run = tmp_path / "run"
+    train_toy(run)
+    shutil.rmtree(run / "checkpoints")  # what a kill before the first checkpoint leaves
+    assert main(["train", TOY, "--run-dir", str(run), "--no-progress", *QUIET]) == 2
+    err = one_line(capsys)
+    assert "--resume" not in err and "no checkpoint to resume" in err and "--overwrite" in err
+    for argv in (["train", "--resume", str(run)], ["rl", "--resume", str(run)], ["sample", str(run)]):
+        assert main(argv) == 2
+        err = one_line(capsys)
+        assert "has no checkpoint yet" in err and "--overwrite" in err and "not a genforge run" not in err
+    assert main(["train", TOY, "--run-dir", str(run), "--overwrite", "--no-progress", *QUIET,
+                 "train.max_steps=2"]) == 0
+    assert ckpt.require_checkpoint(run, "latest").is_dir()
+
+
 def test_a_failed_start_leaves_no_lock_in_an_empty_folder(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -208,6 +208,9 @@ def require_checkpoint(run_dir: Path, which: str = "latest") -> Path:
                             "`genforge train` printed")
     folder = run_dir / "checkpoints"
     if not folder.is_dir():
+        if (run_dir / "config.json").is_file():  # a run still starting, or killed before its first checkpoint
+            raise GenforgeError(f"'{run_dir}' has no checkpoint yet (its run is starting, or stopped before the "
+                                "first one): nothing to load or resume; to start it again, use --overwrite")
         raise GenforgeError(f"'{run_dir}' has no checkpoints: not a genforge run directory, or not "
                             "trained yet")
     if which not in ("latest", "best", "auto"):

@@ -104,6 +104,9 @@ def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> tuple[RunLock
         raise GenforgeError(f"cannot resume: '{run_dir}' is not a run directory with checkpoints")
     if not resume and run_dir.exists() and not is_empty_dir(run_dir):
         if not overwrite:
+            if not (run_dir / "checkpoints").is_dir():  # e.g. killed before its first checkpoint
+                raise GenforgeError(f"run directory '{run_dir}' is not empty and holds no checkpoint to resume; "
+                                    "replace it with --overwrite, or choose another --run-dir")
             raise GenforgeError(f"run directory '{run_dir}' is not empty; continue it with "
                                 f"--resume {run_dir}, replace it with --overwrite, or choose another --run-dir")
         check_overwritable(run_dir)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import socket
 from pathlib import Path
 
 GPT = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16",
@@ -48,3 +49,26 @@ def png_size(data: str) -> tuple[int, int]:
     raw = base64.b64decode(data)
     assert raw[:8] == b"\x89PNG\r\n\x1a\n"
     return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def capture_uvicorn(monkeypatch) -> list:
+    """`genforge serve` returns instead of serving: each call's uvicorn Config and the address of
+    the socket it was handed (bound by the CLI, closed here)."""
+    import uvicorn
+
+    calls = []
+
+    def run(self, sockets=None):
+        calls.append((self.config, sockets[0].getsockname()[:2]))
+        for sock in sockets:
+            sock.close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kw: calls.append(("uvicorn.run", kw)))  # never serves
+    return calls

@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("fastapi")
 
 from fastapi.testclient import TestClient  # noqa: E402
-from serve_helpers import png_size, post  # noqa: E402
+from serve_helpers import capture_uvicorn, free_port, png_size, post  # noqa: E402
 
 from genforge.cli import main  # noqa: E402
 from genforge.serve.app import create_app  # noqa: E402
@@ -176,12 +176,6 @@ def test_broken_run_fails_before_serving(tmp_path, capsys):
     assert err.startswith("genforge: error:") and "Traceback" not in err
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_openai_client_against_a_live_server(serve_runs):
     openai = pytest.importorskip("openai")
     import uvicorn
@@ -214,21 +208,56 @@ def test_openai_client_against_a_live_server(serve_runs):
 
 
 def test_cli_binds_loopback_and_warns_without_a_key_elsewhere(serve_runs, monkeypatch, capsys):
-    import uvicorn
-
-    calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: calls.append((host, port)))
+    calls = capture_uvicorn(monkeypatch)
     monkeypatch.delenv("GENFORGE_API_KEY", raising=False)
-    run_dir = str(serve_runs["gpt"].run.run_dir)
-    assert main(["serve", run_dir, "--port", "8123"]) == 0
+    run_dir, port = str(serve_runs["gpt"].run.run_dir), free_port()
+    assert main(["serve", run_dir, "--port", str(port)]) == 0
     out, err = capsys.readouterr()
-    assert calls[-1] == ("127.0.0.1", 8123) and "http://127.0.0.1:8123" in out and "warning" not in err
-    assert main(["serve", run_dir, "--host", "0.0.0.0"]) == 0
+    assert calls[-1][1] == ("127.0.0.1", port) and f"http://127.0.0.1:{port}" in out and "warning" not in err
+    assert main(["serve", run_dir, "--host", "0.0.0.0", "--port", str(free_port())]) == 0
     assert "without an API key" in capsys.readouterr().err
     monkeypatch.setenv("GENFORGE_API_KEY", "k")
-    assert main(["serve", run_dir, "--host", "0.0.0.0"]) == 0
+    assert main(["serve", run_dir, "--host", "0.0.0.0", "--port", str(free_port())]) == 0
     out, err = capsys.readouterr()
     assert "warning" not in err and "API key required" in out
+    assert calls[-1][0].timeout_graceful_shutdown  # SIGTERM/Ctrl-C cancels long streams, never waits them out
+
+
+def test_cli_refuses_an_address_it_cannot_serve_on_and_options_that_do_not_fit(serve_runs, monkeypatch, capsys):
+    """A port in use, a host that is not this machine's, an empty key, an unknown device: one
+    line, exit 2, uvicorn never started (it logged the bind error and exited 3, after saying
+    'serving')."""
+    calls = capture_uvicorn(monkeypatch)
+    run_dir = str(serve_runs["gpt"].run.run_dir)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        for args in (["--port", str(taken.getsockname()[1])], ["--host", "999.1.1.1", "--port", "8000"],
+                     ["--api-key", ""]):
+            assert main(["serve", run_dir, *args]) == 2, args
+            out, err = capsys.readouterr()
+            assert "serving" not in out and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as refused:  # argparse's choices
+        main(["serve", run_dir, "--device", "tpu"])
+    assert refused.value.code == 2 and "invalid choice: 'tpu'" in capsys.readouterr().err and calls == []
+
+
+def test_a_prompt_the_model_cannot_read_is_refused_before_a_stream_starts(client):
+    """A 400 as the unstreamed answer gets, not a 200 whose first event is a 'server_error'."""
+    for path, body in (("/v1/samples", {"model": "gpt", "max_new_tokens": 2}),
+                       ("/v1/completions", {"model": "gpt", "max_tokens": 2})):
+        for prompt in ("", "\u20ac", ["to", ""]):  # no token; outside the vocabulary; one of several empty
+            r = post(client, {**body, "prompt": prompt, "stream": True}, path)
+            assert r.status_code == 400 and r.headers["content-type"] == "application/json", (path, prompt, r.text)
+        r = post(client, {**body, "prompt": []}, path)  # not silently the default prompt
+        assert r.status_code == 422 and r.json()["error"]["param"] == "prompt"
+
+
+def test_a_body_not_sent_as_json_says_to_send_the_header(client):
+    body = json.dumps({"model": "gpt", "max_tokens": 2})
+    for headers in ({"content-type": "application/x-www-form-urlencoded"}, {"content-type": "text/plain"}):
+        r = client.post("/v1/completions", content=body, headers=headers)  # `curl -d` sends the first
+        assert r.status_code == 422 and "Content-Type: application/json" in r.json()["error"]["message"], r.text
 
 
 def test_missing_fastapi_is_one_line_with_the_install_command(monkeypatch):

@@ -15,6 +15,7 @@ pytest.importorskip("pretty_midi")
 mido = pytest.importorskip("mido")  # an independent MIDI reader (genforge writes with pretty_midi)
 
 from fastapi.testclient import TestClient  # noqa: E402
+from serve_helpers import capture_uvicorn, free_port  # noqa: E402
 from test_music import TINY, jsb_json  # noqa: E402
 
 from genforge.cli import main  # noqa: E402
@@ -111,17 +112,13 @@ def test_genforge_serve_loads_a_music_run_on_uvicorns_fastest_loop(runs, monkeyp
     installs uvicorn[standard]) rather than pinned to h11 and asyncio."""
     import importlib.util
 
-    import uvicorn
-
-    calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
-    assert main(["serve", str(runs["chorales"].run.run_dir)]) == 0
+    calls = capture_uvicorn(monkeypatch)
+    assert main(["serve", str(runs["chorales"].run.run_dir), "--port", str(free_port())]) == 0
     assert "serving chorales" in capsys.readouterr().out
-    app, kw = calls[-1]
-    assert kw.get("http", "auto") == "auto" and kw.get("loop", "auto") == "auto"
+    config = calls[-1][0]
+    assert config.http == "auto" and config.loop == "auto"
     if importlib.util.find_spec("httptools") is not None:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-        config = uvicorn.Config(app, **kw)
         config.load()
         assert config.http_protocol_class is HttpToolsProtocol

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("fastapi")
 
 from fastapi.testclient import TestClient  # noqa: E402
-from serve_helpers import post  # noqa: E402
+from serve_helpers import capture_uvicorn, free_port, post  # noqa: E402
 
 from genforge.cli import main  # noqa: E402
 from genforge.serve.app import create_app  # noqa: E402
@@ -100,18 +100,17 @@ def test_batching_off_serves_one_request_at_a_time(serve_runs):
 
 
 def test_cli_no_batching_and_max_queue_reach_the_app(serve_runs, monkeypatch, capsys):
-    import uvicorn
-
-    apps = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: apps.append(app))
+    calls = capture_uvicorn(monkeypatch)
     run_dir = str(serve_runs["gpt"].run.run_dir)
-    assert main(["serve", run_dir, "--no-batching", "--max-queue", "32"]) == 0
+    assert main(["serve", run_dir, "--no-batching", "--max-queue", "32", "--port", str(free_port())]) == 0
     assert "batching off" in capsys.readouterr().out
-    assert apps[-1].state.limits.max_queue == 32 and apps[-1].state.batchers["gpt"].max_jobs == 1
-    assert main(["serve", run_dir]) == 0
-    assert apps[-1].state.limits.max_queue == Limits().max_queue and apps[-1].state.batchers["gpt"].max_jobs is None
+    app = calls[-1][0].app
+    assert app.state.limits.max_queue == 32 and app.state.batchers["gpt"].max_jobs == 1
+    assert main(["serve", run_dir, "--port", str(free_port())]) == 0
+    app = calls[-1][0].app
+    assert app.state.limits.max_queue == Limits().max_queue and app.state.batchers["gpt"].max_jobs is None
     assert main(["serve", run_dir, "--max-queue", "0"]) == 2
-    assert "--max-queue" in capsys.readouterr().err and len(apps) == 2
+    assert "--max-queue" in capsys.readouterr().err and len(calls) == 2
 
 
 def test_a_cancelled_request_stops_decoding(serve_runs):

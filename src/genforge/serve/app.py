@@ -77,6 +77,11 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
         if first.get("type") == "json_invalid":
             return _error(400, f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})")
         loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        given = request.headers.get("content-type")
+        media = (given or "").split(";")[0].strip().lower()
+        if not loc and not (media == "application/json" or media.endswith("+json")):  # e.g. `curl -d` alone
+            return _error(422, "send the body as JSON with the header 'Content-Type: application/json' (got "
+                               f"{repr(given) if given else 'no Content-Type'})")
         param = loc[0] if loc else None
         return _error(422, f"{'.'.join(loc) or 'body'}: {first.get('msg')}", param=param)
 

@@ -23,6 +23,7 @@ from genforge.provenance import weights_sha256  # one definition: provenance rec
 from genforge.serve import responsible
 from genforge.serve.options import DEFAULT_SAMPLES, INIT_IMAGE, NOT_SERVED, Limits, option_schema
 from genforge.serve.records import base_record, served_record
+from genforge.serve.wire import RequestError
 
 
 @dataclass
@@ -158,6 +159,10 @@ def text_job(entry: Entry, options: dict[str, Any], seed: int):
     from genforge.modalities import generator_for
     from genforge.serve.batching import Job
 
+    for prompt in set(options.get("prompt") or ()):  # now, as a 400: a stream's 200 is not sent yet
+        if not entry.run.tokenizer.encode(prompt):  # characters outside the vocabulary raise here too
+            raise RequestError("every prompt needs at least one token: send a non-empty 'prompt', or leave it "
+                               "out to continue a newline", 400, "prompt")
     generator, _ = generator_for(entry.device, seed)
     prompts = [p for p in (options.get("prompt") or ["\n"]) for _ in range(options["num_samples"])]
     settings = dict(max_new_tokens=options["max_new_tokens"], temperature=options["temperature"],

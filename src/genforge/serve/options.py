@@ -187,6 +187,8 @@ def resolve(entry, given: dict[str, Any], limits: Limits) -> dict[str, Any]:
             raise RequestError(f"'{name}' does not apply to this {entry.run.config.family} run "
                                f"({entry.modality}); its options are: {valid}", 400, name)
     checked = {k: _check_value(entry.options[k], v, limits) for k, v in given.items() if v is not None}
+    if checked.get("prompt") == []:  # not absent: an empty list would silently become the default prompt
+        raise RequestError("'prompt' is an empty list: give at least one prompt, or leave 'prompt' out", 422, "prompt")
     upload = checked.pop("init_image", None)  # not a declared option: check_options would refuse it
     if isinstance(checked.get("prompt"), str):
         checked["prompt"] = [checked["prompt"]]

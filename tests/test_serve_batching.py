@@ -156,3 +156,18 @@ def test_a_failing_job_fails_alone(gpt):
     with pytest.raises(Exception, match="at least one token"):
         bad.texts()
     assert len(good.texts()[0]) == 10
+
+
+def test_a_stop_string_is_never_streamed_in_part(gpt):
+    """A row that ends at a stop string of several characters holds none of it, streamed or not
+    (its first characters were sent before the last one arrived: 'ab' as stop left an 'a'), and
+    gets what `genforge sample` cuts (sampling.text: the text before the first stop string)."""
+    model, tok = gpt
+    full = reference(model, tok, job(["ab"], 7, max_new_tokens=12), 7)[0]
+    batcher = Batcher(entry_for(model, tok))
+    for stop in (full[3:5], full[3:6], full[0:2]):
+        cut = full[:full.index(stop)]
+        j = batcher.submit(job(["ab"], 7, max_new_tokens=12, stop=[stop, "\n\n\n\n\n"]))
+        pieces = list(j.pieces())
+        assert "".join(piece for _, piece in pieces) == cut, (stop, full)
+    assert batcher.submit(job(["ab"], 7, max_new_tokens=12, stop=["never in it"])).texts() == [full]  # held back, then sent

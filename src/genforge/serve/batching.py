@@ -68,7 +68,9 @@ class Job:
 
 class _Rows:
     """The text of one job's rows as tokens arrive: pieces are emitted only when they are whole
-    characters (byte-level BPE may end mid-character) and up to the first stop string."""
+    characters (byte-level BPE may end mid-character) and up to the first stop string. The last
+    (longest stop - 1) characters are held back until the row ends, as they may begin a stop
+    string (vLLM's stop buffer): an emitted piece is never taken back, so it must never be one."""
 
     def __init__(self, job: Job, tokenizer):
         self.job, self.tok = job, tokenizer
@@ -76,6 +78,7 @@ class _Rows:
         self.emitted = [""] * len(job.prompts)
         self.done = [False] * len(job.prompts)
         self.steps, self.finished = 0, False
+        self.hold = max([len(s) - 1 for s in job.settings["stop"]] + [0])
 
     def text(self, i: int) -> tuple[str, bool]:
         from genforge.sampling.text import _cut_at_stop
@@ -91,7 +94,7 @@ class _Rows:
             text, self.done[i] = self.text(i)
             if text.endswith("\ufffd") and not self.done[i]:
                 continue
-            self._emit(i, text)
+            self._emit(i, text if self.done[i] else text[:max(0, len(text) - self.hold)])
         if all(self.done) or self.steps >= self.job.settings["max_new_tokens"] or self.job.cancelled.is_set():
             self.finish()
 

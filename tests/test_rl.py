@@ -359,6 +359,7 @@ def test_bad_rewards_and_options_fail_with_one_line(text_base, tmp_path, capsys)
                            (["--algo", "reinforce", "--group-size", "4"], "reinforce uses the batch mean"),
                            (["--max-new-tokens", "100"], "does not fit the context"),
                            (["--reward-arg", "nope.x=1"], "no reward 'nope'"),
+                           (["--reward-arg", "x=1", "--reward-arg", "x=2"], "x is given twice"),
                            (["--kl-coef", "nan"], "--kl-coef")]:
         assert _rl(base, rewards, tmp_path / "c", "--steps", "2", *extra) == 2, extra
         assert message in capsys.readouterr().err, extra

@@ -32,6 +32,8 @@ def _reward_args(items: list[str], rewards: list[str]) -> dict[str, dict]:
                 raise GenforgeError(f"--reward-arg {item!r}: say which reward it is for, e.g. "
                                     f"{names[0] if names else 'keyword'}.{left}={value}")
             name, key = names[0], left
+        if key in out.get(name, {}):  # the last one silently won
+            raise GenforgeError(f"--reward-arg {name}.{key} is given twice; give each argument once")
         out.setdefault(name, {})[key] = parse_value(value)
     return out
 

@@ -124,6 +124,19 @@ def test_a_failed_start_leaves_no_lock_in_an_empty_folder(tmp_path):
     assert list(empty.iterdir()) == []
 
 
+def test_a_refused_overwrite_keeps_the_run_it_would_replace(tmp_path, capsys):
+    """A bad override that the trainer refuses at start (an unknown optimizer) deleted the run
+    --overwrite was to replace before the refusal; now the folder is cleared only once the new
+    run has started."""
+    run = tmp_path / "run"
+    train_toy(run)
+    before = tree(run)
+    assert main(["train", TOY, "--run-dir", str(run), "--overwrite", "--no-progress", *QUIET,
+                 "train.optim.nope.lr=1e-3"]) == 2
+    assert "no optimizer 'nope'" in one_line(capsys)
+    assert tree(run) == before and ckpt.require_checkpoint(run, "latest").is_dir()
+
+
 # --------------------------------------------------------------------------- checkpoints (15)
 
 

@@ -51,6 +51,7 @@ from genforge.rundir import (  # noqa: F401  (re-exported: the run folder's clai
     RunLock,
     check_overwritable,
     claim_run_dir,
+    clear_run_dir,
     foreign_entries,
     is_empty_dir,
     release_claim,

@@ -93,9 +93,10 @@ def check_overwritable(run_dir: Path, flag: str = "--overwrite") -> None:
 def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> tuple[RunLock, bool]:
     """Lock ``run_dir`` for one training process: (the held lock, whether the folder was created).
 
-    A new run needs an absent or empty folder unless ``overwrite``, which clears it only when
-    it is a genforge run (:func:`check_overwritable`) and only once the lock proves nobody else
-    is writing there; a resumed run needs checkpoints. Every writer of runs (`train`, `rl`)
+    A new run needs an absent or empty folder unless ``overwrite``, which allows a genforge run
+    (:func:`check_overwritable`, checked again once the lock proves nobody else is writing there;
+    the caller clears it with :func:`clear_run_dir` once its start has succeeded); a resumed run
+    needs checkpoints. Every writer of runs (`train`, `rl`)
     comes through here. On a refusal nothing is created or deleted (no stale ``.lock``)."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -120,17 +121,26 @@ def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> tuple[RunLock
     if overwrite and not resume:
         try:
             check_overwritable(run_dir)  # again under the lock: the folder may have changed
-            for child in run_dir.iterdir():
-                if child.name != ".lock":
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-        except BaseException as e:
+        except BaseException:
             release_claim(run_dir, lock, created, had_lock)
-            if isinstance(e, OSError):
-                raise GenforgeError(f"cannot clear run directory '{run_dir}' ({e.strerror}: "
-                                    f"{e.filename}); check its permissions") from None
             raise
     lock.created_file = not had_lock
     return lock, created
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Empty a claimed run folder for ``--overwrite`` (all but ``.lock``). The trainer calls it
+    only once the new run has started without error, so a refused start (a bad override) keeps
+    the run it would have replaced."""
+    run_dir = Path(run_dir)
+    check_overwritable(run_dir)
+    try:
+        for child in run_dir.iterdir():
+            if child.name != ".lock":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    except OSError as e:
+        raise GenforgeError(f"cannot clear run directory '{run_dir}' ({e.strerror}: "
+                            f"{e.filename}); check its permissions") from None
 
 
 def release_claim(run_dir: Path, lock: RunLock, created: bool, had_lock: bool) -> None:

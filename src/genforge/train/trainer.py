@@ -80,6 +80,9 @@ class Trainer:
         try:
             self._setup(model, batches, resume)
             if self.dist.is_main:
+                if overwrite and not resume:  # only now: a refused start keeps the run it would replace
+                    ckpt.clear_run_dir(self.run_dir)
+                self.tb = self._tensorboard()
                 self._write_run_files()
         except BaseException:
             lock, self.lock = self.lock, None
@@ -135,7 +138,7 @@ class Trainer:
         else:  # dropout etc. draw differently on each rank
             torch.manual_seed(tc.seed + 1000 * self.dist.rank)
         self.ctx = StepContext(self)
-        self.tb = self._tensorboard() if self.dist.is_main else None
+        self.tb = None  # made with the run files, after any --overwrite has cleared the folder
 
     def _write_run_files(self) -> None:
         ckpt.atomic_write_text(self.run_dir / "config.json", json.dumps(self.cfg.model_dump(), indent=2))

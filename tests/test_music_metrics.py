@@ -124,6 +124,18 @@ def test_js_divergence_bounds():
     assert js_divergence(np.array([1, 0.0]), np.array([0, 1.0])) == pytest.approx(1.0)
 
 
+def test_silent_pieces_get_no_distance_to_bach():
+    """An all-rest piece has nothing to compare: its three JS distances once came out as
+    0.11 / 0.38 / 0.45 bits (a flat stand-in histogram against Bach's), now NaN ('-')."""
+    from genforge.metrics.music import music_metrics
+
+    assert np.isnan(js_divergence(np.zeros(12), np.arange(12.0)))
+    out = music_metrics([np.full((16, 4), R)], against=[CLEAN])
+    assert out["notes"] == 0
+    assert all(np.isnan(out[k]) for k in ("pitch_class_js", "interval_js", "duration_js"))
+    assert music_metrics([CLEAN], against=[CLEAN])["pitch_class_js"] == pytest.approx(0.0, abs=1e-12)
+
+
 # --------------------------------------------------------------------------- memorization
 
 

@@ -83,8 +83,13 @@ def normalized(counts: np.ndarray) -> np.ndarray:
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
-    """Jensen-Shannon divergence in bits, in [0, 1], of two histograms (normalized here)."""
-    p, q = normalized(np.asarray(p, float)), normalized(np.asarray(q, float))
+    """Jensen-Shannon divergence in bits, in [0, 1], of two histograms (normalized here); NaN
+    when either is empty (silent pieces have no pitch classes, intervals or note lengths to
+    compare, and a flat stand-in gave them a made-up distance)."""
+    p, q = np.asarray(p, float), np.asarray(q, float)
+    if not p.sum() > 0 or not q.sum() > 0:
+        return float("nan")
+    p, q = normalized(p), normalized(q)
     m = 0.5 * (p + q)
 
     def kl(a: np.ndarray) -> float:

@@ -256,12 +256,19 @@ def test_cli_prints_both_rows_and_writes_json(tiny_jsb, tmp_path, capsys):
     ([], "name at least one file"),
     (["missing.mid"], "no such file"),
     (["s.npy", "--against", "mozart"], "unknown music reference 'mozart'"),
+    (["drums.mid"], "drums.mid holds no notes (drum tracks are not read)"),  # was "got (0, 4)"
 ])
 def test_cli_errors_exit_2_with_one_line(tiny_jsb, tmp_path, monkeypatch, capsys, args, message):
     from genforge.cli import main
 
     monkeypatch.chdir(tmp_path)
     np.save(tmp_path / "s.npy", CLEAN)
+    if "drums.mid" in args:  # a drum kit only: no pitched note to measure
+        pretty_midi = pytest.importorskip("pretty_midi")
+        drums = pretty_midi.PrettyMIDI()
+        drums.instruments.append(pretty_midi.Instrument(0, is_drum=True))
+        drums.instruments[0].notes.append(pretty_midi.Note(velocity=90, pitch=36, start=0.0, end=0.25))
+        drums.write(str(tmp_path / "drums.mid"))
     assert main(["metrics", "music", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1

@@ -110,6 +110,8 @@ def read_grids(path: str | Path) -> list[np.ndarray]:
             raise
         except Exception as e:  # a corrupt MIDI file: pretty_midi/mido raise many kinds
             raise GenforgeError(f"{path}: not a readable MIDI file ({type(e).__name__}: {e})") from None
+        if len(grid) == 0:  # was "a grid has shape (T, 4) ..., got (0, 4)"
+            raise GenforgeError(f"{path} holds no notes (drum tracks are not read): nothing to measure")
         return [as_grid(grid, str(path))]
     try:
         if suffix == ".npy":

@@ -149,6 +149,14 @@ def test_midi_folder_counts_and_reports_bad_files(tmp_path):
         load_midi_folder(empty)
 
 
+def test_an_empty_midi_file_is_named_as_empty(tmp_path):
+    """A 0-byte .mid (what --prompt-midi, --melody and metrics music read) once gave
+    'cannot read MIDI file x.mid: EOFError: ', with nothing after the colon."""
+    (tmp_path / "x.mid").write_bytes(b"")
+    with pytest.raises(GenforgeError, match=r"x\.mid: the file is empty; give a standard MIDI file \(\.mid\)$"):
+        read_midi(tmp_path / "x.mid")
+
+
 def test_a_midi_folder_loads_as_events_with_the_long_pieces_reported(tmp_path, capsys):
     folder = tmp_path / "midi"
     folder.mkdir()

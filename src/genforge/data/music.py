@@ -145,7 +145,9 @@ def load_midi(path):
     try:
         return pretty_midi.PrettyMIDI(str(path))
     except Exception as e:  # noqa: BLE001 - mido/pretty_midi raise many kinds for broken files
-        raise GenforgeError(f"cannot read MIDI file {path}: {type(e).__name__}: {e}") from None
+        empty = Path(path).is_file() and Path(path).stat().st_size == 0
+        why = "the file is empty" if empty else f"{type(e).__name__}: {e}".rstrip(": ")
+        raise GenforgeError(f"cannot read MIDI file {path}: {why}; give a standard MIDI file (.mid)") from None
 
 
 def _steps(pm, seconds: float) -> int:

@@ -253,6 +253,15 @@ def test_a_prompt_the_model_cannot_read_is_refused_before_a_stream_starts(client
         assert r.status_code == 422 and r.json()["error"]["param"] == "prompt"
 
 
+def test_a_route_this_server_lacks_names_the_ones_it_has(client):
+    """The OpenAI client's chat call (a text run is no chat model) gets more than 'Not Found'."""
+    r = post(client, {"model": "gpt", "messages": [{"role": "user", "content": "to"}]}, "/v1/chat/completions")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+    assert "/v1/chat/completions" in r.json()["error"]["message"] and "/v1/completions" in r.json()["error"]["message"]
+    r = client.get("/v1/completions")
+    assert r.status_code == 405 and "GET /v1/completions" in r.json()["error"]["message"]
+
+
 def test_a_body_not_sent_as_json_says_to_send_the_header(client):
     body = json.dumps({"model": "gpt", "max_tokens": 2})
     for headers in ({"content-type": "application/x-www-form-urlencoded"}, {"content-type": "text/plain"}):

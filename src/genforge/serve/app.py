@@ -87,7 +87,11 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
 
     @app.exception_handler(HTTPException)
     async def _http_error(request, e: HTTPException):
-        return _error(e.status_code, str(e.detail), "not_found_error" if e.status_code == 404 else "invalid_request_error")
+        message = str(e.detail)
+        if e.status_code in (404, 405) and message in ("Not Found", "Method Not Allowed"):  # a route, not a model
+            message = (f"{message}: {request.method} {request.url.path}; this server's routes are listed at /docs "
+                       "(POST /v1/completions for text runs, /v1/images/generations for images, /v1/samples for any run)")
+        return _error(e.status_code, message, "not_found_error" if e.status_code == 404 else "invalid_request_error")
 
     @app.exception_handler(Exception)
     async def _internal(request, e: Exception):  # never a traceback to the client

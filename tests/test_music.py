@@ -250,6 +250,19 @@ def test_tiny_gpt_samples_midi_an_independent_reader_parses(music_run, tmp_path,
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_token_run_without_its_tokenizer_is_one_line(music_run, tmp_path, capsys):
+    """sample/eval on a token run whose tokenizer.json is gone crashed with an AttributeError."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(music_run, run)
+    (run / "tokenizer.json").unlink()
+    for argv in (["sample", str(run), "--steps", "2", "--out", str(tmp_path / "x.mid")], ["eval", str(run)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "has no tokenizer.json" in err and "\n" not in err and "Traceback" not in err
+
+
 def test_every_written_piece_carries_its_provenance(music_run, tmp_path, capsys):
     """MIDI gets a sidecar, the piano roll its PNG chunk; `genforge verify` checks both, and a
     changed MIDI byte is caught."""

@@ -58,4 +58,7 @@ def load_run(run_dir: str | Path, use_ema: bool = True, device: str = "auto",
         from genforge.data.tokenizers import load_tokenizer
 
         tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+    elif spec.vocab_size is not None:  # a token run: sampling crashed on the missing tokenizer
+        raise GenforgeError(f"run '{run_dir}' has no tokenizer.json, which turns its {spec.modality} tokens "
+                            "into text; put the run's tokenizer.json back (every token run writes one)")
     return LoadedRun(run_dir, cfg, model_cfg, spec, model, int(manifest["step"]), path, tokenizer, ema)

@@ -381,6 +381,20 @@ def test_rl_resume_is_exact(text_base, tmp_path):
     assert main(["rl", "--resume", str(tmp_path / "twice"), "--reward", "x"]) == 2
 
 
+def test_resume_without_the_reference_weights_does_not_advise_deleting(text_base, tmp_path, capsys):
+    """A missing RUN/reference said "delete that checkpoint folder to fall back to an earlier one",
+    advice that cannot help: the RL run needs its starting weights."""
+    import shutil
+
+    base, rewards = text_base
+    assert _rl(base, rewards, tmp_path / "rl", "--steps", "1") == 0
+    shutil.rmtree(tmp_path / "rl" / "reference")
+    capsys.readouterr()
+    assert main(["rl", "--resume", str(tmp_path / "rl"), "--steps", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot continue without it" in err and "delete" not in err and "\n" not in err
+
+
 def test_ddpo_raises_brightness_on_digits(tmp_path):
     base = tmp_path / "base"
     assert main(["train", "diffusion-digits", "model.channels=[16, 32]", "model.attention=[false, false]",

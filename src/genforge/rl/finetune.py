@@ -138,7 +138,13 @@ def finetune(base_run: str | Path | None, settings: RLConfig | None, run_dir: st
             raise GenforgeError(f"'{run_dir}' is not an RL run; continue it with `genforge train --resume`")
         settings = cfg.rl
         base_path = run_dir / "reference"
-        ckpt.verify_checkpoint(base_path)
+        try:
+            ckpt.verify_checkpoint(base_path)
+        except GenforgeError as e:  # its advice, "delete that checkpoint folder", would lose the run
+            why = str(e).partition("(")[2].rpartition(")")[0] or str(e)
+            raise GenforgeError(f"'{base_path}' (the starting weights every KL is measured against) is missing "
+                                f"or damaged ({why}); this RL run cannot continue without it: restore it, or "
+                                f"start a new run from {settings.base_run}") from None
     else:
         base_run = Path(base_run)
         _refuse_overlap(run_dir, base_run)

@@ -3,6 +3,7 @@ early stops its generation (streamed and not), counted in model calls."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 import threading
@@ -34,7 +35,14 @@ def live(tmp_path_factory):
                  "--no-progress"]) == 0
     assert main(["train", "diffusion-digits", *DIFFUSION, "--run-dir", str(root / "diffusion"),
                  "--no-progress"]) == 0
-    entries = load_entries([str(root / "gpt"), str(root / "diffusion")], device="cpu")
+    dirs = [root / "gpt", root / "diffusion"]
+    if importlib.util.find_spec("rdkit") is not None:  # user SMILES files are checked with RDKit
+        smiles = root / "m.smi"
+        smiles.write_text("\n".join(["CCO", "CCN", "CCCC", "c1ccccc1", "CC(=O)O"] * 8) + "\n")
+        assert main(["train", "gpt-demo", f"data.name={smiles}", "data.val_fraction=0.1", *GPT[:3],
+                     "model.block_size=256", *GPT[4:], "--run-dir", str(root / "mol"), "--no-progress"]) == 0
+        dirs.append(root / "mol")
+    entries = load_entries([str(d) for d in dirs], device="cpu")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -124,3 +132,27 @@ def test_an_image_client_that_goes_away_stops_its_draw(live):
         total = settled(calls)
     assert total < 100, f"{total} network calls after the client left (200 steps asked)"
     assert app.state.image_batchers["diffusion"].stats["steps"] < 100
+
+
+def test_a_molecule_client_that_goes_away_stops_its_draw(live):
+    """Molecules (and music) are drawn by the family's own sample(): a client that leaves ends it at
+    the next token, and its queue slot is free again."""
+    port, entries, app = live
+    if "mol" not in entries:
+        pytest.skip("RDKit is not installed (needed to train on a SMILES file)")
+    model = entries["mol"].run.model
+    eos = model.spec.special_ids["eos"]
+
+    class NoEnd(Counted):  # no row draws <eos>: the draw runs all 256 tokens unless it is stopped
+        def __call__(self, *args, **kwargs):
+            out = super().__call__(*args, **kwargs)
+            out[..., eos] = float("-inf")
+            return out
+
+    with NoEnd(model, "logits") as calls:
+        sock = send(port, "/v1/samples", {"model": "mol", "seed": 0, "num_samples": 2})
+        wait_until(lambda: calls.calls >= 5)
+        sock.close()
+        total = settled(calls)
+    assert total < 100, f"{total} decode steps after the client left (256 asked)"
+    wait_until(lambda: app.state.active == 0)

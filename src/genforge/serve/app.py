@@ -10,8 +10,10 @@ model draws; at most ``limits.max_queue`` requests are admitted at once and the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -138,6 +140,23 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
         admit()
         try:
             return await run_in_threadpool(fn, *args)
+        finally:
+            release()
+
+    async def watched(request: Request, fn, *args) -> Any:
+        """``fn(*args, cancelled)`` in a worker thread, holding a queue slot until it ends; a client
+        that disconnects first sets ``cancelled`` (a molecule or music draw stops at its next token)."""
+        admit()
+        cancelled, done = threading.Event(), asyncio.Event()
+        try:
+            work = asyncio.ensure_future(run_in_threadpool(fn, *args, cancelled))
+            work.add_done_callback(lambda _: done.set())
+            if not await until_done_or_gone(done, request.receive):
+                cancelled.set()
+                with contextlib.suppress(Exception):  # the draw ends at its next token; its 499 is not sent
+                    await work
+                raise RequestError("the client went away", 499)
+            return work.result()
         finally:
             release()
 
@@ -274,7 +293,7 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
             return {**common, "text": items, "prompts": rows} | ({"screening": screening} if screening else {})
         if entry.modality == "image":
             return {**common, **await draw_images(entry, options, seed, request, record, init)}
-        result = await run(engine.generate, entry, options, seed, limits)  # molecules, music
+        result = await watched(request, engine.generate, entry, options, seed, limits)  # molecules, music
         return {**common, **result}
 
     @app.post("/v1/detect", response_model=checks.DetectResponse, responses=ERRORS)

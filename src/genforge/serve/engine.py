@@ -114,10 +114,12 @@ def identity(entry: Entry) -> dict[str, str]:
 
 
 # -- one library call per request ---------------------------------------------------------
-def generate(entry: Entry, options: dict[str, Any], seed: int, limits: Limits | None = None) -> dict[str, Any]:
+def generate(entry: Entry, options: dict[str, Any], seed: int, limits: Limits | None = None,
+             cancelled: threading.Event | None = None) -> dict[str, Any]:
     """Samples as data for one request, drawn with ``generator_for(device, seed)``; every PNG in
     them carries the request's provenance record, returned as ``provenance``. An ``init_image``
-    still in base64 is decoded here (``limits``: its bounds)."""
+    still in base64 is decoded here (``limits``: its bounds). ``cancelled`` set (the client went
+    away) ends a molecule or music draw at its next token (a 499)."""
     from genforge.modalities import generator_for
     from genforge.serve.uploads import take_init
 
@@ -137,9 +139,9 @@ def generate(entry: Entry, options: dict[str, Any], seed: int, limits: Limits | 
         elif entry.modality == "music":
             from genforge.serve import music
 
-            result = music.draw(entry, options, generator, record)
+            result = music.draw(entry, options, generator, record, stop_hook(entry, cancelled))
         else:  # load_entries admits only the modalities served here
-            result = _molecules(entry, options, generator)
+            result = _molecules(entry, options, generator, stop_hook(entry, cancelled))
     if entry.modality == "molecule":  # images are screened as they are encoded (serve/images.py)
         result = responsible.screen_molecules(entry, options, result)
     mark = result.pop("watermark", None) or responsible.watermark_status(entry, options)  # images: after the draw
@@ -170,12 +172,28 @@ def text_job(entry: Entry, options: dict[str, Any], seed: int):
     return Job(prompts, settings, generator, logits_hook=responsible.text_hook(entry, options))
 
 
-def _molecules(entry: Entry, options: dict[str, Any], generator) -> dict[str, Any]:
+def stop_hook(entry: Entry, cancelled: threading.Event | None) -> dict[str, Any]:
+    """``{"logits_hook": hook}`` for a token family's ``sample``: the logits unchanged (the same
+    tokens), a 499 once ``cancelled`` is set; ``{}`` for a family whose sample takes no hook."""
+    import inspect
+
+    if cancelled is None or "logits_hook" not in inspect.signature(entry.run.model.sample).parameters:
+        return {}
+
+    def hook(logits: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        if cancelled.is_set():
+            raise RequestError("the client went away", 499)
+        return logits
+
+    return {"logits_hook": hook}
+
+
+def _molecules(entry: Entry, options: dict[str, Any], generator, hook: dict | None = None) -> dict[str, Any]:
     from genforge.modalities.molecule import draw
 
     run = entry.run
     ids = draw(run.model, options["num_samples"], generator, options["num_samples"], options["temperature"],
-               progress=False)
+               progress=False, **(hook or {}))
     smiles = [run.tokenizer.decode(row) for row in ids]
     valid: list[bool | None] = [None] * len(smiles)
     svg: list[str | None] = [None] * len(smiles)

@@ -26,10 +26,11 @@ def steps_limit(entry, max_tokens: int) -> int:
     return max(1, max_tokens // tokens_per_step(entry.run.tokenizer))
 
 
-def draw(entry, options: dict[str, Any], generator, record: dict | None) -> dict[str, Any]:
+def draw(entry, options: dict[str, Any], generator, record: dict | None, hook: dict | None = None) -> dict[str, Any]:
     """``num_samples`` pieces: ``midi``, ``piano_roll_png`` and ``wav`` lists (base64; ``wav``
     entries null with ``audio_note`` saying why when FluidSynth is missing) and ``steps``, each
-    piece's length in 16th steps."""
+    piece's length in 16th steps. ``hook``: engine.stop_hook's, which ends the draw when the
+    client has gone."""
     from genforge.modalities.music import tokens_per_step, write_piece
     from genforge.serve.wire import b64, from_library
 
@@ -37,7 +38,8 @@ def draw(entry, options: dict[str, Any], generator, record: dict | None) -> dict
     steps, tempo = options.get("steps"), options.get("tempo") or 100.0
     length = {} if steps is None else {"max_new_tokens": steps * tokens_per_step(tok)}
     try:
-        rows = run.model.sample(n, generator, prompts=[[tok.bos_id]] * n, temperature=options["temperature"], **length)
+        rows = run.model.sample(n, generator, prompts=[[tok.bos_id]] * n, temperature=options["temperature"],
+                                **length, **(hook or {}))
     except GenforgeError as e:
         raise from_library(e) from None
     out: dict[str, Any] = {"midi": [], "piano_roll_png": [], "wav": [], "steps": [], "audio_note": None}

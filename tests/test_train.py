@@ -188,6 +188,22 @@ def test_a_failed_resume_leaves_the_run_untouched(corpus, tmp_path, capsys):
     assert main(["sample", str(run), "--max-new-tokens", "5", "--seed", "0", "--no-stream"]) == 0
 
 
+def test_resume_refuses_data_settings_that_change_the_runs_data(tmp_path, capsys):
+    """`--resume RUN data.val_fraction=0.3` re-split digits silently: images the run had trained
+    on moved into its test split (and data.json was rewritten to match, so eval never knew)."""
+    run = tmp_path / "run"
+    toy = str(Path(__file__).with_name("toy-digits.toml"))
+    assert main(["train", toy, "train.max_steps=2", "train.plot=false", "--run-dir", str(run),
+                 "--no-progress"]) == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for change in ("data.val_fraction=0.3", "data.pixel_range=[-1, 1]"):
+        assert main(["train", "--resume", str(run), "train.max_steps=4", change, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"{change.split('=')[0]}=" in err and "train a new run" in err and err.count("\n") == 1
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert main(["train", "--resume", str(run), "train.max_steps=3", "data.hflip=true", "--no-progress"]) == 0
+
+
 def test_each_checkpoint_carries_its_config_and_load_run_uses_it(corpus, tmp_path):
     cfg, mcfg = tiny(corpus, "train.max_steps=4", "train.eval_every=2", "train.plot=false")
     make_trainer(cfg, mcfg, tmp_path / "r", progress=False).fit()

@@ -2,7 +2,8 @@
 
 Weights, optimizer moments, EMA shadow, sampler position, RNG, step and the selection
 state come back, so a resumed run continues the uninterrupted run's loss curve exactly
-(tests/test_train.py). Hyperparameters come from today's config.
+(tests/test_train.py). Hyperparameters come from today's config; the data (``data.*`` but
+the training-split augmentations) stays the checkpoint's.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ def restore(t: Any) -> None:
     RNG, step, best score and early-stopping count; drop log rows written after it."""
     path = ckpt.require_checkpoint(t.run_dir, "latest")
     ckpt.verify_checkpoint(path)
+    check_same_data(ckpt.checkpoint_config(path).get("data") or {}, t.cfg.data.model_dump(), path)
     ckpt.load_weights(t.model, path)
     state = ckpt.load_train_state(path)
     try:
@@ -58,3 +60,22 @@ def restore(t: Any) -> None:
     if t.dist.is_main and log.is_file():
         rows = [r for r in log.read_text().splitlines() if r and json.loads(r)["step"] <= t.step]
         ckpt.atomic_write_text(log, "".join(r + "\n" for r in rows))
+
+
+# Augmentations of the training split: a resumed run may turn them on or off.
+DATA_CHANGEABLE = frozenset({"hflip", "transpose"})
+
+
+def check_same_data(then: dict[str, Any], now: dict[str, Any], path) -> None:
+    """Refuse a resume whose ``data.*`` settings define other data than the checkpoint's: another
+    dataset, split (``val_fraction`` moves trained examples into the test split) or vocabulary
+    (token ids that mean other characters) would continue the run silently on the wrong data."""
+    from genforge.config import DataConfig
+
+    then = DataConfig(**{k: v for k, v in then.items() if k in DataConfig.model_fields}).model_dump()
+    for key, value in now.items():
+        if key not in DATA_CHANGEABLE and key in then and value != then[key]:
+            raise GenforgeError(f"data.{key}={value!r} on --resume: the run was trained with "
+                                f"data.{key}={then[key]!r} ({path.name}), and its data, splits and "
+                                "vocabulary stay fixed (only data.hflip and data.transpose may change); "
+                                "train a new run for other data")

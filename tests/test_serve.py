@@ -251,6 +251,7 @@ def test_a_prompt_the_model_cannot_read_is_refused_before_a_stream_starts(client
             assert r.status_code == 400 and r.headers["content-type"] == "application/json", (path, prompt, r.text)
         r = post(client, {**body, "prompt": []}, path)  # not silently the default prompt
         assert r.status_code == 422 and r.json()["error"]["param"] == "prompt"
+    assert client.app.state.active == 0  # each refusal gave its queue slot back
 
 
 def test_a_route_this_server_lacks_names_the_ones_it_has(client):

@@ -207,9 +207,9 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
         """SSE of a text job's pieces, pushed from the decode thread to the loop (serve/events.py);
         the queue slot is held until the stream ends or the client goes away (then the job is
         cancelled: its rows stop decoding)."""
+        job = engine.text_job(entry, options, seed)  # a prompt it cannot read: a 400 before a slot is taken
         admit()
         wake = asyncio.Event()
-        job = engine.text_job(entry, options, seed)
         job.notify = waker(asyncio.get_running_loop(), wake)
         try:
             app.state.batchers[entry.id].submit(job)

@@ -44,21 +44,31 @@ def _rl(args) -> None:
 
     if args.stop_after is not None and args.stop_after < 1:
         raise GenforgeError("--stop-after must be at least 1")
+    if args.resume and args.base_run and "=" in args.base_run:  # `rl --resume RUN train.k=v`: argparse
+        args.overrides.insert(0, args.base_run)                 # took the first override for BASE_RUN
+        args.base_run = None
     given = {k: getattr(args, k) for k in RL_FLAGS if getattr(args, k) is not None}
-    train = {k: v for k, v in (("max_steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
-                               ("seed", args.seed)) if v is not None}
+    flags = {"max_steps": "steps", "batch_size": "batch_size", "lr": "lr", "seed": "seed"}  # train.KEY: flag
+    train = {k: getattr(args, a) for k, a in flags.items() if getattr(args, a) is not None}
     for item in args.overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.startswith("train."):
             raise GenforgeError(f"'{item}': `genforge rl` takes train.KEY=VALUE overrides only "
                                 "(model and data come from the base run)")
-        train[key[len("train."):]] = parse_value(value)
+        name = key[len("train."):]
+        if name in flags and getattr(args, flags[name]) is not None:
+            raise GenforgeError(f"--{flags[name].replace('_', '-')} and {key} set the same thing (the override "
+                                "silently won); give one of them")
+        train[name] = parse_value(value)
     if args.resume:
-        extra = [f"--{k.replace('_', '-')}" for k in given] + (["--reward"] if args.reward else []) + \
+        # --seed chooses how a new run's rollouts start; a resumed run restores its generators
+        extra = [f"--{k.replace('_', '-')}" for k in given] + (["--seed"] if args.seed is not None else []) + \
+                (["--reward"] if args.reward else []) + \
                 (["--prompt"] if args.prompt else []) + (["--run-dir"] if args.run_dir else [])
         if args.base_run or extra:
             raise GenforgeError(f"--resume continues RUN with its recorded settings; {' '.join(extra) or 'BASE_RUN'} "
-                                "does not apply (only --steps, --stop-after, --no-progress and train.* overrides)")
+                                "does not apply (only --steps, --batch-size, --lr, --stop-after, --no-progress and "
+                                "train.* overrides)")
         run_dir = Path(args.resume)
         settings = None
     else:

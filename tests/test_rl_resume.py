@@ -1,0 +1,41 @@
+"""`genforge rl --resume` from the command line: train.* overrides reach the resumed run, a flag
+never loses silently to its train.* override, and a run without its reference weights says so."""
+
+from __future__ import annotations
+
+import json
+
+from test_rl import _rl, text_base  # noqa: F401 - text_base is the module's fixture
+
+from genforge.cli import main
+
+
+def test_train_overrides_reach_a_resumed_run_and_flags_never_lose_silently(text_base, tmp_path, capsys):  # noqa: F811
+    """`rl --resume RUN train.k=v` was refused ('BASE_RUN does not apply': argparse took the override
+    for BASE_RUN); `--steps 2 train.max_steps=3` silently ran 3 steps; `--resume --seed` was kept in
+    the config but could not change the restored generators."""
+    base, rewards = text_base
+    run = tmp_path / "rl"
+    assert _rl(base, rewards, tmp_path / "x", "--steps", "2", "train.max_steps=3") == 2
+    assert "--steps and train.max_steps set the same thing" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert _rl(base, rewards, run, "--steps", "1") == 0
+    assert main(["rl", "--resume", str(run), "--seed", "3", "--steps", "2", "--no-progress"]) == 2
+    assert "--seed does not apply" in capsys.readouterr().err
+    assert main(["rl", "--resume", str(run), "train.eval_every=2", "--steps", "2", "--no-progress"]) == 0
+    saved = json.loads((run / "checkpoints" / "step_0000002" / "config.json").read_text())
+    assert saved["train"]["eval_every"] == 2 and saved["train"]["max_steps"] == 2
+
+
+def test_resume_without_the_reference_weights_does_not_advise_deleting(text_base, tmp_path, capsys):  # noqa: F811
+    """A missing RUN/reference said "delete that checkpoint folder to fall back to an earlier one",
+    advice that cannot help: the RL run needs its starting weights."""
+    import shutil
+
+    base, rewards = text_base
+    assert _rl(base, rewards, tmp_path / "rl", "--steps", "1") == 0
+    shutil.rmtree(tmp_path / "rl" / "reference")
+    capsys.readouterr()
+    assert main(["rl", "--resume", str(tmp_path / "rl"), "--steps", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot continue without it" in err and "delete" not in err and "\n" not in err

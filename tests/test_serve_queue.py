@@ -41,6 +41,17 @@ def test_queue_full_is_429_with_retry_after(serve_runs):
         assert results[0].status_code == 200 and c.app.state.active == 0
 
 
+def test_the_report_takes_a_queue_slot(serve_runs):
+    """GET /report draws every run's curves (seconds of CPU): past max_queue it is a 429 like a
+    generation, not an unbounded backlog of worker threads."""
+    with TestClient(create_app(serve_runs, limits=Limits(max_queue=1))) as c:
+        c.app.state.active = 1  # a request is running
+        r = c.get("/report")
+        assert r.status_code == 429 and r.headers["retry-after"] == "1" and "max_queue" in r.json()["error"]["message"]
+        c.app.state.active = 0
+        assert c.get("/report").status_code == 200 and c.app.state.active == 0
+
+
 def test_a_request_refused_while_its_job_is_made_frees_its_queue_slot(serve_runs, monkeypatch):
     """Admitted, then refused before its job reaches a batcher: the slot is released, so the
     next request is served (with max_queue=1 a leaked slot would make it a 429)."""

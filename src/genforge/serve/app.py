@@ -251,14 +251,15 @@ def create_app(runs, api_key: str | None = None, limits: Limits | None = None,
 
     @app.get("/report", response_class=HTMLResponse,  # the page is HTML, its refusals JSON
              responses={c: {"description": "refused", "content": {"application/json": {"schema": {
-                 "$ref": "#/components/schemas/ErrorResponse"}}}} for c in (400, 401)})
+                 "$ref": "#/components/schemas/ErrorResponse"}}}} for c in (400, 401, 429)})
     async def report():
         """`genforge report` of the loaded runs (the page's Report tab shows it in a sandboxed
-        iframe); built per request, so a run evaluated since start-up shows its new numbers."""
+        iframe); built per request, so a run evaluated since start-up shows its new numbers. Seconds
+        of CPU (its curves): it takes a queue slot like a generation."""
         from genforge.report_html import build_report
 
         dirs = [e.run.run_dir for e in entries.values()]
-        return HTMLResponse(await run_in_threadpool(build_report, dirs))
+        return HTMLResponse(await run(build_report, dirs))
 
     @app.get("/v1/models/{model_id}", responses=ERRORS)
     async def model(model_id: str):

@@ -170,6 +170,9 @@ def test_broken_run_fails_before_serving(tmp_path, capsys):
 
     with pytest.raises(GenforgeError, match="does not exist"):
         load_entries([str(tmp_path / "missing")])
+    (tmp_path / "config.json").write_text("{}")  # a run's file given for its folder
+    with pytest.raises(GenforgeError, match="is a file, not a folder"):
+        load_entries([str(tmp_path / "config.json")])
     (tmp_path / "empty").mkdir()
     assert main(["serve", str(tmp_path / "empty"), "--port", "1"]) == 2
     err = capsys.readouterr().err

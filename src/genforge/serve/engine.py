@@ -59,7 +59,8 @@ def load_entries(run_dirs: list[str], device: str = "auto") -> dict[str, Entry]:
     for run_dir in run_dirs:
         path = Path(run_dir)
         if not path.is_dir():
-            raise GenforgeError(f"run '{run_dir}' does not exist; give run directories made by `genforge train`")
+            what = "is a file, not a folder" if path.exists() else "does not exist"
+            raise GenforgeError(f"run '{run_dir}' {what}; give run directories made by `genforge train`")
         run = load_run(path, device=device)
         if run.spec.modality not in DEFAULT_SAMPLES:
             raise GenforgeError(f"run '{run_dir}' is a {run.spec.modality} run, which genforge serve does not "

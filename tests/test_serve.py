@@ -118,6 +118,7 @@ def test_molecule_sample(client):
     ({"model": "gpt", "prompt": ["a"] * 33, "num_samples": 2}, 422, "num_samples"),
     ({"model": "gpt", "max_new_tokens": 5000}, 422, "max_new_tokens"),
     ({"model": "gpt", "prompt": "x" * 2001}, 422, "prompt"),
+    ({"model": "gpt", "stop": [f"~{i}" for i in range(17)]}, 422, "stop"),  # each is checked per row per token
 ])
 def test_refusals_are_json_naming_the_option(client, body, status, param):
     r = post(client, body)

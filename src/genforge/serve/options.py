@@ -44,6 +44,7 @@ class Limits:
     max_steps: int = 200  # diffusion sampling steps
     max_tokens: int = 1024  # new tokens per text sample
     max_prompt_chars: int = 2000  # characters of each prompt
+    max_stops: int = 16  # stop strings per request (each is checked against every row at every token)
     max_body_bytes: int = 64 * 1024  # request body (Content-Length)
     max_queue: int = 8  # requests admitted at once (running + waiting); more get 429
     max_init_bytes: int = 48 * 1024  # an uploaded init_image's PNG bytes (its base64 fits max_body_bytes)
@@ -194,6 +195,9 @@ def resolve(entry, given: dict[str, Any], limits: Limits) -> dict[str, Any]:
         checked["prompt"] = [checked["prompt"]]
     if isinstance(checked.get("stop"), str):
         checked["stop"] = [checked["stop"]]
+    if len(checked.get("stop") or ()) > limits.max_stops:
+        raise RequestError(f"'stop' has {len(checked['stop'])} strings, above this server's limit "
+                           f"max_stops={limits.max_stops}", 422, "stop")
     try:
         options = check_options(entry.run, checked, "sample")
     except RequestError:

@@ -98,7 +98,7 @@ def test_report_escapes_what_runs_hold(runs, tmp_path):
     assert "one run: nothing to compare" in page
 
 
-def test_report_bad_runs_are_one_line_errors_and_write_nothing(runs, tmp_path, capsys):
+def test_report_bad_runs_are_one_line_errors_and_write_nothing(runs, tmp_path, capsys, monkeypatch):
     gpt = runs[0]
     broken = shutil.copytree(gpt, tmp_path / "broken")
     (broken / "eval.json").write_text("{not json")
@@ -116,6 +116,9 @@ def test_report_bad_runs_are_one_line_errors_and_write_nothing(runs, tmp_path, c
     taken.write_text("mine")
     assert main(["report", str(gpt), "--out", str(taken)]) == 2
     assert "already exists" in capsys.readouterr().err and taken.read_text() == "mine"
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", str(gpt), "--out", ""]) == 2  # an empty name (an unset $VAR), not report.html
+    assert "is a folder" in capsys.readouterr().err and not (tmp_path / "report.html").exists()
     with pytest.raises(GenforgeError, match="at least one"):
         build_report([])
 

@@ -177,7 +177,7 @@ def _report(args) -> None:
     from genforge.outputs import check_out, unique_output
     from genforge.report_html import build_report
 
-    out = check_out(args.out) if args.out else None  # before reading runs: a taken name fails fast
+    out = None if args.out is None else check_out(args.out)  # before reading runs: a taken name fails fast
     page = build_report(args.runs)
     if out is None:
         out = unique_output(Path("."), "report", ".html")  # report.html, else report-2.html, ...

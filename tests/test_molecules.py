@@ -129,6 +129,20 @@ def test_files_and_bad_rows_are_counted_and_reported(tmp_path, capsys):
     assert data.test is None and data.spec.modality == "molecule"
 
 
+def test_a_huge_row_is_left_out_unparsed(tmp_path):
+    """RDKit writing a 10,000-atom chain took 1.7 s and a 20,000-atom one crashed the process
+    (segfault), so `train data.name=file.smi` with one huge line died; rows over the metrics'
+    500-character limit are now left out without parsing, and reported."""
+    pytest.importorskip("rdkit")
+    cleaned = clean_smiles(["CCO", "C" * 3000, "", "c1ccccc1"], canonicalize=True)
+    assert cleaned.smiles == ["CCO", "c1ccccc1"]
+    assert cleaned.counts == {"rows longer than 500 characters (not parsed)": 1, "empty rows": 1}
+    assert "'" + "C" * 40 + "...'" in cleaned.report("m.smi")  # a short example, not 3,000 characters
+    (tmp_path / "empty.smi").write_text("")  # its error once ended "holds no valid molecules (None)"
+    with pytest.raises(GenforgeError, match=r"holds no valid molecules \(it has no rows\)"):
+        load_molecules(DataConfig(name=str(tmp_path / "empty.smi")), max_len=60)
+
+
 def test_packed_batches_equal_the_list_based_sequence_split(tmp_path):
     pytest.importorskip("rdkit")
     data = load_molecules(DataConfig(name=write_smi(tmp_path), val_fraction=0.1), max_len=64)

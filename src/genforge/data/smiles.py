@@ -132,7 +132,13 @@ def clean_smiles(rows: Sequence[str], canonicalize: bool, check: bool | None = N
     preset says about canonicalizing. Without RDKit a checked-only file loads unchecked and
     its report says so; canonicalizing needs RDKit.
     """
-    from genforge.metrics.molecules.chem import INSTALL_HINT, quiet_rdkit, require_rdkit
+    from genforge.metrics.molecules.chem import (
+        INSTALL_HINT,
+        MAX_SMILES_LENGTH,
+        quiet_rdkit,
+        require_rdkit,
+        too_long,
+    )
 
     out = Cleaned([])
     check = canonicalize if check is None else check
@@ -150,6 +156,9 @@ def clean_smiles(rows: Sequence[str], canonicalize: bool, check: bool | None = N
                 out.reject("empty rows", row)
                 continue
             if Chem is not None:
+                if too_long(row):  # as in the metrics: RDKit took seconds on 10,000 atoms, crashed on 20,000
+                    out.reject(f"rows longer than {MAX_SMILES_LENGTH} characters (not parsed)", row[:40] + "...")
+                    continue
                 mol = Chem.MolFromSmiles(row)
                 if mol is None:
                     out.reject("rows RDKit cannot parse", row)
@@ -248,7 +257,7 @@ def _load_sources(data_cfg) -> tuple[list[str], list[str] | None, list[str] | No
     path = Path(data_cfg.name).expanduser()
     cleaned = clean_smiles(read_smiles_file(path, data_cfg.smiles_column), data_cfg.canonicalize, check=True)
     if not cleaned.smiles:
-        raise GenforgeError(f"{path} holds no valid molecules ({cleaned.report(str(path))})")
+        raise GenforgeError(f"{path} holds no valid molecules ({cleaned.report(str(path)) or 'it has no rows'})")
     return cleaned.smiles, None, None, cleaned.report(str(path))
 
 

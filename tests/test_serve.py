@@ -227,6 +227,15 @@ def test_cli_binds_loopback_and_warns_without_a_key_elsewhere(serve_runs, monkey
     assert calls[-1][0].timeout_graceful_shutdown  # SIGTERM/Ctrl-C cancels long streams, never waits them out
 
 
+def test_every_serve_argument_has_help():
+    import argparse
+
+    from genforge.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert all(a.help for a in sub.choices["serve"]._actions), "RUN_DIR and every option say what they take"
+
+
 def test_cli_refuses_an_address_it_cannot_serve_on_and_options_that_do_not_fit(serve_runs, monkeypatch, capsys):
     """A port in use, a host that is not this machine's, an empty key, an unknown device: one
     line, exit 2, uvicorn never started (it logged the bind error and exited 3, after saying

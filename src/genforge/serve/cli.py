@@ -17,7 +17,9 @@ def add_serve_parser(sub) -> None:
                            "Load every run (a broken one is an error before the port opens) and serve "
                            "POST /v1/samples, /v1/completions, /v1/images/generations, GET /v1/models "
                            "and a web page at /. Needs genforge[serve]."))
-    s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run directories written by `genforge train` (text, image, molecule or music runs), "
+                        "served under their folder names")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     s.add_argument("--api-key", default=None, metavar="KEY",

@@ -138,6 +138,10 @@ def test_a_huge_row_is_left_out_unparsed(tmp_path):
     assert cleaned.smiles == ["CCO", "c1ccccc1"]
     assert cleaned.counts == {"rows longer than 500 characters (not parsed)": 1, "empty rows": 1}
     assert "'" + "C" * 40 + "...'" in cleaned.report("m.smi")  # a short example, not 3,000 characters
+    from genforge.modalities.molecule import _encode_one  # --around / --interpolate SMILES
+
+    with pytest.raises(GenforgeError, match="has 30000 characters; genforge parses at most 500"):
+        _encode_one(None, "C" * 30000)  # parsed before the run is read: it crashed RDKit
     (tmp_path / "empty.smi").write_text("")  # its error once ended "holds no valid molecules (None)"
     with pytest.raises(GenforgeError, match=r"holds no valid molecules \(it has no rows\)"):
         load_molecules(DataConfig(name=str(tmp_path / "empty.smi")), max_len=60)

@@ -252,8 +252,12 @@ def _encode_one(run, smiles: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One SMILES -> framed ids (1, T) and mask, canonicalized as the training data was."""
     from genforge.data.sequences import pad_sequences
     from genforge.metrics.molecules import quiet_rdkit, require_rdkit
+    from genforge.metrics.molecules.chem import MAX_SMILES_LENGTH, too_long
 
     Chem = require_rdkit()
+    if too_long(smiles):  # RDKit crashed (segfault) writing a 20,000-atom chain back out
+        raise GenforgeError(f"SMILES {smiles[:40]!r}... has {len(smiles)} characters; genforge parses at most "
+                            f"{MAX_SMILES_LENGTH}")
     with quiet_rdkit():
         mol = Chem.MolFromSmiles(smiles)
     if mol is None:

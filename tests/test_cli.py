@@ -87,6 +87,8 @@ def test_list_shows_presets_and_datasets(capsys):
     (["train", "gpt-demo", "train.lr=nan"], "train.lr"),
     (["train", "gpt-demo", "train.optim.main.betas=[1.5, 0.9]"], "train.optim.main.betas"),
     (["eval", "/no/such/run"], "does not exist"),
+    (["sample", "{run}", "--seed", "99999999999999999999"], "--seed 99999999999999999999 is out of range"),
+    (["train", "gpt-demo", "train.seed=99999999999999999999"], "train.seed"),
 ])
 def test_user_errors_exit_2_with_one_line(run_dir, capsys, argv, message):
     argv = [a.replace("{run}", str(run_dir)) for a in argv]

@@ -113,7 +113,8 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 autocast on CUDA, fp32 on CPU (bf16 is ~100x slower on CPUs without AVX512-BF16)."""
-    seed: int = 1337
+    seed: int = Field(1337, ge=-(2**63), lt=2**63)
+    """Any integer torch seeds with (training adds the rank and the epoch to it)."""
     plot: bool = True
     """Write loss and metric curves (PNG) into RUN/plots at the end of training."""
 

@@ -193,6 +193,8 @@ def generator_for(device: torch.device, seed: int | None) -> tuple[torch.Generat
         import os
 
         seed = int.from_bytes(os.urandom(4), "little")
+    if not -(2**63) <= seed < 2**64:  # what torch's manual_seed takes (it raised a traceback)
+        raise GenforgeError(f"--seed {seed} is out of range; use a number from 0 to {2**64 - 1}")
     return torch.Generator(device=device).manual_seed(seed), seed
 
 

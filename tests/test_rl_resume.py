@@ -1,5 +1,6 @@
-"""`genforge rl --resume` from the command line: train.* overrides reach the resumed run, a flag
-never loses silently to its train.* override, and a run without its reference weights says so."""
+"""`genforge rl` from the command line: train.* overrides reach a resumed run, a flag never loses
+silently to its train.* override, a run without its reference weights says so, and the help names
+every built-in reward."""
 
 from __future__ import annotations
 
@@ -39,3 +40,15 @@ def test_resume_without_the_reference_weights_does_not_advise_deleting(text_base
     assert main(["rl", "--resume", str(tmp_path / "rl"), "--steps", "2", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot continue without it" in err and "delete" not in err and "\n" not in err
+
+
+def test_rl_help_names_every_built_in_reward(capsys):
+    """The help listed text, molecule and image rewards but none of the four music ones."""
+    import pytest
+
+    from genforge.rl.rewards import BUILTINS
+
+    with pytest.raises(SystemExit):
+        main(["rl", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert [name for name in BUILTINS if name not in text] == []

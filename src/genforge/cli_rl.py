@@ -109,11 +109,12 @@ def add_rl_parser(sub) -> None:
     r = sub.add_parser("rl", help="fine-tune a trained run toward rewards (GRPO, RLOO, REINFORCE, DDPO)",
                        description=(
         "Fine-tune BASE_RUN against reward functions into a new run directory that sample and eval "
-        "read like any run. Token runs (gpt on text or SMILES) use reinforce, rloo or grpo; diffusion "
+        "read like any run. Token runs (gpt on text, SMILES or music) use reinforce, rloo or grpo; diffusion "
         "runs use ddpo. A KL penalty keeps the policy near the starting model; guard rails stop the run "
         "when diversity collapses or KL leaves its budget. Built-in rewards: text: sentiment, keyword, "
         "regex, length, repetition, similarity; molecules: qed, plogp, tanimoto, validity; images: "
-        "classifier, brightness, jpeg_compressibility, jpeg_incompressibility. Your own: "
+        "classifier, brightness, jpeg_compressibility, jpeg_incompressibility; music: no_parallels, in_key, "
+        "voice_ranges, cadence. Your own: "
         "--reward mypkg.rewards:score (a function (samples, **columns) -> list[float | None])."))
     r.add_argument("base_run", nargs="?", help="the trained run to fine-tune")
     r.add_argument("overrides", nargs="*", help="train.KEY=VALUE overrides (e.g. train.lr=3e-5)")

@@ -142,11 +142,12 @@ def add_rl_parser(sub) -> None:
     r.add_argument("--entropy-coef", type=float, metavar="C", help="entropy bonus weight (default 0)")
     r.add_argument("--min-diversity", type=float, metavar="D",
                    help="stop when rollout diversity (text distinct-1, molecules IntDiv, images feature "
-                        "spread) stays below D for --guard-patience rollouts")
+                        "spread, music distinct chord pairs) stays below D for --guard-patience rollouts")
     r.add_argument("--guard-patience", type=int, metavar="N", help="rollouts in a row before a guard rail stops (default 3)")
     r.add_argument("--diversity-filter", type=int, metavar="BUCKET",
-                   help="REINVENT diversity filter: after BUCKET samples share a scaffold (molecules) or a "
-                        "word 3-gram (text), further ones lose that share of their reward")
+                   help="REINVENT diversity filter: after BUCKET samples share a scaffold (molecules), a "
+                        "word 3-gram (text) or a run of 3 chords (music), further ones lose that share of "
+                        "their reward")
     r.add_argument("--max-oracle-calls", type=int, metavar="N",
                    help="stop after N oracle calls: scorings of training-rollout samples; for SMILES, "
                         "distinct valid canonical molecules, as PMO counts (pre-flight and evaluation are free)")

@@ -228,6 +228,22 @@ def test_operator_filter_blocks_in_every_answer(filtered):
     assert generations["screening"]["blocked"] == 1
 
 
+def test_a_broken_operator_filter_is_a_500_the_operator_sees(dirs, tmp_path, capsys):
+    """The operator's --filter returning too few verdicts is the server's fault, not the client's
+    (it was a 400), and the server's stderr says so (it said nothing)."""
+    (tmp_path / "broken.py").write_text("def few(samples):\n    return [True]\n")
+    entries = load_entries([str(dirs / "gpt")], device="cpu")
+    add_operator_filters(entries, [f"{tmp_path / 'broken.py'}:few"])
+    capsys.readouterr()
+    with TestClient(create_app(entries)) as c:
+        for path, body in (("/v1/samples", {"num_samples": 2, "max_new_tokens": 3}),
+                           ("/v1/completions", {"n": 2, "max_tokens": 3, "stream": True})):
+            r = post(c, {"model": "gpt", "seed": 0, **body}, path)
+            assert r.status_code == 500 and r.json()["error"]["type"] == "server_error", r.text
+            assert "1 verdicts for 2 samples" in r.json()["error"]["message"]
+            assert "1 verdicts for 2 samples" in capsys.readouterr().err
+
+
 def test_serve_refuses_a_bad_filter_before_the_port_opens(dirs, capsys):
     assert main(["serve", str(dirs / "gpt"), "--filter", "no_such_module_here:check", "--port", "1"]) == 2
     err = capsys.readouterr().err

@@ -24,6 +24,7 @@ returned as ``{"blocked": true, "reason": ...}`` items, counted, never dropped s
 from __future__ import annotations
 
 import math
+import sys
 import threading
 from typing import Any
 
@@ -212,7 +213,7 @@ def screens(entry, options: dict[str, Any]) -> list:
 def screen(entry, options: dict[str, Any], samples) -> tuple[list[int], dict[str, Any] | None]:
     """(indices kept, the answer's ``screening`` summary or None when no filter ran). A filter
     that fails is a one-line error; nothing of the answer is returned then."""
-    from genforge.filters import apply_filters, summary
+    from genforge.filters import FilterError, apply_filters, summary
 
     active = screens(entry, options)
     n = int(samples.shape[0]) if hasattr(samples, "shape") else len(samples)
@@ -220,8 +221,11 @@ def screen(entry, options: dict[str, Any], samples) -> tuple[list[int], dict[str
         return list(range(n)), None
     try:
         _, blocked = apply_filters(samples, active)
+    except FilterError as e:  # the operator's --filter failed or broke its contract: not the client's doing
+        print(f"genforge: error: {e}", file=sys.stderr, flush=True)  # the operator sees it too
+        raise RequestError(f"{e}", 500, None, "server_error") from None
     except GenforgeError as e:
-        raise RequestError(f"{e}", 500 if "raised" in str(e) else 400, None, "server_error") from None
+        raise from_library(e) from None
     gone = {i for i, _ in blocked}
     return [i for i in range(n) if i not in gone], summary(active, n, blocked)
 

@@ -225,6 +225,9 @@ def test_cli_binds_loopback_and_warns_without_a_key_elsewhere(serve_runs, monkey
     out, err = capsys.readouterr()
     assert "warning" not in err and "API key required" in out
     assert calls[-1][0].timeout_graceful_shutdown  # SIGTERM/Ctrl-C cancels long streams, never waits them out
+    port = free_port()
+    assert main(["serve", run_dir, "--host", "::1", "--port", str(port)]) == 0  # IPv6 loopback
+    assert calls[-1][1] == ("::1", port) and f"http://[::1]:{port}/" in capsys.readouterr().out
 
 
 def test_every_serve_argument_has_help():

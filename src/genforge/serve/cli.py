@@ -92,7 +92,7 @@ def serve_command(args: argparse.Namespace) -> None:
     if not is_loopback(args.host) and key is None:
         print(f"genforge: warning: serving on {args.host} without an API key: anyone who can reach "
               "this port can generate; set --api-key or $GENFORGE_API_KEY", file=sys.stderr)
-    where = f"http://{args.host}:{args.port}"
+    where = f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{args.port}"  # an IPv6 address in brackets
     print(f"serving {', '.join(entries)} at {where} (page: {where}/, API docs: {where}/docs"
           f"{'; API key required' if key else ''}{'; batching off' if args.no_batching else ''})", flush=True)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S)

@@ -169,6 +169,23 @@ def test_a_midi_folder_loads_as_events_with_the_long_pieces_reported(tmp_path, c
     assert data.tokenizer.kind == "events" and len(data.train) > 0 and data.test is not None
 
 
+def test_a_long_opening_on_an_events_run_is_measured_in_tokens(tmp_path, capsys):
+    """An events run's too-long --prompt-midi asked for "at most 15 16th steps", a grid-run
+    unit that event tokens (bar, position, pitch, duration) do not have."""
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    for i in range(5):
+        grid_to_midi(chorale(40 + 40 * i, i), folder / f"{i}.mid")
+    run = tmp_path / "run"
+    assert main(["train", "gpt-jsb", f"data.name={folder}", "data.music_tokens=events", "data.transpose=0",
+                 *TINY, "--run-dir", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    opening = grid_to_midi(chorale(64, 9), tmp_path / "long.mid")
+    assert main(["sample", str(run), "--prompt-midi", str(opening), "--out", str(tmp_path / "x.mid")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "give an opening of at most 30 event tokens" in err and "16th" not in err
+
+
 def test_chorales_refuse_event_tokens(tmp_path):
     with pytest.raises(GenforgeError, match="music_tokens=grid"):
         load_music(DataConfig(name="jsb", music_tokens="events"), block_size=64)

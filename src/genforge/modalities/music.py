@@ -283,8 +283,10 @@ def prompt_ids(run, path: str | None, key: str | None = None, need_key: bool = F
         raise GenforgeError(f"--prompt-midi {path} holds no notes")
     block = run.model_config.block_size
     if len(body) + len(head) >= block:
+        room = block - len(head) - 1  # one token left to sample
+        most = f"{room // 4} 16th steps" if tok.grid_like else f"{room} event tokens"  # events: not steps
         raise GenforgeError(f"--prompt-midi {path} is {len(body)} tokens; this model's context is {block}: "
-                            f"give an opening of at most {(block - 2) // 4} 16th steps")
+                            f"give an opening of at most {most}")
     return [*head, *body]
 
 

@@ -280,6 +280,22 @@ def test_a_token_run_without_its_tokenizer_is_one_line(music_run, tmp_path, caps
         assert "has no tokenizer.json" in err and "\n" not in err and "Traceback" not in err
 
 
+def test_numbered_outputs_are_checked_before_sampling(music_run, tmp_path, capsys, monkeypatch):
+    """Running `sample --num-samples 3 --out x.mid` a second time drew every piece, then refused
+    x-1.mid: the sampling time was lost. Now the numbered names are checked first."""
+    from genforge.modalities.music import MusicModality
+
+    (tmp_path / "x-2.mid").write_bytes(b"mine")
+
+    def never(*args, **kwargs):
+        raise AssertionError("sampled before the outputs were checked")
+
+    monkeypatch.setattr(MusicModality, "_continue", never)
+    assert main(["sample", str(music_run), "--num-samples", "3", "--out", str(tmp_path / "x.mid")]) == 2
+    assert "x-2.mid already exists" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x-2.mid"] and (tmp_path / "x-2.mid").read_bytes() == b"mine"
+
+
 def test_every_written_piece_carries_its_provenance(music_run, tmp_path, capsys):
     """MIDI gets a sidecar, the piano roll its PNG chunk; `genforge verify` checks both, and a
     changed MIDI byte is caught."""

@@ -95,6 +95,9 @@ class MusicModality(Modality):
             raise GenforgeError(f"--out {out}: music is written as {', '.join(OUT_SUFFIXES)}")
         tempo = resolve_tempo(tempo, suffix)
         n = 1 if num_samples is None else num_samples
+        # FILE-1.mid, FILE-2.mid, ...: each checked like --out itself, before sampling (not after it)
+        numbered = [check_out(Path(out).with_name(f"{Path(out).stem}-{i + 1}{suffix}"))
+                    for i in range(n)] if out is not None and n > 1 else []
         if suffix == ".wav":  # FluidSynth missing is said before sampling, not after
             from genforge.data.music_render import wav_tools
 
@@ -126,8 +129,8 @@ class MusicModality(Modality):
             paths = [unique_output(run.run_dir / "samples", "music", ".mid") for _ in ids]
         elif n == 1:
             paths = [Path(out)]
-        else:  # FILE-1.mid, FILE-2.mid, ...: each checked like --out itself
-            paths = [check_out(Path(out).with_name(f"{Path(out).stem}-{i + 1}{suffix}")) for i in range(len(ids))]
+        else:
+            paths = [check_out(path) for path in numbered[:len(ids)]]  # again: one may have appeared since
         for row, path in zip(ids, paths, strict=True):
             write_piece(run.tokenizer, row, path, tempo)
             stamp_piece(stamp, path)

@@ -100,6 +100,8 @@ def test_top_p_keeps_smallest_nucleus():
     assert kept.tolist() == [[True, True, False, False]]
     # the most likely token always survives, even when it alone exceeds top_p
     assert torch.isfinite(filter_logits(probs.log(), top_p=0.1)).sum() == 1
+    for tiny in (1e-300, 1e-46):  # 0 in float32: the top token stays (it was dropped: all -inf, NaN draws)
+        assert torch.isfinite(filter_logits(probs.log(), top_p=tiny)).tolist() == [[True, False, False, False]]
 
 
 def test_greedy_is_argmax():

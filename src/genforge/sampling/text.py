@@ -29,6 +29,7 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
         cum = sorted_logits.softmax(-1).cumsum(-1)
         # Drop a token when the mass before it already reaches top_p; the top token always stays.
         drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop_sorted[..., 0] = False  # explicitly: a top_p below float32's range (1e-300) rounds to 0
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits

@@ -42,7 +42,7 @@ class TextModality(Modality):
                                         "list (default 0.25; `genforge detect --gamma` must match)", float,
                      metavar="G"),
         SampleOption("watermark_delta", "text watermark: logit bias added to green tokens; larger is "
-                                        "easier to detect and costs more quality (default 2.0)", float,
+                                        "easier to detect and costs more quality (default 2.0, at most 100)", float,
                      metavar="D"),
         SampleOption("watermark_context", "text watermark: previous tokens hashed to pick each green "
                                           "list (default 1; `genforge detect --context` must match)", int,

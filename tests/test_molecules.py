@@ -129,6 +129,16 @@ def test_files_and_bad_rows_are_counted_and_reported(tmp_path, capsys):
     assert data.test is None and data.spec.modality == "molecule"
 
 
+def test_a_csv_saved_by_excel_with_a_byte_order_mark_is_read(tmp_path):
+    """Excel's "CSV UTF-8" starts with a BOM: the header read '\\ufeffSMILES' and the file was
+    refused as having no SMILES column."""
+    path = tmp_path / "excel.csv"
+    path.write_bytes("SMILES,id\r\nCCO,1\r\nc1ccccc1,2\r\n".encode("utf-8-sig"))
+    assert read_smiles_file(path) == ["CCO", "c1ccccc1"]
+    (tmp_path / "excel.smi").write_bytes("CCO\r\nCCN\r\n".encode("utf-8-sig"))
+    assert read_smiles_file(tmp_path / "excel.smi") == ["CCO", "CCN"]
+
+
 def test_a_huge_row_is_left_out_unparsed(tmp_path):
     """RDKit writing a 10,000-atom chain took 1.7 s and a 20,000-atom one crashed the process
     (segfault), so `train data.name=file.smi` with one huge line died; rows over the metrics'

@@ -60,7 +60,7 @@ MOLECULE_DATASETS = {
 # -- reading files ----------------------------------------------------------------------
 def _open_text(path: Path):
     raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8", newline="")
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")  # -sig: Excel's "CSV UTF-8" starts with a BOM
 
 
 def read_smiles_file(path: Path, column: str | None = None, column_flag: str = "data.smiles_column") -> list[str]:
@@ -77,7 +77,7 @@ def read_smiles_file(path: Path, column: str | None = None, column_flag: str = "
                 names = reader.fieldnames or []
                 col = column or next((c for c in ("SMILES", "smiles", "Smiles") if c in names), None)
                 if col is None or col not in names:
-                    want = f"column '{column}'" if column else "a SMILES column"
+                    want = f"column '{column}'" if column else "SMILES column"
                     raise GenforgeError(f"{path} has no {want} (its columns: {', '.join(names) or 'none'}); "
                                         f"name it with {name_it}")
                 return [(row.get(col) or "").strip() for row in reader]

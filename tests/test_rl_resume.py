@@ -1,6 +1,6 @@
 """`genforge rl` from the command line: train.* overrides reach a resumed run, a flag never loses
-silently to its train.* override, a run without its reference weights says so, and the help names
-every built-in reward."""
+silently to its train.* override, a run without its reference weights says so, the help names
+every built-in reward, and prompt files saved by Excel or not in UTF-8 are read or refused in one line."""
 
 from __future__ import annotations
 
@@ -52,3 +52,20 @@ def test_rl_help_names_every_built_in_reward(capsys):
         main(["rl", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert [name for name in BUILTINS if name not in text] == []
+
+
+def test_prompt_files_from_excel_or_in_another_encoding(tmp_path):
+    """A prompt CSV saved by Excel (a BOM before 'prompt') was refused as having no 'prompt' field,
+    and a file that is not UTF-8 was a UnicodeDecodeError traceback."""
+    import pytest
+
+    from genforge import GenforgeError
+    from genforge.rl.prompts import _read_prompt_file
+
+    excel = tmp_path / "p.csv"
+    excel.write_bytes("prompt,target\r\nthe,1\r\nwe,2\r\n".encode("utf-8-sig"))
+    assert _read_prompt_file(excel) == (["the", "we"], {"target": ["1", "2"]})
+    for name in ("latin.csv", "latin.jsonl"):
+        (tmp_path / name).write_bytes("prompt\ncaf\xe9\n".encode("latin-1"))
+        with pytest.raises(GenforgeError, match="give a UTF-8 .jsonl or .csv file"):
+            _read_prompt_file(tmp_path / name)

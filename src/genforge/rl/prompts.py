@@ -4,6 +4,7 @@ other fields reach rewards as columns."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -43,8 +44,14 @@ def _read_prompt_file(path: Path) -> tuple[list[str], dict[str, list]]:
     if not path.is_file():
         raise GenforgeError(f"prompt file {path} does not exist")
     rows: list[dict] = []
+    if path.suffix not in (".jsonl", ".csv"):
+        raise GenforgeError(f"prompt file {path}: use .jsonl (one object per line) or .csv")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: Excel's "CSV UTF-8" starts with a BOM
+    except (OSError, UnicodeDecodeError) as e:  # was a traceback
+        raise GenforgeError(f"cannot read prompt file {path} ({e}); give a UTF-8 .jsonl or .csv file") from None
     if path.suffix == ".jsonl":
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     row = json.loads(line)
@@ -53,11 +60,11 @@ def _read_prompt_file(path: Path) -> tuple[list[str], dict[str, list]]:
                 if not isinstance(row, dict):
                     raise GenforgeError(f"{path}:{n}: each line must be a JSON object with a 'prompt'")
                 rows.append(row)
-    elif path.suffix == ".csv":
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
     else:
-        raise GenforgeError(f"prompt file {path}: use .jsonl (one object per line) or .csv")
+        try:
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        except csv.Error as e:
+            raise GenforgeError(f"prompt file {path} is not a readable CSV file ({e})") from None
     if not rows or any("prompt" not in r or not isinstance(r["prompt"], str) for r in rows):
         raise GenforgeError(f"prompt file {path}: every row needs a text field 'prompt'")
     keys = sorted({k for r in rows for k in r} - {"prompt"})

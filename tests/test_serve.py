@@ -119,6 +119,8 @@ def test_molecule_sample(client):
     ({"model": "gpt", "max_new_tokens": 5000}, 422, "max_new_tokens"),
     ({"model": "gpt", "prompt": "x" * 2001}, 422, "prompt"),
     ({"model": "gpt", "stop": [f"~{i}" for i in range(17)]}, 422, "stop"),  # each is checked per row per token
+    ({"model": "gpt", "watermark_context": 2**31}, 422, None),  # was a MemoryError, or the server killed
+    ({"model": "gpt", "watermark_delta": 1e308}, 422, None),  # was inf logits: a 500
 ])
 def test_refusals_are_json_naming_the_option(client, body, status, param):
     r = post(client, body)

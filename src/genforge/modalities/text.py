@@ -45,7 +45,7 @@ class TextModality(Modality):
                                         "easier to detect and costs more quality (default 2.0, at most 100)", float,
                      metavar="D"),
         SampleOption("watermark_context", "text watermark: previous tokens hashed to pick each green "
-                                          "list (default 1; `genforge detect --context` must match)", int,
+                                          "list (default 1, at most 64; `genforge detect --context` must match)", int,
                      metavar="N", minimum=1),
         FILTER,
         PRIVACY_FILTER,

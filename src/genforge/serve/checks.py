@@ -118,6 +118,7 @@ def _detect_text(entry, body: DetectRequest, key: bytes, limits) -> dict[str, An
         DEFAULT_CONTEXT,
         DEFAULT_GAMMA,
         DEFAULT_THRESHOLD,
+        MAX_CONTEXT,
         detect_text,
     )
     from genforge.watermark.text_null import run_reference
@@ -128,8 +129,9 @@ def _detect_text(entry, body: DetectRequest, key: bytes, limits) -> dict[str, An
     gamma = DEFAULT_GAMMA if body.gamma is None else float(body.gamma)
     context = DEFAULT_CONTEXT if body.context is None else body.context
     threshold = DEFAULT_THRESHOLD if body.threshold is None else float(body.threshold)
-    if context > 64:
-        raise RequestError(f"'context' is {context}; a watermark context is a few tokens (at most 64)", 422, "context")
+    if context > MAX_CONTEXT:
+        raise RequestError(f"'context' is {context}; a watermark context is a few tokens (at most {MAX_CONTEXT})",
+                           422, "context")
     try:
         text = body.text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates are not text
         reference = run_reference(entry.run.run_dir, context)[0]  # None: the binomial null, said in "null"

@@ -36,6 +36,7 @@ _M32 = 0xFFFFFFFF
 _MUL = 0x45D9F3B  # < 2^27: x < 2^32 times it stays below 2^59, no int64 overflow on any device
 DEFAULT_GAMMA, DEFAULT_DELTA, DEFAULT_CONTEXT, DEFAULT_THRESHOLD = 0.25, 2.0, 1, 4.0
 MAX_DELTA = 100.0
+MAX_CONTEXT = 64
 
 
 def check_params(gamma: float, delta: float, context: int) -> None:
@@ -44,8 +45,8 @@ def check_params(gamma: float, delta: float, context: int) -> None:
     if not (math.isfinite(delta) and 0 <= delta <= MAX_DELTA):  # more overflows the logits (NaN draws)
         raise GenforgeError(f"watermark delta (green logit bias) must be in [0, {MAX_DELTA:g}] (a bias of "
                             f"{MAX_DELTA:g} already makes a green token certain), got {delta}")
-    if context < 1:
-        raise GenforgeError(f"watermark context must be at least 1 token, got {context}")
+    if not 1 <= context <= MAX_CONTEXT:  # each step hashes this many ids per row: 2**31 took the server down
+        raise GenforgeError(f"watermark context must be 1 to {MAX_CONTEXT} tokens (a few), got {context}")
 
 
 def _mix(x: torch.Tensor) -> torch.Tensor:

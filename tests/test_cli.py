@@ -97,6 +97,14 @@ def test_user_errors_exit_2_with_one_line(run_dir, capsys, argv, message):
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+def test_a_request_too_big_for_memory_is_one_line(run_dir, capsys):
+    """--max-new-tokens 10**15 (8 PB of token buffer) ended in torch's allocator traceback."""
+    assert main(["sample", str(run_dir), "--max-new-tokens", str(10**15), "--no-stream"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        "genforge: error: out of memory: tried to allocate")
+
+
 def test_corrupt_checkpoint_is_a_clear_error(run_dir, tmp_path, capsys):
     import shutil
 

@@ -282,6 +282,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"genforge: warning: {text}", file=file or sys.stderr)
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """An allocation that failed (a huge --max-new-tokens or model.*, a batch too big for the GPU)."""
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or \
+        "can't allocate memory" in str(e) or "out of memory" in str(e).lower()
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -306,6 +312,17 @@ def main(argv: list[str] | None = None) -> int:
                 errno.EROFS: "; the filesystem is read-only", errno.ENOSPC: "; the disk is full",
                 errno.EDQUOT: "; the disk quota is exceeded"}.get(e.errno, "")
         print(f"genforge: error: {e.strerror or e}{where}{hint}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        import re
+
+        size = re.search(r"allocate (\d+) bytes|allocate ([\d.]+ \w+)", str(e))
+        tried = "" if size is None else \
+            f" tried to allocate {int(size[1]) / 1e9:,.1f} GB" if size[1] else f" tried to allocate {size[2]}"
+        print(f"genforge: error: out of memory:{tried or ' ' + type(e).__name__}; ask for less: fewer or "
+              "shorter samples, a smaller --batch-size, train.batch_size or model", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("genforge: interrupted", file=sys.stderr)

@@ -44,6 +44,7 @@ Z_POWER = 1.2816  # the normal 90% quantile: margin for 90% detection
 TARGET_Z = Z_THRESHOLD + Z_POWER
 MIN_PSNR = 30.0  # dB: the weakest image quality a default mark may cost
 MAX_STRENGTH = 255.0 / 10 ** (MIN_PSNR / 20)  # 8.06 gray levels
+MIN_STRENGTH = 0.01  # gray levels a requested mark may have
 GAIN = 8.0 / 9.0  # the share of a +-1 pattern the 3x3 residual keeps
 
 
@@ -109,8 +110,9 @@ def embed(images: torch.Tensor, key: bytes, strength: float | None = None) -> tu
     n, values = images.shape[0], images[0].numel()
     p = pattern(key, tuple(images.shape[1:]))
     if strength is not None:
-        if not (math.isfinite(strength) and 0 < strength <= 64):
-            raise GenforgeError(f"--watermark-strength must be in (0, 64] gray levels, got {strength}")
+        if not (math.isfinite(strength) and MIN_STRENGTH <= strength <= 64):  # 1e-300 squared is 0: a division by it
+            raise GenforgeError(f"--watermark-strength must be in [{MIN_STRENGTH:g}, 64] gray levels (a weaker mark "
+                                f"is lost in 8-bit rounding), got {strength}")
         out = _apply(images, p, torch.full((n,), float(strength)))
         z = zscores(out, key)
         weak = z < TARGET_Z

@@ -162,7 +162,8 @@ def test_refusals_are_one_json_message(client):
     assert names["vae"]["privacy_filter"]["default"] is False
     detect = [({"model": "gpt"}, 400), ({"model": "gpt", "text": "a", "image_b64": "AA=="}, 400),
               ({"model": "vae", "text": "abc"}, 400), ({"model": "gpt", "text": "x" * 20_001}, 422),
-              ({"model": "nope", "text": "a"}, 404), ({"model": "gpt", "text": "a", "gamma": 2.0}, 422)]
+              ({"model": "nope", "text": "a"}, 404), ({"model": "gpt", "text": "a", "gamma": 2.0}, 422),
+              ({"model": "gpt", "text": "to be", "context": -5}, 422)]  # was a 500 building the reference null
     for body, status in detect:
         r = post(client, body, "/v1/detect")
         assert r.status_code == status and set(r.json()) == {"error"}, (body, r.text)

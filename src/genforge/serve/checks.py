@@ -129,8 +129,8 @@ def _detect_text(entry, body: DetectRequest, key: bytes, limits) -> dict[str, An
     gamma = DEFAULT_GAMMA if body.gamma is None else float(body.gamma)
     context = DEFAULT_CONTEXT if body.context is None else body.context
     threshold = DEFAULT_THRESHOLD if body.threshold is None else float(body.threshold)
-    if context > MAX_CONTEXT:
-        raise RequestError(f"'context' is {context}; a watermark context is a few tokens (at most {MAX_CONTEXT})",
+    if not 1 <= context <= MAX_CONTEXT:  # before the reference null is built with it (-5 was a 500 there)
+        raise RequestError(f"'context' is {context}; a watermark context is a few tokens (1 to {MAX_CONTEXT})",
                            422, "context")
     try:
         text = body.text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates are not text

@@ -319,6 +319,7 @@ def test_the_key_appears_in_no_file_of_the_run_but_its_own(text_run, tmp_path, c
     (["sample", "{run}", "--watermark-gamma", "0"], "gamma"),
     (["sample", "{run}", "--watermark-delta", "1e308"], "delta"),  # finite, but inf once added to logits
     (["sample", "{run}", "--watermark-context", "2147483648"], "context"),  # ids hashed per row per step
+    (["detect", "{tmp}/t.txt", "--run", "{run}", "--threshold", "-5"], "positive"),  # every text was 'marked'
 ])
 def test_bad_input_is_one_line_and_exit_2(text_run, tmp_path, capsys, args, message):
     (tmp_path / "t.txt").write_text("to be")

@@ -159,8 +159,9 @@ def detect_ids(ids: Sequence[int], key: bytes, vocab_size: int, gamma: float = D
     from genforge.watermark.text_null import null_probs, upper_tail
 
     check_params(gamma, 0.0, context)
-    if not math.isfinite(threshold):
-        raise GenforgeError(f"detection threshold must be a finite z-score, got {threshold}")
+    if not (math.isfinite(threshold) and threshold > 0):  # at 0 or below, chance-level text is called marked
+        raise GenforgeError(f"detection threshold must be a positive finite z-score (default {DEFAULT_THRESHOLD:g}), "
+                            f"got {threshold}")
     if reference is not None and reference.context != context:
         raise GenforgeError(f"the reference counts contexts of {reference.context} tokens, the detector "
                             f"{context}; build the reference with the same context")

@@ -73,6 +73,7 @@ def test_list_shows_presets_and_datasets(capsys):
     (["train", "gpt-demo", "data.name=/no/such/corpus"], "unknown dataset"),
     (["train", "--resume", "/no/such/run"], "does not exist"),
     (["train", "--resume", "{run}"], "already at step 4"),
+    (["train", "gpt-demo", "--resume", "{run}"], "drop the preset 'gpt-demo'"),
     (["sample", "{run}/config.json"], "is a file, not a run directory"),
     (["sample", "{run}", "--temperature", "nan"], "temperature"),
     (["sample", "{run}", "--top-p", "nan"], "top-p"),

@@ -30,6 +30,9 @@ def _train(args) -> None:
 
     if args.resume:
         run_dir = Path(args.resume)
+        if args.preset and "=" not in args.preset:
+            raise GenforgeError(f"--resume continues {run_dir} with the settings it was trained with; drop "
+                                f"the preset '{args.preset}' (key.sub=value overrides may follow)")
         if args.preset:
             args.overrides.insert(0, args.preset)  # `train --resume RUN key=value`: no preset
         if args.run_dir or args.overwrite:

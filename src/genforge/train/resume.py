@@ -21,7 +21,13 @@ def restore(t: Any) -> None:
     RNG, step, best score and early-stopping count; drop log rows written after it."""
     path = ckpt.require_checkpoint(t.run_dir, "latest")
     ckpt.verify_checkpoint(path)
-    check_same_data(ckpt.checkpoint_config(path).get("data") or {}, t.cfg.data.model_dump(), path)
+    saved = ckpt.checkpoint_config(path)
+    check_same_data(saved.get("data") or {}, t.cfg.data.model_dump(), path)
+    seed = (saved.get("train") or {}).get("seed")
+    if seed is not None and t.tc.seed != seed:  # recorded in config.json, yet it would change nothing
+        raise GenforgeError(f"train.seed={t.tc.seed} on --resume: the run continues from the random state saved "
+                            f"in {path.name} (it started from train.seed={seed}), so a new seed changes nothing; "
+                            "drop it, or train a new run for another seed")
     ckpt.load_weights(t.model, path)
     state = ckpt.load_train_state(path)
     try:

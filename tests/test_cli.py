@@ -68,6 +68,7 @@ def test_list_shows_presets_and_datasets(capsys):
     (["sample", "{run}", "--prompt", "§§ unknown ¤"], "outside the model's vocabulary"),
     (["sample", "{run}", "--temperature", "-1"], "temperature"),
     (["sample", "{run}", "--num-samples", "0"], "num-samples"),
+    (["sample", "{run}", "--num-samples", "10000000000000"], "at most 1e+12 samples per call"),
     (["train", "gpt-demo", "model.n_layerz=2"], "unknown config key 'model.n_layerz'"),
     (["train", "nope"], "unknown preset"),
     (["train", "gpt-demo", "data.name=/no/such/corpus"], "unknown dataset"),
@@ -154,6 +155,29 @@ def test_many_text_samples_go_to_a_file_in_batches(run_dir, tmp_path, capsys):
     assert main(["sample", str(run_dir), "--prompt", "to", "--num-samples", "64", "--max-new-tokens", "5",
                  "--seed", "0", "--out", str(first)]) == 0
     assert [json.loads(r) for r in first.read_text().splitlines()] == rows[:64]
+
+
+def test_many_prompts_are_not_built_as_a_list_before_sampling(run_dir, monkeypatch):
+    """--num-samples 10**11 built a list of 10**11 prompts before the first batch: memory, then a
+    hang with no output. The first batch must come at once, holding each prompt n times in a row."""
+    import genforge.sampling.text as sampling_text
+    from genforge.modalities.text import Repeated
+
+    rows = Repeated(["a", "b"], 10**11)
+    assert len(rows) == 2 * 10**11 and rows[0] == "a" and rows[10**11] == "b" and rows[-1] == "b"
+    assert rows[10**11 - 1 : 10**11 + 1] == ["a", "b"] and list(Repeated(["x", "y"], 2)) == ["x", "x", "y", "y"]
+
+    class FirstBatch(Exception):
+        pass
+
+    def first_batch(model, tokenizer, chunk, **kwargs):
+        raise FirstBatch(chunk)
+
+    monkeypatch.setattr(sampling_text, "generate_text", first_batch)
+    with pytest.raises(FirstBatch) as got:
+        main(["sample", str(run_dir), "--prompt", "to", "--num-samples", str(10**11), "--batch-size", "3",
+              "--max-new-tokens", "2"])
+    assert got.value.args[0] == ["to"] * 3
 
 
 def test_a_read_only_run_gives_one_line_errors_and_eval_still_prints(run_dir, tmp_path, capsys,

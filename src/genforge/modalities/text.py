@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +80,13 @@ class TextModality(Modality):
         temperature = 0.8 if temperature is None else temperature
         check_settings(temperature, top_k, top_p, max_new_tokens)
         n = 1 if num_samples is None else num_samples
-        prompts = [p for p in (prompt or ["\n"]) for _ in range(n)]
+        if n * len(prompt or ["\n"]) > MAX_SAMPLES:  # ranges and len() overflow near 2**63 anyway
+            raise GenforgeError(f"--num-samples {n}: at most {MAX_SAMPLES:.0e} samples per call (years of "
+                                "decoding); ask for fewer, or make several calls")
+        prompts = Repeated(prompt or ["\n"], n)
         if out is not None and Path(out).suffix not in (".txt", ".jsonl"):
             raise GenforgeError(f"--out {out}: text samples are written as .txt or .jsonl")
-        for p in dict.fromkeys(prompts):  # a bad prompt is the one line printed, before any notice
+        for p in dict.fromkeys(prompt or ["\n"]):  # a bad prompt is the one line printed, before any notice
             run.tokenizer.encode(p)
         hook = text_watermark(run, no_watermark, watermark_gamma, watermark_delta, watermark_context)
         settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
@@ -201,3 +205,25 @@ def text_watermark(run, off: bool, gamma: float | None, delta: float | None, con
 
 
 TEXT = TextModality()
+
+
+MAX_SAMPLES = 10**12
+
+
+class Repeated(Sequence):
+    """Each of ``prompts`` ``n`` times in a row, without the list: ``--num-samples 10**20`` once built
+    that list before the first batch (memory, then a hang with no output); now sampling starts at
+    once, its progress bar shows the scale, and Ctrl-C stops it."""
+
+    def __init__(self, prompts: list[str], n: int):
+        self.prompts, self.n = list(prompts), n
+
+    def __len__(self) -> int:
+        return len(self.prompts) * self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return self.prompts[(i % len(self)) // self.n]

@@ -86,6 +86,7 @@ def test_bad_sampling_options_are_refused(class_model):
     g = gen(0, model)
     for kwargs, message in [({"eta": 0.5, "sampler": "euler"}, "--eta applies to the ddim"),
                             ({"guidance": float("nan")}, "--guidance must be"),
+                            ({"guidance": 1e308}, "--guidance must be between 0 and 100"),  # NaN images, silently
                             ({"strength": 0.5}, "give it with --init"),
                             ({"prompt": ["a two"]}, "needs a text-conditional")]:
         with pytest.raises(Exception, match=message):

@@ -313,6 +313,8 @@ def test_diffusion_options_and_library_errors_in_the_api_words(client):
     assert len(first.json()["images"]) == 3 and post(client, body).content == first.content
     r = post(client, {"model": "diffusion", "eta": 0.5, "sampler": "heun", "sampling_steps": 2})
     assert r.status_code == 400 and r.json()["error"]["param"] == "eta" and "--" not in r.json()["error"]["message"]
+    r = post(client, {"model": "diffusion", "guidance": 1e308, "sampler": "heun", "sampling_steps": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "guidance"  # was 200 with NaN images
     r = post(client, {"model": "diffusion", "sampling_steps": 201})
     assert r.status_code == 422 and "max_steps=200" in r.json()["error"]["message"]
     r = post(client, {"model": "diffusion", "prompt": "a four"})

@@ -246,7 +246,8 @@ def test_objective_stays_fp32_under_bf16_autocast(likelihood):
 @pytest.mark.parametrize("argv, message", [
     (["--prompt", "hello"], "--prompt does not apply to this vae run"),
     (["--max-new-tokens", "5"], "--max-new-tokens does not apply"),
-    (["--latent-temperature", "nan"], "latent temperature must be a finite number"),
+    (["--latent-temperature", "nan"], "latent temperature must be between 0 and 100"),
+    (["--latent-temperature", "1e308"], "latent temperature must be between 0 and 100"),  # NaN images, silently
     (["--interpolate", "test:0", "test:1", "--nearest"], "--nearest, --filter and --privacy-filter apply to samples"),
     (["--num-samples", "1000", "--out", "big.png"], "write them with --out FILE.npz"),
     (["--out", "samples.txt"], ".png grid or an .npz"),

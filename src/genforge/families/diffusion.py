@@ -15,7 +15,6 @@ Images arrive in ``spec.pixel_range``; inside, the model works on [-1, 1].
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -32,6 +31,11 @@ from genforge.diffusion.samplers import SAMPLERS
 from genforge.families.base import PROMPT, Batch, GenerativeModel, SampleOption, SamplingPlan
 from genforge.nn.unet import UNet
 from genforge.watermark.treering import DETERMINISTIC_SAMPLERS
+
+# Classifier-free guidance scales in use run from 1 to about 20 (Ho & Salimans 2022 sweep 0-4;
+# Stable Diffusion's default is 7.5); far above, the guided prediction only saturates, and at
+# 1e308 it overflows to inf and the images come out NaN with no error.
+GUIDANCE_MAX = 100.0
 
 
 class DiffusionConfig(Strict):
@@ -247,8 +251,8 @@ class Diffusion(GenerativeModel):
         steps = sampling_steps or c.sampling_steps
         schedule = schedule or c.schedule
         guidance = c.guidance if guidance is None else guidance
-        if not (math.isfinite(guidance) and guidance >= 0):
-            raise GenforgeError(f"--guidance must be a finite number >= 0, got {guidance}")
+        if not 0 <= guidance <= GUIDANCE_MAX:  # NaN fails too
+            raise GenforgeError(f"--guidance must be between 0 and {GUIDANCE_MAX:g}, got {guidance}")
         if eta is not None and sampler != "ddim":
             raise GenforgeError(f"--eta applies to the ddim sampler, not {sampler}")
         if eta is not None and not 0 <= eta <= 1:

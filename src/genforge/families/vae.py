@@ -252,8 +252,10 @@ class VAE(LatentVariableModel):
 
         A conditional model needs ``labels`` (n,); without them it cycles through the classes.
         """
-        if not (math.isfinite(latent_temperature) and latent_temperature >= 0):
-            raise GenforgeError(f"latent temperature must be a finite number >= 0, got {latent_temperature}")
+        # z beyond ~100 prior standard deviations is far outside anything the decoder saw, and at
+        # 1e308 it overflows: NaN images with no error
+        if not 0 <= latent_temperature <= 100:  # NaN fails too
+            raise GenforgeError(f"latent temperature must be between 0 and 100, got {latent_temperature}")
         device = self.steps_done.device
         if self.K and labels is None:
             labels = torch.arange(n, device=device) % self.K

@@ -80,13 +80,14 @@ class TextModality(Modality):
         temperature = 0.8 if temperature is None else temperature
         check_settings(temperature, top_k, top_p, max_new_tokens)
         n = 1 if num_samples is None else num_samples
-        if n * len(prompt or ["\n"]) > MAX_SAMPLES:  # ranges and len() overflow near 2**63 anyway
+        given = prompt or ["\n"]
+        if n * len(given) > MAX_SAMPLES:  # ranges and len() overflow near 2**63 anyway
             raise GenforgeError(f"--num-samples {n}: at most {MAX_SAMPLES:.0e} samples per call (years of "
                                 "decoding); ask for fewer, or make several calls")
-        prompts = Repeated(prompt or ["\n"], n)
+        prompts = Repeated(given, n)
         if out is not None and Path(out).suffix not in (".txt", ".jsonl"):
             raise GenforgeError(f"--out {out}: text samples are written as .txt or .jsonl")
-        for p in dict.fromkeys(prompt or ["\n"]):  # a bad prompt is the one line printed, before any notice
+        for p in dict.fromkeys(given):  # a bad prompt is the one line printed, before any notice
             run.tokenizer.encode(p)
         hook = text_watermark(run, no_watermark, watermark_gamma, watermark_delta, watermark_context)
         settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,

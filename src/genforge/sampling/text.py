@@ -241,7 +241,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
     ended = None  # (B,) bool on the device: the row has drawn eos_id
     for tokens, logps in stream(model, prompts, max_new_tokens, temperature, top_k, top_p,
                                 generator, use_cache, logits_hook=logits_hook, static=static):
-        steps.append((tokens.clone(), logps.clone()))  # the static step reuses its output buffers
+        steps.append((tokens, logps))  # fresh tensors every step (the static step clones its graph's outputs)
         if eos_id is not None:
             ended = (tokens == eos_id) if ended is None else ended | (tokens == eos_id)
             if len(steps) % sync_every == 0 and bool(ended.all()):

@@ -75,13 +75,13 @@ def sample_roll_music(run, generator, refs, labels, *, num_samples, out, batch_s
         k = wrong[0]
         raise GenforgeError(f"--{k.replace('_', '-')} {NOT_FOR_MUSIC[k]}; it does not apply when a piano-roll "
                             f"run writes music (--out {out}); use --out FILE.npz or no --out for images")
-    tempo = resolve_tempo(tempo, Path(out).suffix.lower())
     from genforge.families.base import LatentVariableModel
 
     # a VAE's path settings (defaults filled in) belong to --interpolate, refused above
     drop = set(NOT_FOR_MUSIC) | (set(PATH_SETTINGS) if isinstance(run.model, LatentVariableModel) else set())
     family_options = {k: v for k, v in family_options.items() if k not in drop}
     model, spec, suffix = run.model, run.spec, Path(out).suffix.lower()
+    tempo = resolve_tempo(tempo, suffix)
     stamp = sample_stamp(run, generator, dict(num_samples=num_samples, out=out, batch_size=batch_size, seed=seed,
                                               class_label=class_label, filter=filter,
                                               privacy_filter=privacy_filter, tempo=tempo, **family_options),
